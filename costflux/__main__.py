@@ -1,0 +1,3 @@
+from costflux.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,186 @@
+"""Process configuration: one settings object, read at the process edge only.
+
+Values come from environment variables prefixed ``COSTFLUX_`` or from a YAML/JSON config file
+named by ``COSTFLUX_CONFIG_FILE`` (environment wins). The core never reads the environment: the
+CLI builds a ``Settings`` and hands plain values down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+__all__ = ["ConfigError", "Settings", "load_settings"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the field and the fix."""
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """Settings from the YAML/JSON file named by COSTFLUX_CONFIG_FILE (lower priority than env)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self._path = path
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        if self._path is None:
+            return {}
+        try:
+            loaded = yaml.safe_load(self._path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"COSTFLUX_CONFIG_FILE={self._path}: cannot read it ({exc})") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"COSTFLUX_CONFIG_FILE={self._path}: expected a mapping of settings")
+        return {str(k).lower(): v for k, v in loaded.items()}
+
+
+class Settings(BaseSettings):
+    """Everything a costflux process can be told. Field docs are the configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix="COSTFLUX_", extra="forbid", frozen=True)
+
+    config_file: Path | None = Field(None, description="YAML/JSON file with any of these settings")
+
+    # --- Kafka ---
+    kafka_bootstrap: str | None = Field(
+        None, description="host:port[,host:port]; unset = start an embedded Tansu broker"
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    topic_usage: str = "llm.usage.v1"
+    topic_gpu: str = "gpu.samples.v1"
+    topic_alerts: str = "cost.alerts.v1"
+    topic_deadletter: str = "cost.deadletter.v1"
+    topic_partials: str = "costflux.partials.v1"
+    topic_partitions: int = Field(8, ge=1, le=1024, description="partitions for created topics")
+    consumer_group: str = "costflux"
+
+    # --- Redis ---
+    redis_url: str | None = Field(
+        None, description="redis://host:port/db; unset = start an embedded Redis server"
+    )
+    redis_password: SecretStr | None = None
+
+    # --- pricing ---
+    pricing_file: Path | None = Field(
+        None, description="pricing.yaml or a ConfigMap manifest holding it; unset = bundled"
+    )
+
+    # --- windows and streaming semantics ---
+    window_sizes: Annotated[tuple[int, ...], NoDecode] = Field(
+        (60, 3600), description="tumbling window sizes in seconds, comma separated"
+    )
+    allowed_lateness_s: int = Field(
+        300, ge=0, description="how far behind its partition's newest event an event may be"
+    )
+    partition_idle_s: float = Field(
+        30.0, gt=0, description="wall seconds without data after which a partition is idle"
+    )
+    state_retention_s: int = Field(
+        7200, ge=0, description="how long past its end a closed window still takes corrections"
+    )
+    dedup_horizon_s: int = Field(3600, gt=0, description="how long an event_id is remembered")
+    max_future_s: int = Field(
+        900, ge=0, description="events further than this ahead of the wall clock are rejected"
+    )
+    ingest_batch_size: int = Field(10000, ge=1, description="messages per consume() call")
+    ingest_flush_s: float = Field(0.5, gt=0, description="how often partials are flushed")
+    buckets_per_window: int = Field(
+        8, ge=1, le=256, description="state shards per window (spread over workers)"
+    )
+
+    # --- HTTP / metrics ---
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535)
+    metric_label_cap: int = Field(
+        100, ge=1, description="distinct values per metric label before 'other'"
+    )
+    metric_label_allow: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="per label, values always exported (others count towards the cap)",
+    )
+
+    # --- process ---
+    data_dir: Path | None = Field(None, description="Faust data directory; unset = a temp dir")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("window_sizes", mode="before")
+    @classmethod
+    def _split_window_sizes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(int(part) for part in value.split(",") if part.strip())
+        if isinstance(value, int):
+            return (value,)
+        return value
+
+    @model_validator(mode="after")
+    def _check_windows(self) -> Settings:
+        sizes = self.window_sizes
+        if not sizes or any(s <= 0 for s in sizes):
+            raise ValueError("window_sizes: give positive seconds, e.g. COSTFLUX_WINDOW_SIZES=60,3600")
+        ordered = sorted(sizes)
+        for smaller, larger in zip(ordered, ordered[1:], strict=False):
+            if larger % smaller:
+                raise ValueError(
+                    f"window_sizes: {larger}s is not a multiple of {smaller}s; each size must "
+                    "divide the next so a query can combine windows exactly"
+                )
+        if 86400 % ordered[0]:
+            raise ValueError("window_sizes: the smallest size must divide a day (86400 s)")
+        return self
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.kafka_bootstrap is None
+
+    @property
+    def embedded_redis(self) -> bool:
+        return self.redis_url is None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        import os
+
+        path = os.environ.get("COSTFLUX_CONFIG_FILE")
+        file_source = _ConfigFileSource(settings_cls, Path(path) if path else None)
+        return (init_settings, env_settings, file_source)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings from env/config file, turning validation errors into a ConfigError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "settings"
+            env_name = "COSTFLUX_" + field.split(".")[0].upper()
+            problems.append(f"{env_name}: {err['msg']} (got {err.get('input')!r})"
+                            if "password" not in field else f"{env_name}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None

@@ -1,0 +1,45 @@
+"""Usage event: one per inference request, topic ``llm.usage.v1``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas._types import EventTime, Identifier, Labels, TokenCount, epoch_ms
+
+__all__ = ["UsageEvent"]
+
+
+class UsageEvent(BaseModel):
+    """One inference request's token usage.
+
+    >>> UsageEvent.model_validate({"event_id": "r1", "ts": "2024-05-01T12:00:00Z",
+    ...     "model": "gpt-4", "input_tokens": 100, "output_tokens": 20}).ts_ms
+    1714564800000
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, allow_inf_nan=False, title="UsageEvent v1"
+    )
+
+    event_id: Identifier = Field(description="unique per request; duplicates count once")
+    ts: EventTime
+    model: Identifier = Field(description="pricing key in model_costs")
+    input_tokens: TokenCount
+    output_tokens: TokenCount
+    cached_input_tokens: TokenCount = Field(
+        0, description="part of input_tokens served from a prompt cache"
+    )
+    gpu_seconds: Annotated[float, Field(ge=0)] | None = None
+    latency_ms: Annotated[float, Field(ge=0)] | None = None
+    status: Literal["ok", "error"] = "ok"
+    deployment: Identifier | None = None
+    labels: Labels = Field(default_factory=dict)
+
+    @property
+    def ts_ms(self) -> int:
+        return epoch_ms(self.ts)
+
+
