@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -132,11 +132,15 @@ class Settings(BaseSettings):
             return (value,)
         return value
 
-    @model_validator(mode="after")
-    def _check_windows(self) -> Settings:
-        sizes = self.window_sizes
+    # A field validator, not a model validator, so the error is located at window_sizes and
+    # load_settings can name COSTFLUX_WINDOW_SIZES (a model-level error has no field).
+    @field_validator("window_sizes", mode="after")
+    @classmethod
+    def _check_windows(cls, sizes: tuple[int, ...]) -> tuple[int, ...]:
         if not sizes or any(s <= 0 for s in sizes):
-            raise ValueError("window_sizes: give positive seconds, e.g. COSTFLUX_WINDOW_SIZES=60,3600")
+            raise ValueError(
+                "window_sizes: give positive seconds, e.g. COSTFLUX_WINDOW_SIZES=60,3600"
+            )
         ordered = sorted(sizes)
         for smaller, larger in zip(ordered, ordered[1:], strict=False):
             if larger % smaller:
@@ -146,7 +150,7 @@ class Settings(BaseSettings):
                 )
         if 86400 % ordered[0]:
             raise ValueError("window_sizes: the smallest size must divide a day (86400 s)")
-        return self
+        return sizes
 
     @property
     def embedded_broker(self) -> bool:
@@ -181,6 +185,10 @@ def load_settings(**overrides: Any) -> Settings:
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"]) or "settings"
             env_name = "COSTFLUX_" + field.split(".")[0].upper()
-            problems.append(f"{env_name}: {err['msg']} (got {err.get('input')!r})"
-                            if "password" not in field else f"{env_name}: {err['msg']}")
+            # A mapping input is the whole raw settings dict (model-level error): echoing it
+            # would print every secret in it, so only scalar, non-secret inputs are shown.
+            shown = err.get("input")
+            secret = "password" in field or isinstance(shown, dict)
+            problems.append(f"{env_name}: {err['msg']}" if secret
+                            else f"{env_name}: {err['msg']} (got {shown!r})")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None

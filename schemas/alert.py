@@ -22,7 +22,9 @@ def alert_fingerprint(rule: str, labels: dict[str, str], period: str) -> str:
 class AlertEvent(BaseModel):
     """A firing or resolved alert."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, title="AlertEvent v1")
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, allow_inf_nan=False, title="AlertEvent v1"
+    )
 
     alert_id: Identifier = Field(description="fingerprint of rule + labels + period")
     rule: Identifier

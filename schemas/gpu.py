@@ -16,7 +16,9 @@ PricingTier = Literal["on_demand", "spot", "reserved_1y"]
 class GpuSample(BaseModel):
     """What one GPU did during one sampling interval."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, title="GpuSample v1")
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, allow_inf_nan=False, title="GpuSample v1"
+    )
 
     event_id: Identifier
     ts: EventTime = Field(description="end of the interval")

@@ -1,0 +1,61 @@
+"""HTTP on the worker: /metrics, /healthz, /readyz and the allocation API (Faust's web server)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from agents.metrics import CostMetrics
+from agents.serving import ServingView
+from costflux.core.allocation import (
+    AllocationQueryError,
+    allocate,
+    cover,
+    parse_aggregate,
+    parse_window,
+)
+
+__all__ = ["register_http"]
+
+
+def register_http(
+    app: faust.App,
+    metrics: CostMetrics,
+    view: ServingView,
+    window_sizes_s: tuple[int, ...],
+    readiness: Callable[[], tuple[bool, str]],
+) -> None:
+    """Add the worker's HTTP endpoints to ``app``'s web server."""
+    finest_s = min(window_sizes_s)
+
+    @app.page("/metrics")
+    async def metrics_page(web: faust.web.View, request: faust.web.Request) -> Any:
+        return web.bytes(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
+
+    @app.page("/healthz")
+    async def healthz(web: faust.web.View, request: faust.web.Request) -> Any:
+        return web.json({"status": "ok"})
+
+    @app.page("/readyz")
+    async def readyz(web: faust.web.View, request: faust.web.Request) -> Any:
+        ready, why = readiness()
+        return web.json({"ready": ready, "detail": why}, status=200 if ready else 503)
+
+    @app.page("/model/allocation")
+    async def allocation(web: faust.web.View, request: faust.web.Request) -> Any:
+        query = request.query
+        try:
+            group_by = parse_aggregate(query.get("aggregate", "namespace"))
+            now_ms = await view.newest_event_time_ms() or 0
+            span = parse_window(query.get("window", "24h"), now_ms, finest_s)
+            tiles = cover(span, window_sizes_s)
+        except AllocationQueryError as exc:
+            return web.json({"code": 400, "message": str(exc)}, status=400)
+        if len(tiles) > 20_000:
+            return web.json({"code": 400, "message": "window too long for one query"}, status=400)
+        rows = await view.read_windows(tiles)
+        data = allocate(rows, group_by, span)
+        return web.json({"code": 200, "data": [data] if data else []})

@@ -1,0 +1,110 @@
+"""The ``costflux`` command: worker, demo, replay, schemas."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from costflux.core.pricing import PricingError
+from costflux.settings import ConfigError, Settings, load_settings
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+        return int(args.run(args, settings))
+    except (ConfigError, PricingError) as exc:
+        print(f"costflux: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    from streams.replay import add_replay_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="costflux", description="Real-time cost monitoring and FinOps for LLM inference."
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    worker = commands.add_parser("worker", help="run a stream worker (HTTP: /metrics, API)")
+    worker.set_defaults(run=_run_worker)
+
+    demo = commands.add_parser(
+        "demo", help="embedded broker + Redis + worker, replaying the bundled Azure trace"
+    )
+    demo.add_argument("--duration", type=float, default=None,
+                      help="stop after this many seconds (default: until Ctrl-C)")
+    demo.add_argument("--speed", type=float, default=60.0,
+                      help="replay speed factor (0 = as fast as possible; default 60)")
+    demo.add_argument("--limit", type=int, default=None, help="replay only this many rows")
+    demo.add_argument("--no-table", action="store_true", help="print a summary line, no table")
+    demo.set_defaults(run=_run_demo)
+
+    replay = commands.add_parser("replay", help="replay a CSV/JSONL trace into the usage topic")
+    add_replay_arguments(replay)
+    replay.set_defaults(run=_run_replay)
+
+    schemas = commands.add_parser("schemas", help="rewrite the JSON Schema files")
+    schemas.set_defaults(run=_run_schemas)
+    return parser
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    import faust
+
+    from costflux.embedded import embedded_stack
+    from streams.app import build_worker
+
+    _configure_logging(settings)
+    with embedded_stack(settings) as live:
+        worker = build_worker(live)
+        # Faust's -l warn sets the root logger to DEBUG for its spinner; info avoids that.
+        runner = faust.Worker(worker.app, loglevel=settings.log_level, quiet=True)
+        try:
+            runner.execute_from_commandline()
+        except SystemExit as stop:
+            return int(stop.code or 0)
+    return 0
+
+
+def _run_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from costflux.demo import run_demo
+
+    return run_demo(settings, duration=args.duration, speed=args.speed, limit=args.limit,
+                    show_table=not args.no_table)
+
+
+def _run_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.kafka import ensure_topics, producer_config
+    from streams.replay import run_replay
+
+    if settings.kafka_bootstrap is None:
+        print("costflux replay: set COSTFLUX_KAFKA_BOOTSTRAP to the broker to replay into",
+              file=sys.stderr)
+        return 2
+    ensure_topics(settings, {settings.topic_usage: settings.topic_partitions})
+    return run_replay(args, producer_config(settings), settings.topic_usage)
+
+
+def _run_schemas(args: argparse.Namespace, settings: Settings) -> int:
+    from schemas.generate import write_all
+
+    for path in write_all():
+        print(path)
+    return 0

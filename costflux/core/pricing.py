@@ -1,0 +1,313 @@
+"""Price book: the seed's ``pricing.yaml`` shape, with the extensions real price lists need.
+
+Shape (the seed's, unchanged)::
+
+    gpu_pricing:
+      nvidia-a100-80gb: {on_demand: 3.5, spot: 1.2, reserved_1y: 2.1}   # $/hour
+    model_costs:
+      llama-2-70b: {input_tokens: 0.0008, output_tokens: 0.0016}       # $/1K tokens
+
+Extensions, all optional, per model: ``cached_input_tokens`` ($/1K; default = the input price),
+the $/1M spelling ``input_per_1m`` / ``output_per_1m`` / ``cached_input_per_1m`` (instead of the
+$/1K keys), and ``changes``: a list of ``{effective_from: <RFC 3339>, <price keys>…}`` so an event
+is priced at the price in force at its event time. Per GPU type the same ``changes`` list is
+accepted. A Kubernetes ConfigMap manifest holding ``pricing.yaml`` in ``data`` is read too.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import yaml
+
+from costflux.core.money import MoneyError, exact_pico, to_decimal
+from schemas._types import epoch_ms
+
+__all__ = ["GpuPrice", "ModelPrice", "PriceBook", "PricingError", "parse_pricing_text"]
+
+TIERS = ("on_demand", "spot", "reserved_1y")
+_PER_1K = {"input_tokens": "input", "output_tokens": "output", "cached_input_tokens": "cached"}
+_PER_1M = {"input_per_1m": "input", "output_per_1m": "output", "cached_input_per_1m": "cached"}
+_MODEL_KEYS = set(_PER_1K) | set(_PER_1M) | {"changes"}
+_BEGINNING = -(2**62)
+
+
+class PricingError(ValueError):
+    """The price file is invalid; the message names the field, its line and the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    """Per-token prices in pico-dollars."""
+
+    input: int
+    output: int
+    cached_input: int
+
+    def cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int) -> int:
+        """Cost in pico-dollars; cached tokens are the part of the input served from cache."""
+        return (
+            (input_tokens - cached_input_tokens) * self.input
+            + cached_input_tokens * self.cached_input
+            + output_tokens * self.output
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GpuPrice:
+    """Per-GPU-hour prices in pico-dollars, one per pricing tier."""
+
+    on_demand: int
+    spot: int
+    reserved_1y: int
+
+    def per_hour(self, tier: str) -> int:
+        return int(getattr(self, tier))
+
+
+class _Timeline:
+    """Prices of one key over time; lookup by event time."""
+
+    __slots__ = ("_starts", "_prices")
+
+    def __init__(self, entries: list[tuple[int, Any]]) -> None:
+        entries.sort(key=lambda e: e[0])
+        self._starts = [start for start, _ in entries]
+        self._prices = [price for _, price in entries]
+
+    def at(self, ts_ms: int) -> Any:
+        index = bisect.bisect_right(self._starts, ts_ms) - 1
+        return self._prices[index] if index >= 0 else None
+
+
+class PriceBook:
+    """Every model and GPU price, each as a timeline of effective-from dates."""
+
+    def __init__(
+        self,
+        models: Mapping[str, list[tuple[int, ModelPrice]]],
+        gpus: Mapping[str, list[tuple[int, GpuPrice]]],
+    ) -> None:
+        self._models = {name: _Timeline(list(entries)) for name, entries in models.items()}
+        self._gpus = {name: _Timeline(list(entries)) for name, entries in gpus.items()}
+
+    @property
+    def models(self) -> frozenset[str]:
+        return frozenset(self._models)
+
+    @property
+    def gpu_types(self) -> frozenset[str]:
+        return frozenset(self._gpus)
+
+    def model_price(self, model: str, ts_ms: int) -> ModelPrice | None:
+        """Price in force for ``model`` at ``ts_ms``; None if unknown or not yet priced then."""
+        timeline = self._models.get(model)
+        return None if timeline is None else timeline.at(ts_ms)
+
+    def gpu_price(self, gpu_type: str, ts_ms: int) -> GpuPrice | None:
+        """Price in force for ``gpu_type`` at ``ts_ms``; None if unknown."""
+        timeline = self._gpus.get(gpu_type)
+        return None if timeline is None else timeline.at(ts_ms)
+
+
+# --- parsing -------------------------------------------------------------------------------
+
+
+class _Locator:
+    """Finds the line of a field path in the YAML text, for error messages."""
+
+    def __init__(self, text: str) -> None:
+        try:
+            self._root = yaml.compose(text)
+        except yaml.YAMLError:
+            self._root = None
+
+    def line(self, path: tuple[str | int, ...]) -> int | None:
+        node = self._root
+        for part in path:
+            if isinstance(node, yaml.MappingNode):
+                node = next((v for k, v in node.value if k.value == part), None)
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+                node = node.value[part] if part < len(node.value) else None
+            else:
+                node = None
+            if node is None:
+                return None
+        return None if node is None else node.start_mark.line + 1
+
+
+def parse_pricing_text(text: str, source: str = "pricing.yaml") -> PriceBook:
+    """Parse pricing YAML (or a ConfigMap manifest holding it) into a PriceBook."""
+    document = _load_yaml(text, source)
+    if isinstance(document, dict) and document.get("kind") == "ConfigMap":
+        text, source = _pricing_from_configmap(document, source)
+        document = _load_yaml(text, source)
+    locator = _Locator(text)
+
+    def fail(path: tuple[str | int, ...], message: str) -> PricingError:
+        where = ".".join(str(p) for p in path) or "(top level)"
+        line = locator.line(path)
+        at = f"{source}:{line}" if line else source
+        return PricingError(f"{at}: {where}: {message}")
+
+    if not isinstance(document, dict):
+        raise fail((), "expected a mapping with gpu_pricing and/or model_costs")
+    unknown = set(document) - {"gpu_pricing", "model_costs"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise fail((key,), "unknown section; the sections are gpu_pricing and model_costs")
+    models = _parse_models(document.get("model_costs") or {}, fail)
+    gpus = _parse_gpus(document.get("gpu_pricing") or {}, fail)
+    if not models and not gpus:
+        raise fail((), "no prices: add model_costs (and/or gpu_pricing)")
+    return PriceBook(models, gpus)
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"{source}:{mark.line + 1}" if mark else source
+        raise PricingError(f"{at}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+
+
+def _pricing_from_configmap(manifest: dict[str, Any], source: str) -> tuple[str, str]:
+    data = manifest.get("data") or {}
+    if "pricing.yaml" in data:
+        return str(data["pricing.yaml"]), f"{source}#data.pricing.yaml"
+    if len(data) == 1:
+        (key, value), = data.items()
+        return str(value), f"{source}#data.{key}"
+    raise PricingError(f"{source}: ConfigMap has no data['pricing.yaml']; put the price file there")
+
+
+_Fail = Any  # callable(path, message) -> PricingError
+
+
+def _parse_effective_from(value: Any, path: tuple[str | int, ...], fail: _Fail) -> int:
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise fail(path, "effective_from must be RFC 3339, e.g. 2025-01-01T00:00:00Z") from None
+    else:
+        raise fail(path, "effective_from must be RFC 3339, e.g. 2025-01-01T00:00:00Z")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)  # YAML timestamps without offset are UTC by spec
+    return epoch_ms(moment)
+
+
+def _price_field(value: Any, path: tuple[str | int, ...], per_tokens: int, fail: _Fail) -> int:
+    try:
+        dollars = to_decimal(value)
+    except MoneyError as exc:
+        raise fail(path, f"{exc}; write a number such as 0.0008") from None
+    if dollars < 0:
+        raise fail(path, "a price cannot be negative")
+    try:
+        return exact_pico(dollars / Decimal(per_tokens))
+    except MoneyError as exc:
+        raise fail(path, str(exc)) from None
+
+
+def _model_price(
+    spec: Mapping[str, Any], base: ModelPrice | None, path: tuple[str | int, ...], fail: _Fail
+) -> ModelPrice:
+    values: dict[str, int] = {}
+    for key, raw in spec.items():
+        if key in ("changes", "effective_from"):
+            continue
+        if key in _PER_1K:
+            target, per = _PER_1K[key], 1000
+        elif key in _PER_1M:
+            target, per = _PER_1M[key], 1_000_000
+        else:
+            raise fail(
+                (*path, key),
+                "unknown price key; use input_tokens/output_tokens/cached_input_tokens ($/1K) "
+                "or input_per_1m/output_per_1m/cached_input_per_1m ($/1M)",
+            )
+        if target in values:
+            raise fail((*path, key), f"the {target} price is given twice ($/1K and $/1M)")
+        values[target] = _price_field(raw, (*path, key), per, fail)
+    input_price = values.get("input", base.input if base else None)
+    output_price = values.get("output", base.output if base else None)
+    if input_price is None:
+        raise fail(path, "missing input_tokens (the input price in $/1K tokens)")
+    if output_price is None:
+        raise fail(path, "missing output_tokens (the output price in $/1K tokens)")
+    cached = values.get("cached", base.cached_input if base and "input" not in values else None)
+    return ModelPrice(input_price, output_price, input_price if cached is None else cached)
+
+
+def _parse_models(section: Any, fail: _Fail) -> dict[str, list[tuple[int, ModelPrice]]]:
+    if not isinstance(section, dict):
+        raise fail(("model_costs",), "expected a mapping of model name -> prices")
+    models: dict[str, list[tuple[int, ModelPrice]]] = {}
+    for name, spec in section.items():
+        path: tuple[str | int, ...] = ("model_costs", name)
+        if not isinstance(spec, dict):
+            raise fail(path, "expected {input_tokens: <$/1K>, output_tokens: <$/1K>}")
+        base = _model_price(spec, None, path, fail)
+        timeline = [(_BEGINNING, base)]
+        for index, change in enumerate(_changes(spec, path, fail)):
+            change_path = (*path, "changes", index)
+            starts = _parse_effective_from(
+                change.get("effective_from"), (*change_path, "effective_from"), fail
+            )
+            timeline.append((starts, _model_price(change, timeline[-1][1], change_path, fail)))
+        models[str(name)] = timeline
+    return models
+
+
+def _changes(spec: Mapping[str, Any], path: tuple[str | int, ...], fail: _Fail) -> list[Any]:
+    changes = spec.get("changes") or []
+    if not isinstance(changes, list) or not all(isinstance(c, dict) for c in changes):
+        raise fail((*path, "changes"), "expected a list of {effective_from: ..., <prices>}")
+    return changes
+
+
+def _gpu_price(
+    spec: Mapping[str, Any], base: GpuPrice | None, path: tuple[str | int, ...], fail: _Fail
+) -> GpuPrice:
+    values: dict[str, int] = {}
+    for key, raw in spec.items():
+        if key in ("changes", "effective_from"):
+            continue
+        if key not in TIERS:
+            raise fail((*path, key), f"unknown pricing tier; use {', '.join(TIERS)} ($/hour)")
+        values[key] = _price_field(raw, (*path, key), 1, fail)
+    if "on_demand" not in values and base is None:
+        raise fail(path, "missing on_demand (the on-demand price in $/hour)")
+    on_demand = values.get("on_demand", base.on_demand if base else 0)
+    # A tier left out costs what on-demand costs: no discount is better than a made-up one.
+    spot = values.get("spot", base.spot if base else on_demand)
+    reserved = values.get("reserved_1y", base.reserved_1y if base else on_demand)
+    return GpuPrice(on_demand, spot, reserved)
+
+
+def _parse_gpus(section: Any, fail: _Fail) -> dict[str, list[tuple[int, GpuPrice]]]:
+    if not isinstance(section, dict):
+        raise fail(("gpu_pricing",), "expected a mapping of gpu type -> {on_demand, spot, ...}")
+    gpus: dict[str, list[tuple[int, GpuPrice]]] = {}
+    for name, spec in section.items():
+        path: tuple[str | int, ...] = ("gpu_pricing", name)
+        if not isinstance(spec, dict):
+            raise fail(path, "expected {on_demand: <$/hour>, spot: ..., reserved_1y: ...}")
+        timeline = [(_BEGINNING, _gpu_price(spec, None, path, fail))]
+        for index, change in enumerate(_changes(spec, path, fail)):
+            change_path = (*path, "changes", index)
+            starts = _parse_effective_from(
+                change.get("effective_from"), (*change_path, "effective_from"), fail
+            )
+            timeline.append((starts, _gpu_price(change, timeline[-1][1], change_path, fail)))
+        gpus[str(name)] = timeline
+    return gpus

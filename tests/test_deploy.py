@@ -1,0 +1,658 @@
+"""Deployment files: they parse, agree with each other and the seeds, and hold no secrets.
+
+No network and no Docker: the manifests are read as YAML and checked against the code they
+configure (``Settings`` fields, the bundled pricing). Where ``promtool`` is available (on PATH,
+or named by the ``PROMTOOL`` environment variable) the rules are also checked and unit-tested
+with it: each alert must fire on data that breaks its threshold and stay quiet otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import SecretStr
+
+from costflux.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "kubernetes"
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+RULES_FILE = DEPLOY / "prometheus" / "rules.yml"
+PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+RULE_CRD_FILE = K8S / "prometheusrule.yaml"
+BUNDLED_PRICING = ROOT / "costflux" / "data" / "pricing.yaml"
+# CI clones the repository with shared/ beside it; the seeds are then checked directly.
+SEEDS = ROOT.parent / "shared" / "seeds"
+
+EXPECTED_FILES = [
+    DOCKERFILE,
+    COMPOSE_FILE,
+    RULES_FILE,
+    PROMETHEUS_CONFIG,
+    K8S / "configmap-pricing.yaml",
+    K8S / "deployment.yaml",
+    K8S / "service.yaml",
+    K8S / "servicemonitor.yaml",
+    K8S / "secret.example.yaml",
+    K8S / "kustomization.yaml",
+    RULE_CRD_FILE,
+]
+
+# The seeds' alerts: `for` (None: fires at once), severity and Chinese summary, as the seeds
+# give them (seed 001 gives no severity; costflux says warning).
+SEED_ALERTS: dict[str, tuple[str | None, str, str]] = {
+    "HighLLMCostPerRequest": ("30m", "warning", "LLM单请求成本过高"),
+    "LowGPUUtilization": ("1h", "warning", "GPU利用率过低,考虑缩容"),
+    "HighIdleCost": ("1h", "warning", "GPU空闲成本过高"),
+    "HighDailyCost": (None, "warning", "日成本超过$1000"),
+    "GPUIdleWaste": ("1h", "warning", "GPU利用率<30%持续1小时"),
+    "CostSpike": (None, "warning", "成本激增200%"),
+}
+SEED_GROUPS = {"llm-costs", "cost_management"}
+
+# What costflux exports that the rules may use; seed-only sources must not survive.
+COSTFLUX_METRICS = {
+    "llm_request_cost_dollars_total",
+    "llm_requests_total",
+    "llm_tokens_total",
+    "llm_gpu_idle_cost_dollars_total",
+    "llm_gpu_utilization_ratio",
+    "llm_cost_per_request_dollars",
+    "costflux_deadletter_total",
+}
+
+SETTINGS_ENV = {"COSTFLUX_" + name.upper() for name in Settings.model_fields}
+SECRET_ENV = {
+    "COSTFLUX_" + name.upper()
+    for name, field in Settings.model_fields.items()
+    if SecretStr in (field.annotation, *getattr(field.annotation, "__args__", ()))
+}
+SECRETISH_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|AUTH|WEBHOOK|API_KEY", re.IGNORECASE)
+CREDENTIALS_IN_URL = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@", re.IGNORECASE)
+PLACEHOLDER = "change-me"
+
+
+def _docs(path: Path) -> list[Any]:
+    return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc is not None]
+
+
+def _yaml_files() -> list[Path]:
+    return sorted([*DEPLOY.rglob("*.yml"), *DEPLOY.rglob("*.yaml"), COMPOSE_FILE])
+
+
+def _k8s_objects() -> Iterator[tuple[Path, dict[str, Any]]]:
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in _docs(path):
+            if "apiVersion" in doc and doc.get("kind") != "Kustomization":
+                yield path, doc
+
+
+def _k8s_object(kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [
+        doc
+        for _, doc in _k8s_objects()
+        if doc["kind"] == kind and (name is None or doc["metadata"]["name"] == name)
+    ]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def _costflux_containers() -> list[dict[str, Any]]:
+    containers = []
+    for _, doc in _k8s_objects():
+        pod = doc.get("spec", {}).get("template", {}).get("spec", {})
+        for container in [*pod.get("containers", []), *pod.get("initContainers", [])]:
+            if container["image"].split(":")[0].rsplit("/", 1)[-1] == "costflux":
+                containers.append(container)
+    return containers
+
+
+def _compose() -> dict[str, Any]:
+    (doc,) = _docs(COMPOSE_FILE)
+    return doc  # type: ignore[no-any-return]
+
+
+def _costflux_services() -> dict[str, dict[str, Any]]:
+    return {
+        name: service
+        for name, service in _compose()["services"].items()
+        if "build" in service or str(service.get("image", "")).startswith("costflux")
+    }
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    text = DOCKERFILE.read_text(encoding="utf-8").replace("\\\n", " ")
+    instructions = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            instructions.append((keyword.upper(), rest.strip()))
+    return instructions
+
+
+def _rules(groups: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Map alert name to its group and rule, with whitespace in expr normalised."""
+    rules: dict[str, dict[str, Any]] = {}
+    for group in groups:
+        for rule in group["rules"]:
+            assert rule["alert"] not in rules, f"alert {rule['alert']} defined twice"
+            rules[rule["alert"]] = {
+                **rule,
+                "group": group["name"],
+                "expr": " ".join(rule["expr"].split()),
+            }
+    return rules
+
+
+def _file_rules() -> dict[str, dict[str, Any]]:
+    (doc,) = _docs(RULES_FILE)
+    return _rules(doc["groups"])
+
+
+def _crd_rules() -> dict[str, dict[str, Any]]:
+    groups = [
+        group
+        for doc in _docs(RULE_CRD_FILE)
+        if doc["kind"] == "PrometheusRule"
+        for group in doc["spec"]["groups"]
+    ]
+    return _rules(groups)
+
+
+def _seed_yaml_blocks() -> list[dict[str, Any]]:
+    blocks = []
+    for seed in sorted(SEEDS.glob("*.txt")):
+        for block in re.findall(r"```yaml\n(.*?)```", seed.read_text(encoding="utf-8"), re.S):
+            blocks.extend(doc for doc in yaml.safe_load_all(block) if doc is not None)
+    return blocks
+
+
+needs_seeds = pytest.mark.skipif(
+    not SEEDS.is_dir(), reason=f"seed documents not found at {SEEDS} (shared/ beside the repo)"
+)
+
+
+# --- every file is there and parses ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", EXPECTED_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_deployment_file_exists(path: Path) -> None:
+    assert path.is_file()
+
+
+@pytest.mark.parametrize("path", _yaml_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_yaml_parses_to_mappings(path: Path) -> None:
+    docs = _docs(path)
+    assert docs, f"{path} holds no YAML document"
+    assert all(isinstance(doc, dict) for doc in docs)
+
+
+def test_every_kubernetes_manifest_names_its_object() -> None:
+    objects = list(_k8s_objects())
+    assert len(objects) >= 7
+    for path, doc in objects:
+        assert doc.get("kind") and doc.get("metadata", {}).get("name"), path
+
+
+# --- pricing --------------------------------------------------------------------------------------
+
+
+def test_configmap_pricing_is_the_bundled_pricing() -> None:
+    configmap = _k8s_object("ConfigMap", "llm-cost-config")
+    text = configmap["data"]["pricing.yaml"]
+    bundled = BUNDLED_PRICING.read_text(encoding="utf-8")
+    assert yaml.safe_load(text) == yaml.safe_load(bundled)
+    # Same text too, comments included, so the seed's units ($/hour, $/1K tokens) stay with it.
+    assert text == bundled
+
+
+@needs_seeds
+def test_configmap_is_the_seeds_configmap() -> None:
+    (seed_configmap,) = [doc for doc in _seed_yaml_blocks() if doc["kind"] == "ConfigMap"]
+    assert _k8s_object("ConfigMap", "llm-cost-config") == seed_configmap
+
+
+# --- alert rules ----------------------------------------------------------------------------------
+
+
+def test_rules_file_and_prometheusrule_hold_the_same_rules() -> None:
+    from_file, from_crd = _file_rules(), _crd_rules()
+    assert from_file.keys() == from_crd.keys()
+    for name, rule in from_file.items():
+        other = from_crd[name]
+        for key in ("group", "expr", "for", "labels", "annotations"):
+            assert rule.get(key) == other.get(key), f"{name}: {key} differs"
+
+
+@pytest.mark.parametrize("rules", [_file_rules, _crd_rules], ids=["rules.yml", "crd"])
+def test_every_seed_alert_is_present_with_the_seeds_for_and_severity(rules: Any) -> None:
+    found = rules()
+    assert set(SEED_ALERTS) <= found.keys()
+    assert {rule["group"] for rule in found.values()} == SEED_GROUPS
+    for name, (for_, severity, summary_zh) in SEED_ALERTS.items():
+        rule = found[name]
+        assert rule.get("for") == for_, name
+        assert rule["labels"]["severity"] == severity, name
+        assert rule["annotations"]["summary_zh"] == summary_zh, name
+        summary = rule["annotations"]["summary"]
+        assert summary.isascii() and summary.strip(), f"{name}: summary should be English"
+
+
+@needs_seeds
+def test_seed_alert_table_matches_the_seeds() -> None:
+    seed_rules = _rules(
+        [
+            group
+            for doc in _seed_yaml_blocks()
+            if doc["kind"] == "PrometheusRule"
+            for group in doc["spec"]["groups"]
+        ]
+    )
+    assert seed_rules.keys() == SEED_ALERTS.keys()
+    assert {rule["group"] for rule in seed_rules.values()} == SEED_GROUPS
+    for name, rule in seed_rules.items():
+        for_, severity, summary_zh = SEED_ALERTS[name]
+        assert rule.get("for") == for_, name
+        assert rule.get("labels", {}).get("severity", "warning") == severity, name
+        assert rule["annotations"]["summary"] == summary_zh, name
+
+
+def test_rules_use_only_costflux_metrics() -> None:
+    for name, rule in _file_rules().items():
+        expr = rule["expr"]
+        assert "kubecost_" not in expr and "DCGM_" not in expr, name
+        used = set(re.findall(r"\b(?:llm|costflux)_[a-z0-9_]+\b", expr))
+        assert used, f"{name} uses no costflux metric"
+        assert used <= COSTFLUX_METRICS, f"{name}: unknown metrics {used - COSTFLUX_METRICS}"
+
+
+def test_seed_thresholds_are_kept() -> None:
+    rules = _file_rules()
+    assert rules["HighLLMCostPerRequest"]["expr"].endswith("> 0.1")
+    assert rules["HighIdleCost"]["expr"].endswith("> 100")
+    assert rules["HighDailyCost"]["expr"].endswith("> 1000")
+    assert rules["CostSpike"]["expr"].endswith("> 2")
+    assert "[24h:1h]" in rules["CostSpike"]["expr"]
+    # DCGM reports percent, costflux a 0..1 ratio: the seed's 30 becomes 0.3.
+    assert "< 0.3" in rules["LowGPUUtilization"]["expr"]
+    assert "< 0.3" in rules["GPUIdleWaste"]["expr"]
+
+
+# --- configuration reaches Settings ---------------------------------------------------------------
+
+
+def _k8s_env() -> dict[str, dict[str, Any]]:
+    env: dict[str, dict[str, Any]] = {}
+    for container in _costflux_containers():
+        for var in container.get("env", []):
+            env[var["name"]] = var
+    return env
+
+
+def _compose_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for service in _costflux_services().values():
+        environment = service.get("environment", {})
+        if isinstance(environment, list):
+            environment = dict(item.split("=", 1) for item in environment)
+        env.update({k: str(v) for k, v in environment.items()})
+    return env
+
+
+def _dockerfile_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for keyword, rest in _dockerfile_instructions():
+        if keyword == "ENV":
+            env.update(item.split("=", 1) for item in rest.split())
+    return env
+
+
+def test_settings_fields_are_known() -> None:
+    # Guards the derivation below: if the names drift, the env checks would pass vacuously.
+    assert {"COSTFLUX_KAFKA_BOOTSTRAP", "COSTFLUX_HTTP_HOST", "COSTFLUX_PRICING_FILE"} <= (
+        SETTINGS_ENV
+    )
+    assert {"COSTFLUX_KAFKA_SASL_PASSWORD", "COSTFLUX_REDIS_PASSWORD"} <= SECRET_ENV
+
+
+@pytest.mark.parametrize(
+    "source", [_k8s_env, _compose_env, _dockerfile_env], ids=["kubernetes", "compose", "dockerfile"]
+)
+def test_costflux_env_vars_are_settings_fields(source: Any) -> None:
+    env = source()
+    names = set(env)
+    if source is _dockerfile_env:
+        names = {name for name in names if name.startswith("COSTFLUX_")}
+    assert names, "no costflux environment found"
+    assert all(name.startswith("COSTFLUX_") for name in names), sorted(names)
+    assert names <= SETTINGS_ENV, f"not Settings fields: {sorted(names - SETTINGS_ENV)}"
+
+
+def _validate_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Settings:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return Settings()
+
+
+def test_kubernetes_env_values_validate(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {name: var.get("value", PLACEHOLDER) for name, var in _k8s_env().items()}
+    settings = _validate_env(monkeypatch, env)
+    assert settings.kafka_bootstrap and not settings.embedded_broker
+    assert settings.redis_url and not settings.embedded_redis
+    assert settings.http_host == "0.0.0.0"  # noqa: S104 - a pod must listen on its IP
+    assert settings.http_port == 8080
+    assert settings.kafka_sasl_password is not None
+
+
+def test_compose_env_values_validate(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {
+        name: PLACEHOLDER if value.startswith("${") else value
+        for name, value in _compose_env().items()
+    }
+    settings = _validate_env(monkeypatch, env)
+    assert settings.kafka_bootstrap == "kafka:9092"
+    assert settings.http_host == "0.0.0.0"  # noqa: S104 - a container must listen on its IP
+
+
+# --- no secrets in the repository -----------------------------------------------------------------
+
+
+def test_kubernetes_secrets_come_from_a_secret() -> None:
+    env = _k8s_env()
+    secrets = {name for name in env if name in SECRET_ENV or SECRETISH_NAME.search(name)}
+    assert {"COSTFLUX_KAFKA_SASL_PASSWORD", "COSTFLUX_REDIS_PASSWORD"} <= secrets
+    example = _k8s_object("Secret")
+    for name in secrets:
+        assert "value" not in env[name], f"{name} has a literal value"
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        # The example Secret documents every key the Deployment needs.
+        assert ref["name"] == example["metadata"]["name"], name
+        assert ref["key"] in example["stringData"], name
+
+
+def test_example_secret_holds_only_placeholders() -> None:
+    example = _k8s_object("Secret")
+    values = {**example.get("stringData", {}), **example.get("data", {})}
+    assert values
+    assert set(values.values()) == {PLACEHOLDER}
+
+
+def test_kustomization_lists_every_manifest_but_the_example_secret() -> None:
+    (kustomization,) = _docs(K8S / "kustomization.yaml")
+    resources = set(kustomization["resources"])
+    manifests = {path.name for path in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert resources == manifests - {"secret.example.yaml"}
+
+
+def test_compose_secrets_come_from_the_environment() -> None:
+    for name, service in _compose()["services"].items():
+        environment = service.get("environment", {})
+        for var, value in environment.items():
+            if var in SECRET_ENV or SECRETISH_NAME.search(var):
+                assert re.fullmatch(r"\$\{[A-Z_]+(:?[?-][^}]*)?\}", str(value)), (
+                    f"{name}: {var} must come from .env / the shell, not be written here"
+                )
+
+
+@pytest.mark.parametrize("path", _yaml_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_credentials_in_urls(path: Path) -> None:
+    assert not CREDENTIALS_IN_URL.search(path.read_text(encoding="utf-8"))
+
+
+def test_no_secret_objects_outside_the_example() -> None:
+    for path, doc in _k8s_objects():
+        if doc["kind"] == "Secret":
+            assert path.name == "secret.example.yaml"
+
+
+# --- the Kubernetes workload ----------------------------------------------------------------------
+
+
+def test_deployment_runs_the_worker_safely() -> None:
+    deployment = _k8s_object("Deployment", "llm-cost-tracker")
+    pod = deployment["spec"]["template"]
+    assert (
+        deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    )
+    (container,) = _costflux_containers()
+    assert container["args"] == ["worker"]
+    assert {"containerPort": 8080, "name": "metrics"} in container["ports"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+
+    security = {**pod["spec"].get("securityContext", {}), **container["securityContext"]}
+    assert security["runAsNonRoot"] is True
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+
+    volumes = {volume["name"]: volume for volume in pod["spec"]["volumes"]}
+    mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+    env = {var["name"]: var.get("value") for var in container["env"]}
+    # The Faust data dir must be writable under a read-only root: an emptyDir.
+    assert "emptyDir" in volumes[mounts[env["COSTFLUX_DATA_DIR"]]]
+    # The pricing file is a key of the seed's ConfigMap, mounted as a directory (no subPath),
+    # so ConfigMap edits reach the running worker.
+    pricing = Path(env["COSTFLUX_PRICING_FILE"])
+    config_volume = volumes[mounts[str(pricing.parent)]]
+    assert config_volume["configMap"]["name"] == "llm-cost-config"
+    assert pricing.name in _k8s_object("ConfigMap", "llm-cost-config")["data"]
+    assert not any("subPath" in mount for mount in container["volumeMounts"])
+
+
+def test_service_and_servicemonitor_reach_the_metrics_port() -> None:
+    pod_labels = _k8s_object("Deployment")["spec"]["template"]["metadata"]["labels"]
+    service = _k8s_object("Service")
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert any(port["name"] == "metrics" for port in service["spec"]["ports"])
+
+    monitor = _k8s_object("ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    selected = monitor["spec"]["selector"]["matchLabels"]
+    assert selected.items() <= service["metadata"]["labels"].items()
+    assert [(e["port"], e["path"]) for e in monitor["spec"]["endpoints"]] == [
+        ("metrics", "/metrics")
+    ]
+
+
+# --- docker compose and the image -----------------------------------------------------------------
+
+
+def test_compose_runs_two_workers_in_one_group_behind_healthy_dependencies() -> None:
+    services = _compose()["services"]
+    workers = {
+        name: service
+        for name, service in _costflux_services().items()
+        if service.get("command") == ["worker"]
+    }
+    assert len(workers) == 2
+    groups = {service["environment"].get("COSTFLUX_CONSUMER_GROUP") for service in workers.values()}
+    assert len(groups) == 1, "workers must share one consumer group"
+    for name, service in workers.items():
+        assert service["environment"]["COSTFLUX_HTTP_HOST"] == "0.0.0.0", name  # noqa: S104
+        assert service["depends_on"]["kafka"]["condition"] == "service_healthy", name
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy", name
+        assert service["healthcheck"]["test"], name
+
+    kafka = services["kafka"]
+    assert kafka["image"].startswith("apache/kafka:")
+    assert set(kafka["environment"]["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    bootstrap = {service["environment"]["COSTFLUX_KAFKA_BOOTSTRAP"] for service in workers.values()}
+    advertised = kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    assert all(f"//{address}" in advertised for address in bootstrap)
+    for name in ("kafka", "redis", "prometheus"):
+        assert services[name]["healthcheck"]["test"], name
+
+
+def test_compose_replays_the_bundled_azure_trace() -> None:
+    services = _costflux_services()
+    (replay,) = [s for s in services.values() if s.get("command", [None])[0] == "replay"]
+    assert replay["command"] == [
+        "replay",
+        "costflux/data/azure_llm_inference_2023/AzureLLMInferenceTrace_conv.csv",
+        "--models",
+        "llama-2-70b,llama-2-7b,gpt-4",
+        "--label",
+        "team=search,ads,chat",
+        "--speed",
+        "60",
+    ]
+    assert (ROOT / replay["command"][1]).is_file()
+    assert replay["restart"] == "no"
+    assert all(dep["condition"] == "service_healthy" for dep in replay["depends_on"].values())
+
+
+def test_prometheus_scrapes_both_workers_with_the_rules() -> None:
+    services = _compose()["services"]
+    mounts = {
+        volume.split(":")[1]: volume.split(":")[0] for volume in services["prometheus"]["volumes"]
+    }
+    (config,) = _docs(PROMETHEUS_CONFIG)
+    config_dir = Path("/etc/prometheus")
+    assert (ROOT / mounts[str(config_dir / "prometheus.yml")]).resolve() == PROMETHEUS_CONFIG
+    for rule_file in config["rule_files"]:
+        assert (ROOT / mounts[str(config_dir / rule_file)]).resolve() == RULES_FILE
+
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    workers = [name for name, s in _costflux_services().items() if s.get("command") == ["worker"]]
+    assert targets == {f"{name}:8080" for name in workers}
+
+
+def test_dockerfile_builds_a_non_root_worker_image() -> None:
+    instructions = _dockerfile_instructions()
+    by_keyword: dict[str, list[str]] = {}
+    for keyword, rest in instructions:
+        by_keyword.setdefault(keyword, []).append(rest)
+    assert by_keyword["FROM"] == ["python:3.11-slim"]
+    assert any(re.search(r"\bpip install \.(\s|$)", run) for run in by_keyword["RUN"])
+    (user,) = by_keyword["USER"]
+    assert user.split(":")[0] not in {"root", "0"}
+    assert by_keyword["ENTRYPOINT"] == ['["costflux"]']
+    assert by_keyword["CMD"] == ['["worker"]']
+    assert by_keyword["EXPOSE"] == ["8080"]
+    (healthcheck,) = by_keyword["HEALTHCHECK"]
+    assert "python -c" in healthcheck and "urllib" in healthcheck and "/healthz" in healthcheck
+
+
+# --- promtool -------------------------------------------------------------------------------------
+
+
+def _promtool() -> str:
+    found = os.environ.get("PROMTOOL") or shutil.which("promtool")
+    if not found:
+        pytest.skip(
+            "promtool not found: put it on PATH or set PROMTOOL (Debian: the `prometheus` "
+            "package ships /usr/bin/promtool; `apt-get download prometheus && dpkg-deb -x` "
+            "extracts it without installing the server)"
+        )
+    return found
+
+
+def _run_promtool(*args: str) -> str:
+    result = subprocess.run(  # noqa: S603 - fixed arguments, our own files
+        [_promtool(), *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_promtool_checks_the_rules_file() -> None:
+    assert "SUCCESS: 6 rules found" in _run_promtool("check", "rules", str(RULES_FILE))
+
+
+def test_promtool_checks_the_prometheusrule_groups(tmp_path: Path) -> None:
+    for index, doc in enumerate(_docs(RULE_CRD_FILE)):
+        path = tmp_path / f"crd-{index}.yml"
+        path.write_text(yaml.safe_dump(doc["spec"]), encoding="utf-8")
+        assert "SUCCESS" in _run_promtool("check", "rules", str(path))
+
+
+def test_promtool_checks_the_compose_prometheus_config() -> None:
+    assert "SUCCESS" in _run_promtool("check", "config", str(PROMETHEUS_CONFIG))
+
+
+COST = 'llm_request_cost_dollars_total{model="gpt-4",team="chat",namespace="llm"}'
+REQUESTS = 'llm_requests_total{model="gpt-4",team="chat",namespace="llm"}'
+UTIL = 'llm_gpu_utilization_ratio{node="gpu-node-1",gpu_uuid="GPU-0",gpu_type="nvidia-a10"}'
+IDLE = 'llm_gpu_idle_cost_dollars_total{node="gpu-node-1",gpu_uuid="GPU-0",gpu_type="nvidia-a10"}'
+
+# (alert, input series at 1m steps, evaluation time, fires?): one case above the threshold for
+# longer than `for`, and cases just outside it (below the threshold, or not yet for long enough).
+ALERT_CASES: list[tuple[str, dict[str, str], str, bool]] = [
+    ("HighLLMCostPerRequest", {COST: "0+12x100", REQUESTS: "0+60x100"}, "45m", True),  # $0.20
+    ("HighLLMCostPerRequest", {COST: "0+12x100", REQUESTS: "0+60x100"}, "20m", False),  # for
+    ("HighLLMCostPerRequest", {COST: "0+3x100", REQUESTS: "0+60x100"}, "45m", False),  # $0.05
+    ("LowGPUUtilization", {UTIL: "0.1x100"}, "75m", True),
+    ("LowGPUUtilization", {UTIL: "0.1x100"}, "30m", False),
+    ("LowGPUUtilization", {UTIL: "0.5x100"}, "75m", False),
+    ("HighIdleCost", {IDLE: "0+2x200"}, "130m", True),  # $120/h
+    ("HighIdleCost", {IDLE: "0+1x200"}, "130m", False),  # $60/h
+    ("HighDailyCost", {COST: "0+1x1400"}, "22h", True),  # $1440/day
+    ("HighDailyCost", {COST: "0+0.5x1600"}, "26h", False),  # $720/day
+    ("GPUIdleWaste", {UTIL: "0.1x100", IDLE: "0+1x100"}, "75m", True),
+    ("GPUIdleWaste", {UTIL: "0.1x100", IDLE: "0x100"}, "75m", False),  # idle but not billed
+    ("GPUIdleWaste", {UTIL: "0.6x100", IDLE: "0+1x100"}, "75m", False),
+    ("CostSpike", {COST: "0+1x1440 1440+5x120"}, "25h", True),  # 5x the usual hour
+    ("CostSpike", {COST: "0+1x1440 1440+1.5x120"}, "25h", False),  # 1.5x
+    ("CostSpike", {COST: "0+1x1600"}, "25h", False),
+]
+
+
+def test_alert_cases_cover_every_rule() -> None:
+    covered = {(alert, fires) for alert, _, _, fires in ALERT_CASES}
+    assert covered == {(alert, fires) for alert in SEED_ALERTS for fires in (True, False)}
+
+
+def test_promtool_unit_tests_fire_each_alert_only_past_its_threshold(tmp_path: Path) -> None:
+    promtool = _promtool()
+    rules = _file_rules()
+    tests = []
+    for alert, series, eval_time, fires in ALERT_CASES:
+        expected = [
+            {"exp_labels": rules[alert]["labels"], "exp_annotations": rules[alert]["annotations"]}
+        ]
+        tests.append(
+            {
+                "interval": "1m",
+                "input_series": [{"series": s, "values": v} for s, v in series.items()],
+                "alert_rule_test": [
+                    {
+                        "eval_time": eval_time,
+                        "alertname": alert,
+                        "exp_alerts": expected if fires else [],
+                    }
+                ],
+            }
+        )
+    unit_tests = tmp_path / "rules_test.yml"
+    unit_tests.write_text(
+        yaml.safe_dump(
+            {"rule_files": [str(RULES_FILE)], "evaluation_interval": "1m", "tests": tests},
+            allow_unicode=True,
+        ),
+        encoding="utf-8",
+    )
+    result = subprocess.run(  # noqa: S603 - fixed arguments, our own files
+        [promtool, "test", "rules", str(unit_tests)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
