@@ -20,6 +20,8 @@ from costflux.core.allocation import (
 
 __all__ = ["register_http"]
 
+_EXPOSITION_TYPE = CONTENT_TYPE_LATEST.split("; charset")[0]
+
 
 def register_http(
     app: faust.App,
@@ -33,7 +35,8 @@ def register_http(
 
     @app.page("/metrics")
     async def metrics_page(web: faust.web.View, request: faust.web.Request) -> Any:
-        return web.bytes(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
+        # aiohttp refuses a charset inside content_type; the exposition format is UTF-8 anyway.
+        return web.bytes(generate_latest(metrics.registry), content_type=_EXPOSITION_TYPE)
 
     @app.page("/healthz")
     async def healthz(web: faust.web.View, request: faust.web.Request) -> Any:

@@ -371,7 +371,8 @@ def replay(
                             producer.send_partial_batch()
                             now = last_push = clock()
                         report(count)
-                        sleep(max(due - now, 0.0))
+                        if due > now:
+                            sleep(due - now)
             producer.send(event)
             if count == 0:
                 first_ts = ts

@@ -8,6 +8,8 @@ with it: each alert must fire on data that breaks its threshold and stay quiet o
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import re
 import shutil
@@ -451,6 +453,20 @@ def test_deployment_runs_the_worker_safely() -> None:
     assert not any("subPath" in mount for mount in container["volumeMounts"])
 
 
+BUILTIN_KINDS = {"ConfigMap", "Deployment", "Service", "Secret"}
+
+
+@pytest.mark.parametrize("version", ["1.25.0", "1.32.0"])  # the seeds' range
+def test_builtin_manifests_match_the_kubernetes_schema(version: str) -> None:
+    kubernetes_validate = pytest.importorskip(
+        "kubernetes_validate", reason="pip install kubernetes-validate to check API schemas"
+    )
+    objects = [doc for _, doc in _k8s_objects() if doc["kind"] in BUILTIN_KINDS]
+    assert {doc["kind"] for doc in objects} == BUILTIN_KINDS
+    for doc in objects:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
 def test_service_and_servicemonitor_reach_the_metrics_port() -> None:
     pod_labels = _k8s_object("Deployment")["spec"]["template"]["metadata"]["labels"]
     service = _k8s_object("Service")
@@ -511,6 +527,21 @@ def test_compose_replays_the_bundled_azure_trace() -> None:
     assert (ROOT / replay["command"][1]).is_file()
     assert replay["restart"] == "no"
     assert all(dep["condition"] == "service_healthy" for dep in replay["depends_on"].values())
+
+
+def test_compose_file_matches_the_compose_spec() -> None:
+    # check-jsonschema vendors the Compose Specification's schema; read it without importing
+    # the CLI package.
+    spec = importlib.util.find_spec("check_jsonschema")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("pip install check-jsonschema to check against the Compose Specification")
+    package = Path(next(iter(spec.submodule_search_locations)))
+    schema_file = package / "builtin_schemas" / "vendor" / "compose-spec.json"
+    schema = json.loads(schema_file.read_text(encoding="utf-8"))
+    jsonschema = pytest.importorskip("jsonschema")
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(_compose())]
+    assert not errors
 
 
 def test_prometheus_scrapes_both_workers_with_the_rules() -> None:

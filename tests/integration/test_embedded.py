@@ -120,7 +120,7 @@ def test_consumer_commits_only_when_told(
         consumer = Consumer(consumer_config(settings, group, **overrides))
         try:
             consumer.assign([TopicPartition(topic, 0)])
-            seen.append([m.value() for m in _consume(consumer, 1, deadline_s=3.0)])
+            seen.append([m.value() for m in _consume(consumer, 1, deadline_s=2.0)])
         finally:
             consumer.close()
 

@@ -1,0 +1,122 @@
+"""End to end on the embedded broker and Redis: replay, worker subprocess, HTTP answers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from costflux.settings import Settings
+from streams.kafka import ensure_topics, producer_config
+from streams.producer import UsageProducer
+from streams.replay import Assignment, ColumnMapping, iter_usage_events, replay
+from tests.integration.expected import (
+    AZURE_TRACE,
+    azure_rows,
+    totals_by,
+    totals_by_window,
+)
+from tests.integration.worker_process import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+TRACE_SPAN = "2023-11-16T18:00:00Z,2023-11-16T20:00:00Z"
+AZURE_ASSIGNMENT = Assignment(
+    models=("llama-2-70b", "llama-2-7b", "gpt-4"),
+    labels={"team": ("search", "ads", "chat", "research")},
+)
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]]:
+    workers: list[WorkerProcess] = []
+
+    def start(settings: Settings) -> WorkerProcess:
+        worker = WorkerProcess(settings, tmp_path / "logs")
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+def produce_trace(settings: Settings, limit: int | None, speed: float,
+                  events_per_message: int = 100) -> None:
+    ensure_topics(settings, {settings.topic_usage: settings.topic_partitions})
+    events = iter_usage_events(AZURE_TRACE, ColumnMapping(), AZURE_ASSIGNMENT,
+                               id_prefix="azure", limit=limit)
+    with UsageProducer(producer_config(settings), settings.topic_usage,
+                       events_per_message=events_per_message) as producer:
+        replay(events, producer, speed=speed)
+
+
+def wait_for_requests(worker: WorkerProcess, expected: int, timeout_s: float = 120) -> None:
+    def served() -> bool:
+        rows = worker.allocation(TRACE_SPAN, "model")
+        return sum(int(r["requests"]) for r in rows.values()) == expected
+
+    worker.wait_for(served, timeout_s, f"serving {expected} requests")
+
+
+def assert_matches(served: dict[str, dict[str, Any]], expected: dict[str, dict[str, Any]]) -> None:
+    assert set(served) == set(expected)
+    for name, want in expected.items():
+        got = served[name]
+        # Exact: the API's decimal string carries every pico-dollar.
+        assert Decimal(got["totalCostExact"]) == want["cost"], name
+        assert abs(Decimal(str(got["totalCost"])) - want["cost"]) < Decimal("1e-9"), name
+        assert got["inputTokens"] == want["input"], name
+        assert got["outputTokens"] == want["output"], name
+        assert got["requests"] == want["requests"], name
+
+
+def test_azure_trace_totals_equal_independent_recomputation(
+    settings_for: Callable[..., Settings], start_worker: Callable[[Settings], WorkerProcess],
+    redis_url: str,
+) -> None:
+    settings = settings_for()
+    produce_trace(settings, limit=None, speed=0)
+    expected_events = azure_rows()
+    worker = start_worker(settings)
+    worker.wait_ready()
+    wait_for_requests(worker, len(expected_events))
+
+    assert_matches(worker.allocation(TRACE_SPAN, "model"), totals_by(expected_events, "model"))
+    assert_matches(worker.allocation(TRACE_SPAN, "label:team"), totals_by(expected_events, "team"))
+
+    # Every window of both sizes, as served from Redis, equals the recomputation.
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for size_s in settings.window_sizes:
+            want = totals_by_window(expected_events, size_s)
+            got = {}
+            for start in want:
+                rows = client.hgetall(f"{settings.consumer_group}:win:{size_s}:{start}")
+                got[start] = sum(Decimal(int(v.split(b",")[0])) for v in rows.values()) / 10**12
+            assert got == want, f"{size_s}s windows differ"
+    finally:
+        client.close()
+    assert worker.metric("llm_requests_total") == len(expected_events)
+
+
+def test_full_speed_and_paced_replays_give_identical_totals(
+    settings_for: Callable[..., Settings], start_worker: Callable[[Settings], WorkerProcess],
+) -> None:
+    rows = 400  # ~70 s of trace time; at 100x that is under a second of pacing
+    answers = []
+    for speed in (0.0, 100.0):
+        settings = settings_for()
+        worker = start_worker(settings)
+        worker.wait_ready()
+        produce_trace(settings, limit=rows, speed=speed, events_per_message=10)
+        wait_for_requests(worker, rows)
+        answers.append((worker.allocation(TRACE_SPAN, "model,label:team"),
+                        worker.allocation(TRACE_SPAN, "model")))
+        worker.stop()
+    assert answers[0] == answers[1]
+    assert_matches(answers[0][1], totals_by(azure_rows(rows), "model"))
