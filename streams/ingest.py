@@ -205,8 +205,11 @@ class IngestLoop:
             if buffer.cut is not None:
                 if buffer.messages[-1][0] < buffer.cut:
                     continue  # re-cut after a crash: wait until the pending flush is complete
-                split = next(i for i, (o, _) in enumerate(buffer.messages) if o > buffer.cut) \
-                    if buffer.messages[-1][0] > buffer.cut else len(buffer.messages)
+                split = (
+                    next(i for i, (o, _) in enumerate(buffer.messages) if o > buffer.cut)
+                    if buffer.messages[-1][0] > buffer.cut
+                    else len(buffer.messages)
+                )
                 batch, buffer.messages = buffer.messages[:split], buffer.messages[split:]
                 buffer.cut = None
             else:
@@ -236,8 +239,9 @@ class IngestLoop:
                 value = {"src": source, "first": first, "last": last, "rows": rows}
                 outputs.append((key.encode(), orjson.dumps(value), options.partials_topic))
             for offset, rejected in judged.rejected:
-                outputs.append((None, self._deadletter(partition, offset, rejected),
-                                options.deadletter_topic))
+                outputs.append(
+                    (None, self._deadletter(partition, offset, rejected), options.deadletter_topic)
+                )
                 self._metrics.deadletters.labels(rejected.reason.value).inc()
             intents.hset(
                 checkpoint_key(options.namespace, options.topic, partition),
@@ -279,8 +283,11 @@ class IngestLoop:
             buffer.next_offset = last + 1
             pipe.hset(
                 checkpoint_key(options.namespace, options.topic, partition),
-                mapping={"next": last + 1, "max_ts": _text(buffer.clock.max_ts_ms),
-                         "pending_last": -1},
+                mapping={
+                    "next": last + 1,
+                    "max_ts": _text(buffer.clock.max_ts_ms),
+                    "pending_last": -1,
+                },
             )
             commits.append(TopicPartition(options.topic, partition, last + 1))
             marks[f"{options.topic}:{partition}"] = self._mark(buffer, now)

@@ -210,7 +210,9 @@ def ensure_topics(
             # rely on matching counts, so it must be visible.
             log.warning(
                 "topic %s exists with %d partitions, not the %d asked for",
-                name, len(existing[name].partitions), partitions,
+                name,
+                len(existing[name].partitions),
+                partitions,
             )
     missing = [
         NewTopic(name, num_partitions=partitions)

@@ -80,7 +80,8 @@ class UsageProducer:
         """Queue one usage event; it goes out now or with its batch."""
         self._check_open()
         try:
-            encoded = orjson.dumps(event)
+            # orjson encodes dicts only; other mappings (e.g. MappingProxyType) are copied.
+            encoded = orjson.dumps(event if isinstance(event, dict) else dict(event))
         except TypeError as exc:
             raise ProducerError(f"event cannot be encoded as JSON: {exc}") from exc
         key = _event_key(event)

@@ -16,8 +16,8 @@ import math
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, closing, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import ROUND_FLOOR, Decimal
@@ -308,7 +308,7 @@ def iter_usage_events(
     id_prefix: str | None = None,
     limit: int | None = None,
     file_format: TraceFormat | None = None,
-) -> Iterator[dict[str, Any]]:
+) -> Generator[dict[str, Any], None, None]:
     """Yield one usage-event dict per trace row, in file order; bad rows raise TraceFormatError.
 
     ``ts`` is RFC 3339 UTC with microseconds (``2023-11-16T18:15:46.680590Z``); ``event_id``
@@ -483,9 +483,12 @@ def run_replay(args: argparse.Namespace, producer_config: Mapping[str, str], top
     total = _estimate_rows(file, args.format, args.limit) if show_progress else None
     producer: UsageProducer | None = None
     try:
-        with UsageProducer(
-            producer_config, topic, events_per_message=args.events_per_message
-        ) as producer:
+        with (
+            closing(events),
+            UsageProducer(
+                producer_config, topic, events_per_message=args.events_per_message
+            ) as producer,
+        ):
             stats = replay(
                 itertools.chain((first,), events),
                 producer,

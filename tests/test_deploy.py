@@ -529,6 +529,16 @@ def test_compose_replays_the_bundled_azure_trace() -> None:
     assert all(dep["condition"] == "service_healthy" for dep in replay["depends_on"].values())
 
 
+def test_every_costflux_command_line_parses_with_the_cli() -> None:
+    from costflux.cli import _parser  # the console script's own argument parser
+
+    command_lines = [service["command"] for service in _costflux_services().values()]
+    command_lines += [container["args"] for container in _costflux_containers()]
+    assert len(command_lines) >= 4
+    for argv in command_lines:
+        _parser().parse_args(argv)  # exits (a test error) on an unknown flag
+
+
 def test_compose_file_matches_the_compose_spec() -> None:
     # check-jsonschema vendors the Compose Specification's schema; read it without importing
     # the CLI package.

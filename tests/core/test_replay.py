@@ -562,3 +562,15 @@ def test_run_replay_reports_input_errors_before_connecting(
 
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_run_replay_rejects_a_bad_producer_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = write(tmp_path / "t.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n1,1,1\n")
+    args = parse([str(trace), "--model", "m", "--no-progress"])
+
+    code = run_replay(args, {"bootstrap.servers": "127.0.0.1:9", "no.such.option": "1"}, "t")
+
+    assert code == 2
+    assert "no.such.option" in capsys.readouterr().err

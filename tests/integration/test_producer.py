@@ -287,3 +287,52 @@ def test_run_replay_sends_the_trace_exactly_once(
     assert sorted(len(batch) for batch in batches) == [10] + [40] * 6
     arrived = sorted((e for batch in batches for e in batch), key=lambda e: e["event_id"])
     assert arrived == sorted(expected, key=lambda e: e["event_id"])
+
+
+def test_run_replay_stops_at_a_bad_row_after_sending_the_rows_before_it(
+    kafka_bootstrap: str,
+    unique: Callable[[str], str],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    topic = unique("usage")
+    create_topic(kafka_bootstrap, topic, partitions=1)
+    trace = tmp_path / "half.csv"
+    trace.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2024-05-01 12:00:00,1,1\n"
+        "2024-05-01 12:00:01,2,2\n"
+        "2024-05-01 12:00:02,3,oops\n"
+    )
+    parser = argparse.ArgumentParser()
+    add_replay_arguments(parser)
+    args = parser.parse_args([str(trace), "--model", "gpt-4", "--no-progress"])
+
+    code = run_replay(args, producer_settings(kafka_bootstrap), topic)
+
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "line 4" in err and "GeneratedTokens" in err and "2 events" in err
+    (batch,) = [orjson.loads(m.value) for m in read_all(kafka_bootstrap, topic, 1, 1)]
+    assert [event["event_id"] for event in batch] == ["half-0", "half-1"]
+
+
+def test_run_replay_exits_1_when_kafka_does_not_take_the_events(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    trace = tmp_path / "t.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2024-05-01 12:00:00,1,1\n")
+    parser = argparse.ArgumentParser()
+    add_replay_arguments(parser)
+    args = parser.parse_args([str(trace), "--model", "gpt-4", "--no-progress"])
+    config = producer_settings(
+        f"127.0.0.1:{port}", **{"message.timeout.ms": "500", "log_level": "0"}
+    )
+
+    code = run_replay(args, config, "llm.usage.v1")
+
+    assert code == 1
+    assert "failed" in capsys.readouterr().err
