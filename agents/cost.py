@@ -148,8 +148,8 @@ class CostCombiner:
         raw = await self._redis.hgetall(watermarks_key(self._options.namespace))
         marks = {}
         for name, value in raw.items():
-            watermark, _, last_data = value.decode().partition("|")
-            marks[name.decode()] = PartitionMark(
+            watermark, _, last_data = _text(value).partition("|")
+            marks[_text(name)] = PartitionMark(
                 int(watermark) if watermark else None, int(last_data or 0)
             )
         now_ms = time.time_ns() // 1_000_000
@@ -173,3 +173,7 @@ class CostCombiner:
             log.info("evicted %d closed window shards", len(expired))
 
 
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -131,9 +131,10 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
     )
     app.add_dependency(IngestService(ingest))
 
-    @app.timer(5.0, name="costflux.reload_pricing")
     async def reload_pricing() -> None:
         pricing.reload_if_changed()
+
+    app.timer(5.0, name="costflux.reload_pricing")(reload_pricing)
 
     def readiness() -> tuple[bool, str]:
         if ingest.failure is not None:

@@ -48,7 +48,7 @@ class RedisDeduplicator:
         verdicts: list[bool] = []
         for start in range(0, len(ids), _CHUNK):
             keys = [self._prefix + event_id for event_id in ids[start : start + _CHUNK]]
-            args = [self._horizon_s, *positions[start : start + _CHUNK]]
+            args: list[str | int] = [self._horizon_s, *positions[start : start + _CHUNK]]
             result = self._script(keys=keys, args=args)
             verdicts.extend(bool(flag) for flag in result)
         return verdicts

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 import redis
@@ -139,7 +140,7 @@ class IngestLoop:
         for tp in partitions:
             pipe.hgetall(checkpoint_key(self._options.namespace, tp.topic, tp.partition))
         checkpoints = pipe.execute()
-        marks: dict[str, str] = {}
+        marks: dict[Any, str] = {}  # redis-py's Mapping key type is invariant
         for tp, saved in zip(partitions, checkpoints, strict=True):
             state = {k.decode(): v.decode() for k, v in saved.items()}
             buffer = self._restore(state)
@@ -277,7 +278,7 @@ class IngestLoop:
         options = self._options
         pipe = self._redis.pipeline()
         commits = []
-        marks: dict[str, str] = {}
+        marks: dict[Any, str] = {}  # redis-py's Mapping key type is invariant
         for partition, buffer, batch in flushes:
             last = batch[-1][0]
             buffer.next_offset = last + 1

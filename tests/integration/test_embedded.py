@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -181,6 +182,30 @@ def test_broker_stop_kills_when_clients_hold_it_open() -> None:
         assert _process_gone(pid)
     # The broker is gone, so flush only drops the client's (empty) queue.
     producer.flush(0)
+
+
+def _disconnect_logged(caplog: pytest.LogCaptureFixture) -> bool:
+    return any("Disconnected" in record.getMessage() for record in caplog.records)
+
+
+def test_broker_disconnects_are_debug_logs_not_stderr(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="costflux.librdkafka")
+    with EmbeddedBroker() as broker:
+        settings = Settings(kafka_bootstrap=broker.bootstrap)
+        producer = Producer(producer_config(settings))
+        producer.produce("churn", value=b"x")
+        assert producer.flush(10) == 0
+        broker.stop(timeout=0.5)
+        deadline = time.monotonic() + 5
+        while not _disconnect_logged(caplog) and time.monotonic() < deadline:
+            producer.poll(0.2)
+    producer.flush(0)
+
+    assert _disconnect_logged(caplog)
+    assert {record.levelno for record in caplog.records} == {logging.DEBUG}
+    assert "Disconnected" not in capfd.readouterr().err
 
 
 def test_broker_on_a_taken_port_fails_with_log_tail() -> None:
