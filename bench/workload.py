@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 #: Pico-dollars per token: the bundled costflux/data/pricing.yaml ($/1K tokens) times 1e9.
@@ -26,7 +26,7 @@ NAMESPACES = ("prod", "staging")
 
 #: Event time of the first event; later events advance STEP_MS each. In the past, so that
 #: costflux's future-timestamp check never fires, and fixed, so runs are comparable.
-BASE_TS = datetime(2023, 11, 16, 18, 0, 0, tzinfo=timezone.utc)
+BASE_TS = datetime(2023, 11, 16, 18, 0, 0, tzinfo=UTC)
 STEP_MS = 5
 WINDOW_MS = 60_000
 

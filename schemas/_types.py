@@ -26,7 +26,12 @@ def parse_event_time(value: Any) -> datetime:
     if isinstance(value, int | float):
         if not math.isfinite(value):
             raise ValueError("ts must be finite")
-        return _EPOCH + timedelta(seconds=value)
+        try:
+            return _EPOCH + timedelta(seconds=value)
+        except OverflowError:
+            raise ValueError(
+                "ts is out of range; epoch time is in seconds (not milliseconds)"
+            ) from None
     if isinstance(value, datetime):
         parsed = value
     elif isinstance(value, str):
@@ -38,7 +43,10 @@ def parse_event_time(value: Any) -> datetime:
         raise ValueError("ts must be an RFC 3339 string or epoch seconds")
     if parsed.tzinfo is None:
         raise ValueError("ts needs a UTC offset or Z: a time without one is ambiguous")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("ts is out of range") from None
 
 
 def epoch_ms(moment: datetime) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from schemas._types import MAX_TOKENS_PER_REQUEST
 from schemas.deadletter import DeadLetterReason
 from schemas.usage import UsageEvent
 
@@ -38,7 +39,10 @@ def decode_usage_message(value: bytes | None) -> tuple[list[UsageEvent | Rejecte
     try:
         document = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        return [_undecodable(value, exc)], False
+        lenient = _parse_with_non_finite(value)
+        if lenient is None:
+            return [_undecodable(value, exc)], False
+        document = lenient
     if isinstance(document, list):
         if not document:
             return [Rejected(DeadLetterReason.NOT_AN_OBJECT, "empty batch []", None, value)], True
@@ -46,27 +50,54 @@ def decode_usage_message(value: bytes | None) -> tuple[list[UsageEvent | Rejecte
     return [_validate(document, None, value)], False
 
 
-def _undecodable(value: bytes, exc: Exception) -> Rejected:
-    # orjson follows RFC 8259 and refuses NaN/Infinity; Python's json.dumps writes them by
-    # default, so tell that producer bug apart from garbage.
+def _parse_with_non_finite(value: bytes) -> Any | None:
+    """Parse JSON that is valid but for NaN/Infinity (Python's json.dumps writes them).
+
+    orjson follows RFC 8259 and refuses the whole message; reading it leniently lets each
+    element of a batch be judged on its own, and the offending ones be named not_finite.
+    """
     try:
-        json.loads(value, parse_constant=_raise_non_finite)
-    except _NonFinite as non_finite:
-        return Rejected(DeadLetterReason.NOT_FINITE, str(non_finite), None, value)
-    except (ValueError, UnicodeDecodeError):
-        pass
+        return json.loads(value, parse_constant=_NonFiniteNumber)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+
+
+def _undecodable(value: bytes, exc: Exception) -> Rejected:
     return Rejected(DeadLetterReason.BAD_JSON, f"not valid JSON: {exc}", None, value)
 
 
-class _NonFinite(ValueError):
-    """A JSON document held NaN or Infinity."""
+class _NonFiniteNumber(str):
+    """Stands for a NaN/Infinity token found while parsing leniently."""
+
+    __slots__ = ()
 
 
-def _raise_non_finite(token: str) -> float:
-    raise _NonFinite(f"{token} is not a number JSON allows; send finite values or omit the field")
+def _non_finite_field(item: Any, path: str = "") -> str | None:
+    if isinstance(item, _NonFiniteNumber):
+        return path or "value"
+    if isinstance(item, dict):
+        children = ((f"{path}.{k}" if path else str(k), v) for k, v in item.items())
+    elif isinstance(item, list):
+        children = ((f"{path}[{i}]", v) for i, v in enumerate(item))
+    else:
+        return None
+    for child_path, child in children:
+        found = _non_finite_field(child, child_path)
+        if found is not None:
+            return found
+    return None
 
 
 def _validate(item: Any, index: int | None, raw: bytes | None) -> UsageEvent | Rejected:
+    non_finite = _non_finite_field(item)
+    if non_finite is not None:
+        return Rejected(
+            DeadLetterReason.NOT_FINITE,
+            f"{non_finite}: {_item_text(item, non_finite)} is not a number JSON allows; "
+            "send finite values or omit the field",
+            index,
+            raw if raw is not None else json.dumps(item).encode(),
+        )
     if not isinstance(item, dict):
         original = raw if raw is not None else orjson.dumps(item)
         return Rejected(
@@ -90,9 +121,16 @@ def _validate(item: Any, index: int | None, raw: bytes | None) -> UsageEvent | R
     return event
 
 
+def _item_text(item: Any, path: str) -> str:
+    """The NaN/Infinity token at ``path`` (for the detail message)."""
+    for part in path.replace("[", ".").replace("]", "").split("."):
+        item = item[int(part)] if isinstance(item, list) else item.get(part)
+    return str(item)
+
+
 def classify_validation_error(exc: ValidationError) -> tuple[DeadLetterReason, str]:
     """Map the first pydantic error to a reason code and a detail naming the field."""
-    errors = exc.errors(include_url=False, include_input=False)
+    errors = exc.errors(include_url=False, include_input=True)
     # An unknown field usually explains the other errors (input_token -> input_tokens missing).
     error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = error["loc"]
@@ -117,6 +155,10 @@ def classify_validation_error(exc: ValidationError) -> tuple[DeadLetterReason, s
         return DeadLetterReason.NEGATIVE_VALUE, detail
     if kind in ("less_than_equal", "less_than"):
         return DeadLetterReason.ABSURD_VALUE, detail
+    if field in _TOKEN_FIELDS and isinstance(error.get("input"), float):
+        if error["input"] > MAX_TOKENS_PER_REQUEST:
+            # orjson reads integers past 64 bits as floats: still an absurd count, not a type
+            return DeadLetterReason.ABSURD_VALUE, f"{where}: more than {MAX_TOKENS_PER_REQUEST}"
     if kind.endswith(("_type", "_parsing")) or kind == "literal_error":
         if field in _TOKEN_FIELDS | {"gpu_seconds", "latency_ms"} and kind == "int_type":
             return DeadLetterReason.WRONG_TYPE, detail + " (token counts are JSON integers)"

@@ -76,7 +76,14 @@ def judge(
     finest_ms = rules.finest_window_ms
     future_limit = now_wall_ms + rules.max_future_ms
     for offset, value in messages:
-        entries, batched = decode_usage_message(value)
+        try:
+            entries, batched = decode_usage_message(value)
+        except Exception as exc:  # noqa: BLE001 - a poison message must not stop the partition
+            detail = f"could not be decoded ({type(exc).__name__}); please report this input"
+            judged.rejected.append(
+                (offset, Rejected(DeadLetterReason.INVALID_VALUE, detail, None, value or b""))
+            )
+            continue
         for index, entry in enumerate(entries):
             if isinstance(entry, Rejected):
                 judged.rejected.append((offset, entry))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 
 #: One US dollar in the internal unit. Per-token prices down to $1e-12 stay integers, so sums
 #: are exact and independent of order and grouping.
 PICO_PER_DOLLAR = 10**12
 NANO_PER_DOLLAR = 10**9
+
+
+_EXACT = Context(prec=200)
 
 
 class MoneyError(ValueError):
@@ -33,7 +36,8 @@ def to_decimal(value: object) -> Decimal:
 
 def exact_pico(amount_dollars: Decimal) -> int:
     """Convert dollars to pico-dollars, refusing anything finer than one pico-dollar."""
-    pico = amount_dollars * PICO_PER_DOLLAR
+    # Wide enough that no digit of a written price is rounded away before the check.
+    pico = _EXACT.multiply(amount_dollars, Decimal(PICO_PER_DOLLAR))
     if pico != pico.to_integral_value():
         raise MoneyError(
             f"{amount_dollars} $ is finer than 1e-12 $; round the price to 12 decimal places"

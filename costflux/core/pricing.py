@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from decimal import Context
+
 from costflux.core.money import MoneyError, exact_pico, to_decimal
 from schemas._types import epoch_ms
 
@@ -35,6 +37,7 @@ _PER_1K = {"input_tokens": "input", "output_tokens": "output", "cached_input_tok
 _PER_1M = {"input_per_1m": "input", "output_per_1m": "output", "cached_input_per_1m": "cached"}
 _MODEL_KEYS = set(_PER_1K) | set(_PER_1M) | {"changes"}
 _BEGINNING = -(2**62)
+_EXACT = Context(prec=200)
 
 
 class PricingError(ValueError):
@@ -128,17 +131,20 @@ class _Locator:
             self._root = None
 
     def line(self, path: tuple[str | int, ...]) -> int | None:
-        node = self._root
+        """Line of the field's key (of the item, in a list); None if the path is absent."""
+        node, line = self._root, None
         for part in path:
             if isinstance(node, yaml.MappingNode):
-                node = next((v for k, v in node.value if k.value == part), None)
+                pair = next(((k, v) for k, v in node.value if k.value == part), None)
+                node, line = (pair[1], pair[0].start_mark.line) if pair else (None, None)
             elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
                 node = node.value[part] if part < len(node.value) else None
+                line = None if node is None else node.start_mark.line
             else:
                 node = None
             if node is None:
                 return None
-        return None if node is None else node.start_mark.line + 1
+        return None if line is None else line + 1
 
 
 def parse_pricing_text(text: str, source: str = "pricing.yaml") -> PriceBook:
@@ -213,7 +219,7 @@ def _price_field(value: Any, path: tuple[str | int, ...], per_tokens: int, fail:
     if dollars < 0:
         raise fail(path, "a price cannot be negative")
     try:
-        return exact_pico(dollars / Decimal(per_tokens))
+        return exact_pico(_EXACT.divide(dollars, Decimal(per_tokens)))
     except MoneyError as exc:
         raise fail(path, str(exc)) from None
 
@@ -258,21 +264,27 @@ def _parse_models(section: Any, fail: _Fail) -> dict[str, list[tuple[int, ModelP
             raise fail(path, "expected {input_tokens: <$/1K>, output_tokens: <$/1K>}")
         base = _model_price(spec, None, path, fail)
         timeline = [(_BEGINNING, base)]
-        for index, change in enumerate(_changes(spec, path, fail)):
-            change_path = (*path, "changes", index)
-            starts = _parse_effective_from(
-                change.get("effective_from"), (*change_path, "effective_from"), fail
-            )
+        for starts, change_path, change in _changes(spec, path, fail):
             timeline.append((starts, _model_price(change, timeline[-1][1], change_path, fail)))
         models[str(name)] = timeline
     return models
 
 
-def _changes(spec: Mapping[str, Any], path: tuple[str | int, ...], fail: _Fail) -> list[Any]:
+def _changes(
+    spec: Mapping[str, Any], path: tuple[str | int, ...], fail: _Fail
+) -> list[tuple[int, tuple[str | int, ...], dict[str, Any]]]:
+    """(starts_ms, path, change) in date order: each change inherits from the one before it."""
     changes = spec.get("changes") or []
     if not isinstance(changes, list) or not all(isinstance(c, dict) for c in changes):
         raise fail((*path, "changes"), "expected a list of {effective_from: ..., <prices>}")
-    return changes
+    dated = []
+    for index, change in enumerate(changes):
+        change_path = (*path, "changes", index)
+        starts = _parse_effective_from(
+            change.get("effective_from"), (*change_path, "effective_from"), fail
+        )
+        dated.append((starts, change_path, change))
+    return sorted(dated, key=lambda item: item[0])
 
 
 def _gpu_price(
@@ -303,11 +315,7 @@ def _parse_gpus(section: Any, fail: _Fail) -> dict[str, list[tuple[int, GpuPrice
         if not isinstance(spec, dict):
             raise fail(path, "expected {on_demand: <$/hour>, spot: ..., reserved_1y: ...}")
         timeline = [(_BEGINNING, _gpu_price(spec, None, path, fail))]
-        for index, change in enumerate(_changes(spec, path, fail)):
-            change_path = (*path, "changes", index)
-            starts = _parse_effective_from(
-                change.get("effective_from"), (*change_path, "effective_from"), fail
-            )
+        for starts, change_path, change in _changes(spec, path, fail):
             timeline.append((starts, _gpu_price(change, timeline[-1][1], change_path, fail)))
         gpus[str(name)] = timeline
     return gpus

@@ -186,9 +186,7 @@ def test_cached_price_and_per_million_keys(
         "per-1m": (Decimal("2.5") / 10**6, Decimal(10) / 10**6, Decimal("1.25") / 10**6),
     }
     for model, (p_in, p_out, p_cached) in cases.items():
-        expected = (
-            (input_tokens - cached) * p_in + cached * p_cached + output_tokens * p_out
-        )
+        expected = (input_tokens - cached) * p_in + cached * p_cached + output_tokens * p_out
         price = book.model_price(model, 0)
         assert price is not None
         assert Decimal(price.cost(input_tokens, output_tokens, cached)) / PICO == expected
@@ -246,17 +244,9 @@ def test_price_changes_apply_from_their_effective_time() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _parse_models/_parse_gpus make each change inherit the unchanged prices from "
-    "the previous entry in *list* order, then sort by effective_from; with changes listed "
-    "newest first, the January change inherits the March output price, so events in "
-    "Jan-Feb are billed 0.004 instead of 0.002 $/1K output (and March reverts input to "
-    "0.001) - silently wrong prices instead of correct ones or an error",
-)
 def test_price_changes_listed_out_of_order_give_the_same_timeline() -> None:
-    first = PRICE_CHANGES.index("      - effective_from: \"2025-01-01")
-    second = PRICE_CHANGES.index("      - effective_from: \"2025-03-01")
+    first = PRICE_CHANGES.index('      - effective_from: "2025-01-01')
+    second = PRICE_CHANGES.index('      - effective_from: "2025-03-01')
     end = PRICE_CHANGES.index("gpu_pricing:")
     reordered = (
         PRICE_CHANGES[:first]
@@ -309,56 +299,91 @@ MODEL_HEAD = "model_costs:\n  m:\n"
     [
         pytest.param(
             MODEL_HEAD + "    input_tokens: -0.001\n    output_tokens: 0.002\n",
-            3, "model_costs.m.input_tokens", "negative", id="negative-price",
+            3,
+            "model_costs.m.input_tokens",
+            "negative",
+            id="negative-price",
         ),
         pytest.param(
             MODEL_HEAD + "    input_token: 0.001\n    output_tokens: 0.002\n",
-            3, "model_costs.m.input_token", "unknown price key", id="typo-input_token",
+            3,
+            "model_costs.m.input_token",
+            "unknown price key",
+            id="typo-input_token",
         ),
         pytest.param(
             MODEL_HEAD + "    input_tokens: 0.001\n    output_tokens: abc\n",
-            4, "model_costs.m.output_tokens", "not a number", id="not-a-number",
+            4,
+            "model_costs.m.output_tokens",
+            "not a number",
+            id="not-a-number",
         ),
         pytest.param(
             MODEL_HEAD + "    input_tokens: 0.0000000001\n    output_tokens: 0.002\n",
-            3, "model_costs.m.input_tokens", "finer than 1e-12", id="finer-than-pico",
+            3,
+            "model_costs.m.input_tokens",
+            "finer than 1e-12",
+            id="finer-than-pico",
         ),
         pytest.param(
             MODEL_HEAD + "    input_per_1m: 0.0000001\n    output_tokens: 0.002\n",
-            3, "model_costs.m.input_per_1m", "finer than 1e-12", id="finer-than-pico-1m",
+            3,
+            "model_costs.m.input_per_1m",
+            "finer than 1e-12",
+            id="finer-than-pico-1m",
         ),
         pytest.param(
             MODEL_HEAD + "    input_tokens: .inf\n    output_tokens: 0.002\n",
-            3, "model_costs.m.input_tokens", "finite", id="infinite",
+            3,
+            "model_costs.m.input_tokens",
+            "finite",
+            id="infinite",
         ),
         pytest.param(
             MODEL_HEAD + "    input_tokens: 0.001\n    input_per_1m: 1\n    output_tokens: 1\n",
-            4, "model_costs.m.input_per_1m", "twice", id="input-price-twice",
+            4,
+            "model_costs.m.input_per_1m",
+            "twice",
+            id="input-price-twice",
         ),
         pytest.param(
             MODEL_HEAD
             + "    input_tokens: 0.001\n    output_tokens: 0.002\n    changes:\n"
             + "      - effective_from: next tuesday\n        input_tokens: 0.002\n",
-            6, "model_costs.m.changes.0.effective_from", "RFC 3339", id="bad-effective_from",
+            6,
+            "model_costs.m.changes.0.effective_from",
+            "RFC 3339",
+            id="bad-effective_from",
         ),
         pytest.param(
             MODEL_HEAD
             + "    input_tokens: 0.001\n    output_tokens: 0.002\n    changes:\n"
             + "      - input_tokens: 0.002\n",
-            None, "model_costs.m.changes.0.effective_from", "RFC 3339",
+            None,
+            "model_costs.m.changes.0.effective_from",
+            "RFC 3339",
             id="missing-effective_from",
         ),
         pytest.param(
             "gpu_pricing:\n  t4:\n    on_demand: 1\n    spot: -1\n",
-            4, "gpu_pricing.t4.spot", "negative", id="negative-gpu-price",
+            4,
+            "gpu_pricing.t4.spot",
+            "negative",
+            id="negative-gpu-price",
         ),
         pytest.param(
             "gpu_pricing:\n  t4:\n    on_demand: 1\n    spto: 1\n",
-            4, "gpu_pricing.t4.spto", "unknown pricing tier", id="typo-tier",
+            4,
+            "gpu_pricing.t4.spto",
+            "unknown pricing tier",
+            id="typo-tier",
         ),
         pytest.param(
             "model_costs:\n  m: {input_tokens: 0.001}\n",
-            2, "model_costs.m", "missing output_tokens", id="missing-output-flow",
+            2,
+            "model_costs.m",
+            "missing output_tokens",
+            id="missing-output-flow",
         ),
     ],
 )
@@ -377,12 +402,16 @@ def test_broken_file_error_names_source_line_and_field(
     ("text", "path", "hint"),
     [
         pytest.param(
-            MODEL_HEAD + "    input_tokens: 0.001\n", "model_costs.m", "missing output_tokens",
+            MODEL_HEAD + "    input_tokens: 0.001\n",
+            "model_costs.m",
+            "missing output_tokens",
             id="missing-output-block",
         ),
         pytest.param(
-            "model_cost:\n  m: {input_tokens: 1, output_tokens: 1}\n", "model_cost",
-            "unknown section", id="unknown-section",
+            "model_cost:\n  m: {input_tokens: 1, output_tokens: 1}\n",
+            "model_cost",
+            "unknown section",
+            id="unknown-section",
         ),
     ],
 )
@@ -393,12 +422,6 @@ def test_error_on_a_mapping_valued_field_names_its_path_and_a_line(
         parse_pricing_text(text, "prices.yaml")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _Locator.line reports the line where a field's block-mapping value starts "
-    "(the line after its key), so an error about 'model_costs.m' points at line 3 "
-    "(its first price) instead of line 2 where 'm:' is written",
-)
 def test_error_on_a_mapping_valued_field_points_at_the_key_line() -> None:
     with pytest.raises(PricingError, match=r"^prices\.yaml:2: model_costs\.m: missing output"):
         parse_pricing_text(MODEL_HEAD + "    input_tokens: 0.001\n", "prices.yaml")
@@ -438,12 +461,6 @@ def test_error_inside_a_configmap_names_the_embedded_file_and_its_line() -> None
     ), str(caught.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: exact_pico/_price_field divide and multiply under the default 28-digit "
-    "Decimal context, so a price with more significant digits is rounded to a whole "
-    "pico-dollar and accepted instead of refused as finer than 1e-12 $/token",
-)
 def test_price_with_many_significant_digits_finer_than_pico_is_refused() -> None:
     # 1.0000000000000000000000000000001 $/1K = 0.0010000000000000000000000000000001 $/token
     with pytest.raises(PricingError, match="finer than 1e-12"):

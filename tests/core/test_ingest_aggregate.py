@@ -1,0 +1,539 @@
+"""Judging a partition's messages and the two-phase aggregation, against Decimal recomputations."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from costflux.core.aggregate import (
+    DIMENSIONS,
+    SUM_FIELDS,
+    PartialKey,
+    PartitionAggregate,
+    apply_partial,
+    merge_rows,
+)
+from costflux.core.events import Rejected
+from costflux.core.ingest import Candidate, IngestRules, Judged, PartitionClock, aggregate, judge
+from costflux.core.pricing import parse_pricing_text
+from schemas.deadletter import DeadLetterReason as R
+from schemas.usage import UsageEvent
+
+PRICES = parse_pricing_text(
+    """
+model_costs:
+  m:
+    input_tokens: 0.001
+    output_tokens: 0.002
+    cached_input_tokens: 0.0005
+  big:
+    input_per_1m: 15
+    output_per_1m: 75
+"""
+)
+#: $/token, written independently of the code under test: (input, output, cached input).
+DOLLARS_PER_TOKEN = {
+    "m": (Decimal("0.001") / 1000, Decimal("0.002") / 1000, Decimal("0.0005") / 1000),
+    "big": (Decimal(15) / 10**6, Decimal(75) / 10**6, Decimal(15) / 10**6),
+}
+PICO = Decimal(10) ** 12
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MINUTE_MS, HOUR_MS, DAY_MS = 60_000, 3_600_000, 86_400_000
+BASE_MS = 1_714_521_600_000  # 2024-05-01T00:00:00Z, a multiple of a day
+NOW_MS = BASE_MS + 2 * DAY_MS
+RULES = IngestRules(window_sizes_s=(60, 3600), allowed_lateness_ms=30_000, max_future_ms=300_000)
+SIZES_S = (60, 3600, 86400)
+
+
+def event(
+    event_id: str = "e",
+    ts_ms: int = BASE_MS,
+    model: str = "m",
+    input_tokens: int = 100,
+    output_tokens: int = 10,
+    cached: int = 0,
+    labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A usage event with ts written as exact RFC 3339 (no float epoch rounding)."""
+    moment = EPOCH + timedelta(milliseconds=ts_ms)
+    return {
+        "event_id": event_id,
+        "ts": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "model": model,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cached_input_tokens": cached,
+        "labels": labels or {},
+    }
+
+
+def raw(document: object) -> bytes:
+    return json.dumps(document).encode()
+
+
+def dollars(ev: dict[str, Any]) -> Decimal:
+    p_in, p_out, p_cached = DOLLARS_PER_TOKEN[ev["model"]]
+    cached = ev["cached_input_tokens"]
+    return (ev["input_tokens"] - cached) * p_in + cached * p_cached + ev["output_tokens"] * p_out
+
+
+def reasons(judged: Judged) -> list[tuple[int, R, int | None]]:
+    return [(offset, r.reason, r.batch_index) for offset, r in judged.rejected]
+
+
+# --- lateness ------------------------------------------------------------------------------
+
+EVENT_TS = BASE_MS + 10 * MINUTE_MS + 17_123  # in the minute window ending at BASE + 11 min
+EVENT_WINDOW_END = BASE_MS + 11 * MINUTE_MS
+
+
+@pytest.mark.parametrize(
+    ("watermark_minus_window_end", "late"),
+    [(-60_000, False), (-1, False), (0, True), (1, True), (HOUR_MS, True)],
+)
+def test_late_iff_finest_window_end_is_at_or_before_the_partition_watermark(
+    watermark_minus_window_end: int, late: bool
+) -> None:
+    max_ts = EVENT_WINDOW_END + watermark_minus_window_end + RULES.allowed_lateness_ms
+    clock = PartitionClock(max_ts_ms=max_ts)
+    judged = judge([(7, raw(event(ts_ms=EVENT_TS)))], clock, PRICES, RULES, NOW_MS)
+    if late:
+        assert reasons(judged) == [(7, R.LATE, None)]
+        assert judged.candidates == []
+    else:
+        assert judged.rejected == []
+        assert [c.ts_ms for c in judged.candidates] == [EVENT_TS]
+    assert clock.max_ts_ms == max_ts  # an older event never moves the clock back
+
+
+def test_lateness_is_judged_per_partition() -> None:
+    ahead, behind = PartitionClock(), PartitionClock()
+    an_hour_later = [(0, raw(event("a", BASE_MS + HOUR_MS)))]
+    lagging = [(i, raw(event(f"b{i}", BASE_MS + i * MINUTE_MS))) for i in range(5)]
+    assert not judge(an_hour_later, ahead, PRICES, RULES, NOW_MS).rejected
+    on_own_clock = judge(lagging, behind, PRICES, RULES, NOW_MS)
+    assert on_own_clock.rejected == []
+    assert len(on_own_clock.candidates) == 5
+    assert behind.max_ts_ms == BASE_MS + 4 * MINUTE_MS
+    # The same events judged against the partition that is an hour ahead would all be late.
+    on_other_clock = judge(lagging, ahead, PRICES, RULES, NOW_MS)
+    assert [r for _, r, _ in reasons(on_other_clock)] == [R.LATE] * 5
+
+
+def test_clock_advances_only_with_accepted_events() -> None:
+    clock = PartitionClock()
+    messages = [
+        (0, raw(event("future", NOW_MS + RULES.max_future_ms + 1))),
+        (1, raw(event("unknown", BASE_MS + DAY_MS, model="gpt-9"))),
+        (2, raw(event("bad", BASE_MS + DAY_MS, input_tokens=-5))),
+        (3, b"not json"),
+    ]
+    judged = judge(messages, clock, PRICES, RULES, NOW_MS)
+    assert reasons(judged) == [
+        (0, R.FUTURE_TIMESTAMP, None),
+        (1, R.UNKNOWN_MODEL, None),
+        (2, R.NEGATIVE_VALUE, None),
+        (3, R.BAD_JSON, None),
+    ]
+    assert clock.max_ts_ms is None
+    judge([(4, raw(event("ok", BASE_MS)))], clock, PRICES, RULES, NOW_MS)
+    assert clock.max_ts_ms == BASE_MS
+
+
+@pytest.mark.parametrize(("ahead_ms", "future"), [(300_000, False), (300_001, True)])
+def test_future_timestamp_limit_is_inclusive(ahead_ms: int, future: bool) -> None:
+    judged = judge(
+        [(0, raw(event(ts_ms=NOW_MS + ahead_ms)))], PartitionClock(), PRICES, RULES, NOW_MS
+    )
+    assert reasons(judged) == ([(0, R.FUTURE_TIMESTAMP, None)] if future else [])
+
+
+def test_positions_offsets_batch_indexes_and_originals() -> None:
+    single = raw(event("s", BASE_MS + HOUR_MS))
+    late_element = event("late", BASE_MS, labels={"team": "x"})
+    batch = raw(
+        [
+            event("b0", BASE_MS + HOUR_MS, labels={"team": "search", "namespace": "prod"}),
+            {"event_id": "b1"},
+            late_element,
+            event("b3", BASE_MS + HOUR_MS + 1, model="nope"),
+            event("b4", BASE_MS + HOUR_MS + 2, labels={"project": "p", "app": "a"}),
+        ]
+    )
+    judged = judge([(41, single), (42, batch)], PartitionClock(), PRICES, RULES, NOW_MS)
+    assert [(c.event_id, c.position) for c in judged.candidates] == [
+        ("s", "41"),
+        ("b0", "42:0"),
+        ("b4", "42:4"),
+    ]
+    assert judged.candidates[1].dims == ("m", "search", "", "", "prod")
+    assert judged.candidates[2].dims == ("m", "", "p", "a", "")
+    assert dict(zip(DIMENSIONS, judged.candidates[0].dims, strict=True))["model"] == "m"
+    assert reasons(judged) == [(42, R.MISSING_FIELD, 1), (42, R.LATE, 2), (42, R.UNKNOWN_MODEL, 3)]
+    # a rejected batch element carries that element, not the whole batch
+    late = judged.rejected[1][1]
+    assert UsageEvent.model_validate_json(late.original) == UsageEvent.model_validate(late_element)
+    # a rejected single message carries the message byte for byte
+    alone = judge([(9, single)], PartitionClock(BASE_MS + DAY_MS), PRICES, RULES, NOW_MS)
+    assert alone.rejected[0][1].original == single
+
+
+# --- a model of judge, property-tested -----------------------------------------------------
+
+EVENT_SPECS = st.tuples(
+    st.integers(min_value=-3 * HOUR_MS, max_value=3 * HOUR_MS),  # time around BASE + 1 day
+    st.sampled_from(["m", "m", "big", "unknown"]),
+    st.integers(min_value=0, max_value=10_000_000),
+    st.integers(min_value=0, max_value=10_000_000),
+    st.integers(min_value=0, max_value=10_000_000),
+)
+
+
+def build_events(specs: list[tuple[int, str, int, int, int]]) -> list[dict[str, Any]]:
+    return [
+        event(f"id{i}", BASE_MS + DAY_MS + dt, model, inp, out, min(cached, inp))
+        for i, (dt, model, inp, out, cached) in enumerate(specs)
+    ]
+
+
+def group_into_messages(
+    events: list[dict[str, Any]], sizes: list[int]
+) -> list[tuple[int, bytes, list[dict[str, Any]], bool]]:
+    """Split events into messages: size 0 means a single event, n>0 a batch of up to n."""
+    messages, position, offset = [], 0, 100
+    for size in sizes:
+        if position >= len(events):
+            break
+        if size == 0:
+            messages.append((offset, raw(events[position]), [events[position]], False))
+            position += 1
+        else:
+            chunk = events[position : position + size]
+            messages.append((offset, raw(chunk), chunk, True))
+            position += size
+        offset += 1
+    for ev in events[position:]:
+        messages.append((offset, raw(ev), [ev], False))
+        offset += 1
+    return messages
+
+
+def expected_verdicts(
+    messages: list[tuple[int, bytes, list[dict[str, Any]], bool]],
+    ts_of: dict[str, int],
+    max_ts: int | None,
+    lateness_ms: int,
+    finest_ms: int,
+    future_limit: int,
+) -> tuple[list[tuple[str, str, int, Decimal]], list[tuple[int, R, int | None]], int | None]:
+    accepted, rejected = [], []
+    for offset, _, evs, batched in messages:
+        for index, ev in enumerate(evs):
+            ts = ts_of[ev["event_id"]]
+            where = index if batched else None
+            if ts > future_limit:
+                rejected.append((offset, R.FUTURE_TIMESTAMP, where))
+            elif ev["model"] not in DOLLARS_PER_TOKEN:
+                rejected.append((offset, R.UNKNOWN_MODEL, where))
+            elif max_ts is not None and (ts // finest_ms + 1) * finest_ms <= max_ts - lateness_ms:
+                rejected.append((offset, R.LATE, where))
+            else:
+                max_ts = ts if max_ts is None else max(max_ts, ts)
+                position = f"{offset}:{index}" if batched else str(offset)
+                accepted.append((ev["event_id"], position, ts, dollars(ev)))
+    return accepted, rejected, max_ts
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(EVENT_SPECS, min_size=1, max_size=25),
+    st.lists(st.integers(min_value=0, max_value=4), max_size=10),
+    st.sampled_from([0, 30_000, 10 * MINUTE_MS]),
+    st.one_of(st.none(), st.integers(min_value=-4 * HOUR_MS, max_value=4 * HOUR_MS)),
+    st.integers(min_value=0, max_value=6 * HOUR_MS),
+)
+def test_judge_matches_an_independent_model(
+    specs: list[tuple[int, str, int, int, int]],
+    sizes: list[int],
+    lateness_ms: int,
+    clock_start: int | None,
+    future_ms: int,
+) -> None:
+    events = build_events(specs)
+    ts_of = {ev["event_id"]: BASE_MS + DAY_MS + s[0] for ev, s in zip(events, specs, strict=True)}
+    messages = group_into_messages(events, sizes)
+    rules = IngestRules((60, 3600), lateness_ms, future_ms)
+    now = BASE_MS + DAY_MS
+    start = None if clock_start is None else BASE_MS + DAY_MS + clock_start
+    clock = PartitionClock(start)
+    judged = judge([(o, v) for o, v, _, _ in messages], clock, PRICES, rules, now)
+    accepted, rejected, max_ts = expected_verdicts(
+        messages, ts_of, start, lateness_ms, 60_000, now + future_ms
+    )
+    got = [
+        (c.event_id, c.position, c.ts_ms, Decimal(c.cost_pico) / PICO) for c in judged.candidates
+    ]
+    assert got == accepted
+    assert reasons(judged) == rejected
+    assert clock.max_ts_ms == max_ts
+
+    # judging the same messages in two runs on the same clock gives the same verdicts
+    cut = len(messages) // 2
+    clock2 = PartitionClock(start)
+    first = judge([(o, v) for o, v, _, _ in messages[:cut]], clock2, PRICES, rules, now)
+    second = judge([(o, v) for o, v, _, _ in messages[cut:]], clock2, PRICES, rules, now)
+    assert first.candidates + second.candidates == judged.candidates
+    assert reasons(first) + reasons(second) == reasons(judged)
+    assert clock2.max_ts_ms == max_ts
+
+
+# --- aggregation ---------------------------------------------------------------------------
+
+TEAMS = ["", "search", "ads"]
+NAMESPACES = ["", "prod", "dev"]
+AGG_SPECS = st.tuples(
+    st.integers(min_value=0, max_value=2 * DAY_MS + 5 * HOUR_MS),
+    st.sampled_from(["m", "big"]),
+    st.integers(min_value=0, max_value=10_000_000),
+    st.integers(min_value=0, max_value=10_000_000),
+    st.integers(min_value=0, max_value=10_000_000),
+    st.sampled_from(TEAMS),
+    st.sampled_from(NAMESPACES),
+)
+EVERYTHING_ON_TIME = IngestRules(SIZES_S, allowed_lateness_ms=10**13, max_future_ms=10**13)
+
+
+def agg_events(specs: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    out = []
+    for i, (dt, model, inp, out_tokens, cached, team, ns) in enumerate(specs):
+        labels = {k: v for k, v in (("team", team), ("namespace", ns)) if v}
+        out.append(event(f"a{i}", BASE_MS + dt, model, inp, out_tokens, min(cached, inp), labels))
+    return out
+
+
+def candidates_of(events: list[dict[str, Any]]) -> list[Candidate]:
+    judged = judge(
+        [(i, raw(ev)) for i, ev in enumerate(events)],
+        PartitionClock(),
+        PRICES,
+        EVERYTHING_ON_TIME,
+        NOW_MS,
+    )
+    assert judged.rejected == []
+    return judged.candidates
+
+
+def recompute(
+    events: list[dict[str, Any]], ts_of: dict[str, int], size_s: int
+) -> dict[tuple[int, tuple[str, ...]], list[Any]]:
+    """Per (window start, dims): [dollars, input, output, cached, requests], plain Python."""
+    groups: dict[tuple[int, tuple[str, ...]], list[Any]] = defaultdict(
+        lambda: [Decimal(0), 0, 0, 0, 0]
+    )
+    for ev in events:
+        ts = ts_of[ev["event_id"]]
+        labels = ev["labels"]
+        dims = (ev["model"], labels.get("team", ""), "", "", labels.get("namespace", ""))
+        sums = groups[((ts // (size_s * 1000)) * size_s * 1000, dims)]
+        sums[0] += dollars(ev)
+        sums[1] += ev["input_tokens"]
+        sums[2] += ev["output_tokens"]
+        sums[3] += ev["cached_input_tokens"]
+        sums[4] += 1
+    return dict(groups)
+
+
+def flatten(
+    partials: dict[PartialKey, dict[str, list[int]]], size_s: int
+) -> dict[tuple[int, tuple[str, ...]], list[Any]]:
+    """Partial rows of one window size as {(start, dims): [dollars, input, output, ...]}."""
+    out: dict[tuple[int, tuple[str, ...]], list[Any]] = {}
+    for key, rows in partials.items():
+        if key.size_s != size_s:
+            continue
+        for row_key, sums in rows.items():
+            dims = tuple(json.loads(row_key))
+            assert (key.start_ms, dims) not in out, "a row appears in two buckets"
+            out[(key.start_ms, dims)] = [Decimal(sums[0]) / PICO, *sums[1:]]
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(AGG_SPECS, min_size=1, max_size=30), st.integers(min_value=1, max_value=8))
+def test_partials_equal_decimal_recomputation_for_every_window_size(
+    specs: list[tuple[Any, ...]], buckets: int
+) -> None:
+    events = agg_events(specs)
+    ts_of = {ev["event_id"]: BASE_MS + spec[0] for ev, spec in zip(events, specs, strict=True)}
+    partials = aggregate(candidates_of(events), 60).partials(SIZES_S, buckets)
+    for key, rows in partials.items():
+        assert key.size_s in SIZES_S
+        assert key.start_ms % (key.size_s * 1000) == 0
+        assert 0 <= key.bucket < buckets
+        assert rows, "no empty shards"
+        for sums in rows.values():
+            assert len(sums) == len(SUM_FIELDS)
+    bucket_of_row: dict[str, int] = {}
+    for key, rows in partials.items():
+        for row_key in rows:
+            assert bucket_of_row.setdefault(row_key, key.bucket) == key.bucket
+    total_dollars = sum((dollars(ev) for ev in events), Decimal(0))
+    totals = [
+        sum(ev[f] for ev in events)
+        for f in ("input_tokens", "output_tokens", "cached_input_tokens")
+    ]
+    for size_s in SIZES_S:
+        flat = flatten(partials, size_s)
+        assert flat == recompute(events, ts_of, size_s)
+        sums = [sum(row[i] for row in flat.values()) for i in range(5)]
+        assert sums == [total_dollars, *totals, len(events)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(AGG_SPECS, min_size=1, max_size=30),
+    st.randoms(use_true_random=False),
+    st.integers(min_value=0, max_value=30),
+)
+def test_shuffling_or_splitting_candidates_gives_the_same_partials(
+    specs: list[tuple[Any, ...]], rng: random.Random, cut: int
+) -> None:
+    candidates = candidates_of(agg_events(specs))
+    whole = aggregate(candidates, 60).partials(SIZES_S, 4)
+    shuffled = list(candidates)
+    rng.shuffle(shuffled)
+    assert aggregate(shuffled, 60).partials(SIZES_S, 4) == whole
+    merged: dict[PartialKey, dict[str, list[int]]] = {}
+    for part in (candidates[:cut], candidates[cut:]):
+        for key, rows in aggregate(part, 60).partials(SIZES_S, 4).items():
+            merge_rows(merged.setdefault(key, {}), rows)
+    assert merged == whole
+
+
+def test_larger_windows_are_sums_of_the_finest() -> None:
+    totals = PartitionAggregate(60)
+    dims = ("m", "t", "", "", "")
+    totals.add(BASE_MS + 59_999, dims, 5, 1, 2, 0)
+    totals.add(BASE_MS + 60_000, dims, 7, 3, 4, 1)
+    totals.add(BASE_MS + HOUR_MS, dims, 11, 5, 6, 2)
+    assert len(totals) == 3
+    partials = totals.partials([3600, 60], 1)
+    row = json.dumps(list(dims), separators=(",", ":"))
+    assert partials == {
+        PartialKey(60, BASE_MS, 0): {row: [5, 1, 2, 0, 1]},
+        PartialKey(60, BASE_MS + 60_000, 0): {row: [7, 3, 4, 1, 1]},
+        PartialKey(60, BASE_MS + HOUR_MS, 0): {row: [11, 5, 6, 2, 1]},
+        PartialKey(3600, BASE_MS, 0): {row: [12, 4, 6, 1, 2]},
+        PartialKey(3600, BASE_MS + HOUR_MS, 0): {row: [11, 5, 6, 2, 1]},
+    }
+    assert PartialKey.decode(PartialKey(3600, BASE_MS, 3).encode()) == PartialKey(3600, BASE_MS, 3)
+    assert PartialKey(3600, BASE_MS, 3).end_ms == BASE_MS + HOUR_MS
+
+
+def test_merge_rows_copies_and_never_aliases() -> None:
+    source = {"r": [1, 2, 3, 4, 5]}
+    into: dict[str, list[int]] = {}
+    merge_rows(into, source)
+    merge_rows(into, {"r": [10, 20, 30, 40, 50], "s": [1, 1, 1, 1, 1]})
+    assert into == {"r": [11, 22, 33, 44, 55], "s": [1, 1, 1, 1, 1]}
+    assert source == {"r": [1, 2, 3, 4, 5]}
+
+
+# --- idempotent application ----------------------------------------------------------------
+
+ROWS = st.dictionaries(
+    st.sampled_from(['["m","a","","",""]', '["m","b","","",""]', '["big","","","",""]']),
+    st.lists(st.integers(min_value=0, max_value=10**15), min_size=5, max_size=5),
+    min_size=1,
+    max_size=3,
+)
+
+
+@st.composite
+def source_flushes(draw: st.DrawFn) -> dict[str, list[dict[str, Any]]]:
+    flushes = {}
+    for source in ("usage:0", "usage:1", "usage:2"):
+        count = draw(st.integers(min_value=0, max_value=5))
+        last = -1
+        partials = []
+        for _ in range(count):
+            first = last + 1
+            last = first + draw(st.integers(min_value=0, max_value=50))
+            partials.append({"src": source, "first": first, "last": last, "rows": draw(ROWS)})
+        flushes[source] = partials
+    return flushes
+
+
+@settings(max_examples=150, deadline=None)
+@given(source_flushes(), st.data())
+def test_partials_in_any_interleaving_with_replays_count_once(
+    flushes: dict[str, list[dict[str, Any]]], data: st.DataObject
+) -> None:
+    expected_rows: dict[str, list[int]] = {}
+    for partials in flushes.values():
+        for partial in partials:
+            for row_key, sums in partial["rows"].items():
+                current = expected_rows.setdefault(row_key, [0] * 5)
+                for i, value in enumerate(sums):
+                    current[i] += value
+    expected_applied = {s: p[-1]["last"] for s, p in flushes.items() if p}
+
+    # Kafka keeps one source's partials of a window in order; sources interleave freely, and
+    # any partial already delivered may be delivered again (a replay after a crash).
+    pending = {s: list(p) for s, p in flushes.items()}
+    delivered: list[dict[str, Any]] = []
+    state = None
+    new_count = 0
+    while any(pending.values()) or data.draw(st.booleans(), label="one more replay"):
+        choices = [s for s, p in pending.items() if p]
+        replay = delivered and (not choices or data.draw(st.booleans(), label="replay?"))
+        if replay:
+            partial = data.draw(st.sampled_from(delivered), label="replayed")
+        elif choices:
+            partial = pending[data.draw(st.sampled_from(choices), label="source")].pop(0)
+            delivered.append(partial)
+        else:
+            break
+        state, new = apply_partial(state, copy.deepcopy(partial))
+        new_count += new
+    if not delivered:
+        return
+    assert state is not None
+    assert new_count == sum(len(p) for p in flushes.values())
+    assert state["rows"] == expected_rows
+    assert state["applied"] == expected_applied
+
+
+def test_replayed_partial_is_a_no_op_and_sources_are_tracked_separately() -> None:
+    p0 = {"src": "usage:0", "first": 0, "last": 9, "rows": {"r": [1, 1, 1, 0, 1]}}
+    p1 = {"src": "usage:1", "first": 0, "last": 4, "rows": {"r": [2, 2, 2, 0, 1]}}
+    state, new = apply_partial(None, p0)
+    assert new is True
+    state, new = apply_partial(state, p1)  # same offsets, other source partition: counts
+    assert new is True
+    before = copy.deepcopy(state)
+    for replay in (p0, p1, {**p0, "last": 3}, {**p1, "last": 4}):
+        state, new = apply_partial(state, copy.deepcopy(replay))
+        assert new is False
+        assert state == before
+    state, new = apply_partial(
+        state, {"src": "usage:1", "first": 5, "last": 5, "rows": {"r": [3, 0, 0, 0, 1]}}
+    )
+    assert new is True
+    assert state == {"applied": {"usage:0": 9, "usage:1": 5}, "rows": {"r": [6, 3, 3, 0, 3]}}
+    assert p0["rows"] == {"r": [1, 1, 1, 0, 1]}  # the state never aliases a partial's rows
+
+
+def test_rejected_entries_keep_their_type() -> None:
+    judged = judge([(0, b"[1]")], PartitionClock(), PRICES, RULES, NOW_MS)
+    assert isinstance(judged.rejected[0][1], Rejected)
+    assert reasons(judged) == [(0, R.NOT_AN_OBJECT, 0)]

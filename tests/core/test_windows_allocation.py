@@ -1,0 +1,331 @@
+"""Window assignment, the global watermark, and allocation queries (Kubecost shape)."""
+
+from __future__ import annotations
+
+import calendar
+import json
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from costflux.core.allocation import (
+    AllocationQueryError,
+    TimeRange,
+    allocate,
+    cover,
+    parse_aggregate,
+    parse_window,
+)
+from costflux.core.windows import PartitionMark, global_watermark, window_start
+
+MINUTE_MS, HOUR_MS, DAY_MS = 60_000, 3_600_000, 86_400_000
+PICO = Decimal(10) ** 12
+SIZES_S = (60, 3600, 86400)
+
+
+def utc_ms(*fields: int) -> int:
+    """Epoch milliseconds of a UTC calendar time, by calendar.timegm."""
+    return calendar.timegm((*fields, 0, 0, 0)[:9]) * 1000
+
+
+MAY_1 = utc_ms(2024, 5, 1, 0, 0, 0)
+
+# --- windows -------------------------------------------------------------------------------
+
+
+@given(st.integers(min_value=-(10**15), max_value=10**15), st.sampled_from([1, 60_000, HOUR_MS]))
+def test_window_start_is_the_aligned_start_of_the_window_holding_ts(ts: int, size: int) -> None:
+    start = window_start(ts, size)
+    assert start % size == 0
+    assert start <= ts < start + size
+
+
+@pytest.mark.parametrize(
+    ("ts", "size", "start"),
+    [
+        (MAY_1 + 12 * HOUR_MS + 59_999, HOUR_MS, MAY_1 + 12 * HOUR_MS),
+        (MAY_1 + 13 * HOUR_MS, HOUR_MS, MAY_1 + 13 * HOUR_MS),
+        (MAY_1 + 23 * HOUR_MS, DAY_MS, MAY_1),  # days are UTC days
+        (-1, MINUTE_MS, -MINUTE_MS),
+    ],
+)
+def test_window_start_examples(ts: int, size: int, start: int) -> None:
+    assert window_start(ts, size) == start
+
+
+def mark(watermark: int | None, last_data: int) -> PartitionMark:
+    return PartitionMark(watermark_ms=watermark, last_data_wall_ms=last_data)
+
+
+IDLE_AFTER = 30_000
+NOW = 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("marks", "expected"),
+    [
+        pytest.param({}, None, id="no-partitions"),
+        pytest.param({"0": mark(500, NOW)}, 500, id="one"),
+        pytest.param({"0": mark(500, NOW), "1": mark(200, NOW - 1)}, 200, id="min-of-active"),
+        pytest.param(
+            {"0": mark(500, NOW), "1": mark(200, NOW - IDLE_AFTER)}, 500, id="idle-ignored"
+        ),
+        pytest.param(
+            {"0": mark(500, NOW), "1": mark(200, NOW - IDLE_AFTER + 1)},
+            200,
+            id="just-before-idle-still-holds",
+        ),
+        pytest.param(
+            {"0": mark(500, NOW), "1": mark(None, NOW)}, None, id="active-without-watermark"
+        ),
+        pytest.param(
+            {"0": mark(500, NOW), "1": mark(None, NOW - IDLE_AFTER)},
+            500,
+            id="idle-without-watermark",
+        ),
+        pytest.param(
+            {"0": mark(500, 0), "1": mark(900, 10), "2": mark(None, 0)}, 900, id="all-idle-max"
+        ),
+        pytest.param({"0": mark(None, 0)}, None, id="all-idle-none-known"),
+    ],
+)
+def test_global_watermark(marks: dict[str, PartitionMark], expected: int | None) -> None:
+    assert global_watermark(marks, NOW, IDLE_AFTER) == expected
+
+
+@given(
+    st.dictionaries(
+        st.integers(min_value=0, max_value=15).map(str),
+        st.tuples(
+            st.one_of(st.none(), st.integers(min_value=-(10**12), max_value=10**12)),
+            st.integers(min_value=NOW - 3 * IDLE_AFTER, max_value=NOW),
+        ),
+        max_size=8,
+    )
+)
+def test_global_watermark_property(raw: dict[str, tuple[int | None, int]]) -> None:
+    marks = {k: mark(w, t) for k, (w, t) in raw.items()}
+    active = [w for w, t in raw.values() if NOW - t < IDLE_AFTER]
+    if active:
+        expected = None if None in active else min(w for w in active if w is not None)
+    else:
+        known = [w for w, _ in raw.values() if w is not None]
+        expected = max(known) if known else None
+    assert global_watermark(marks, NOW, IDLE_AFTER) == expected
+
+
+# --- parse_window --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "start", "end"),
+    [
+        ("24h", MAY_1 + 13 * MINUTE_MS - DAY_MS, MAY_1 + 13 * MINUTE_MS),
+        ("7d", MAY_1 + 13 * MINUTE_MS - 7 * DAY_MS, MAY_1 + 13 * MINUTE_MS),
+        ("90m", MAY_1 + 13 * MINUTE_MS - 90 * MINUTE_MS, MAY_1 + 13 * MINUTE_MS),
+        ("2w", MAY_1 + 13 * MINUTE_MS - 14 * DAY_MS, MAY_1 + 13 * MINUTE_MS),
+        (" 1h ", MAY_1 + 13 * MINUTE_MS - HOUR_MS, MAY_1 + 13 * MINUTE_MS),
+        (
+            "2024-04-30T00:00:00Z,2024-05-01T00:00:00Z",
+            utc_ms(2024, 4, 30, 0, 0, 0),
+            MAY_1,
+        ),
+        (  # start floors and end ceils to the finest window
+            "2024-04-30T10:00:30+02:00, 2024-04-30T11:00:00.001+02:00",
+            utc_ms(2024, 4, 30, 8, 0, 0),
+            utc_ms(2024, 4, 30, 9, 1, 0),
+        ),
+        (
+            "2024-04-30T00:00:00,2024-04-30T01:00:00",
+            utc_ms(2024, 4, 30, 0, 0, 0),
+            utc_ms(2024, 4, 30, 1, 0, 0),
+        ),  # no offset: UTC
+    ],
+)
+def test_parse_window(text: str, start: int, end: int) -> None:
+    now = MAY_1 + 12 * MINUTE_MS + 34_567  # relative windows end at now, ceiled to a minute
+    assert parse_window(text, now, 60) == TimeRange(start, end)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "24",
+        "24x",
+        "h",
+        "-1h",
+        "yesterday",
+        "a,b",
+        "2024-05-01T00:00:00Z",
+        "2024-05-01T00:00:00Z,2024-05-01T00:00:00Z",
+        "2024-05-02T00:00:00Z,2024-05-01T00:00:00Z",
+        "2024-05-01T00:00:00Z,2024-05-02T00:00:00Z,2024-05-03T00:00:00Z",
+    ],
+)
+def test_parse_window_refuses_with_a_hint(text: str) -> None:
+    with pytest.raises(AllocationQueryError, match=r"24h|RFC 3339|after its start"):
+        parse_window(text, MAY_1, 60)
+
+
+# --- cover ---------------------------------------------------------------------------------
+
+
+def fewest_tiles(start: int, end: int, sizes_ms: list[int]) -> int:
+    """Independent: fewest aligned windows tiling [start, end), by dynamic programming."""
+    finest = min(sizes_ms)
+    steps = (end - start) // finest
+    best = [0] + [10**9] * steps
+    for i in range(1, steps + 1):
+        position = start + i * finest
+        for size in sizes_ms:
+            begin = position - size
+            if begin >= start and begin % size == 0:
+                best[i] = min(best[i], best[(begin - start) // finest] + 1)
+    return best[steps]
+
+
+@settings(max_examples=200)
+@given(
+    st.integers(min_value=-3 * 24 * 60, max_value=3 * 24 * 60),
+    st.integers(min_value=0, max_value=4 * 24 * 60),
+    st.sampled_from([(60, 3600, 86400), (60, 3600), (300, 3600), (60,), (3600, 86400)]),
+)
+def test_cover_tiles_the_span_exactly_with_the_largest_aligned_windows(
+    start_steps: int, length_steps: int, sizes_s: tuple[int, ...]
+) -> None:
+    finest = min(sizes_s) * 1000
+    start = MAY_1 + start_steps * finest
+    end = start + length_steps * finest
+    tiles = cover(TimeRange(start, end), sizes_s)
+    position = start
+    for size_s, tile_start in tiles:
+        size = size_s * 1000
+        assert size_s in sizes_s
+        assert tile_start == position, "tiles are contiguous and disjoint"
+        assert tile_start % size == 0, "tiles are aligned"
+        for larger in (s * 1000 for s in sizes_s if s > size_s):
+            assert not (tile_start % larger == 0 and tile_start + larger <= end), (
+                "a larger window would have fit here"
+            )
+        position += size
+    assert position == end, "tiles cover exactly the span"
+    assert len(tiles) == fewest_tiles(start, end, [s * 1000 for s in sizes_s])
+
+
+def test_cover_example() -> None:
+    span = TimeRange(MAY_1 - 2 * MINUTE_MS, MAY_1 + DAY_MS + HOUR_MS + MINUTE_MS)
+    assert cover(span, SIZES_S) == [
+        (60, MAY_1 - 2 * MINUTE_MS),
+        (60, MAY_1 - MINUTE_MS),
+        (86400, MAY_1),
+        (3600, MAY_1 + DAY_MS),
+        (60, MAY_1 + DAY_MS + HOUR_MS),
+    ]
+    assert cover(TimeRange(MAY_1, MAY_1), SIZES_S) == []
+
+
+def test_cover_refuses_a_span_not_aligned_to_the_finest_window() -> None:
+    with pytest.raises(AllocationQueryError, match="aligned"):
+        cover(TimeRange(MAY_1 + 1, MAY_1 + HOUR_MS), SIZES_S)
+
+
+# --- aggregate parameter -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "indexes"),
+    [
+        ("model", [0]),
+        ("namespace", [4]),
+        ("label:team", [1]),
+        ("label:project", [2]),
+        ("label:app", [3]),
+        ("model, label:team", [0, 1]),
+        ("namespace,label:app,model", [4, 3, 0]),
+    ],
+)
+def test_parse_aggregate(text: str, indexes: list[int]) -> None:
+    assert parse_aggregate(text) == indexes
+
+
+@pytest.mark.parametrize("text", ["pod", "label:owner", "", "model,", "cluster,model"])
+def test_parse_aggregate_error_lists_the_valid_values(text: str) -> None:
+    with pytest.raises(AllocationQueryError) as caught:
+        parse_aggregate(text)
+    message = str(caught.value)
+    for valid in ("model", "namespace", "label:team", "label:project", "label:app"):
+        assert valid in message
+
+
+# --- allocate ------------------------------------------------------------------------------
+
+
+def row_key(model: str, team: str = "", project: str = "", app: str = "", ns: str = "") -> str:
+    return json.dumps([model, team, project, app, ns])
+
+
+DAY_ROWS = {
+    row_key("gpt-4", "search", ns="prod"): [3_000_000_000_000, 100, 10, 5, 2],
+    row_key("gpt-4", "", ns="prod"): [1, 1, 0, 0, 1],
+    row_key("llama", "ads"): [250_000_000_000, 1000, 500, 0, 4],
+}
+HOUR_ROWS = {
+    row_key("gpt-4", "search", ns="prod"): [123_456_789_012, 7, 3, 1, 1],
+    row_key("llama", "ads", ns="dev"): [0, 0, 0, 0, 1],
+}
+SPAN = TimeRange(MAY_1, MAY_1 + DAY_MS + HOUR_MS)
+
+
+def expected_groups(group_by: list[int]) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {}
+    for rows in (DAY_ROWS, HOUR_ROWS):
+        for key, sums in rows.items():
+            dims = json.loads(key)
+            name = "/".join(dims[i] if dims[i] else "__unallocated__" for i in group_by)
+            current = groups.setdefault(name, [0] * 5)
+            for i, value in enumerate(sums):
+                current[i] += value
+    return groups
+
+
+@pytest.mark.parametrize("group_by", [[1], [0], [4], [0, 1], [4, 1, 0]])
+def test_allocate_groups_totals_in_kubecost_shape(group_by: list[int]) -> None:
+    result = allocate([DAY_ROWS, HOUR_ROWS], group_by, SPAN)
+    expected = expected_groups(group_by)
+    assert list(result) == sorted(expected)
+    for name, (cost, inp, out, cached, requests) in expected.items():
+        allocation: dict[str, Any] = result[name]
+        assert allocation["name"] == name
+        assert allocation["window"] == {
+            "start": "2024-05-01T00:00:00Z",
+            "end": "2024-05-02T01:00:00Z",
+        }
+        assert (allocation["start"], allocation["end"]) == (
+            "2024-05-01T00:00:00Z",
+            "2024-05-02T01:00:00Z",
+        )
+        assert Decimal(allocation["totalCostExact"]) == Decimal(cost) / PICO
+        assert allocation["totalCost"] == pytest.approx(float(Decimal(cost) / PICO), rel=1e-15)
+        assert allocation["tokenCost"] == allocation["totalCost"]
+        assert (allocation["inputTokens"], allocation["outputTokens"]) == (inp, out)
+        assert (allocation["cachedInputTokens"], allocation["requests"]) == (cached, requests)
+        assert allocation["costPerRequest"] == pytest.approx(
+            float(Decimal(cost) / PICO / requests), rel=1e-12
+        )
+        tokens = inp + out
+        assert allocation["costPerToken"] == (
+            pytest.approx(float(Decimal(cost) / PICO / tokens), rel=1e-12) if tokens else 0.0
+        )
+
+
+def test_allocate_reports_empty_dimension_as_unallocated() -> None:
+    result = allocate([DAY_ROWS, HOUR_ROWS], [1], SPAN)
+    assert set(result) == {"search", "ads", "__unallocated__"}
+    assert result["__unallocated__"]["totalCostExact"] == "0.000000000001"
+    assert result["search"]["totalCostExact"] == "3.123456789012"
+    assert result["ads"]["requests"] == 5
+    assert allocate([], [0], SPAN) == {}
