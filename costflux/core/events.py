@@ -155,10 +155,10 @@ def classify_validation_error(exc: ValidationError) -> tuple[DeadLetterReason, s
         return DeadLetterReason.NEGATIVE_VALUE, detail
     if kind in ("less_than_equal", "less_than"):
         return DeadLetterReason.ABSURD_VALUE, detail
-    if field in _TOKEN_FIELDS and isinstance(error.get("input"), float):
-        if error["input"] > MAX_TOKENS_PER_REQUEST:
-            # orjson reads integers past 64 bits as floats: still an absurd count, not a type
-            return DeadLetterReason.ABSURD_VALUE, f"{where}: more than {MAX_TOKENS_PER_REQUEST}"
+    value = error.get("input")
+    if field in _TOKEN_FIELDS and isinstance(value, float) and value > MAX_TOKENS_PER_REQUEST:
+        # orjson reads integers past 64 bits as floats: still an absurd count, not a type
+        return DeadLetterReason.ABSURD_VALUE, f"{where}: more than {MAX_TOKENS_PER_REQUEST}"
     if kind.endswith(("_type", "_parsing")) or kind == "literal_error":
         if field in _TOKEN_FIELDS | {"gpu_seconds", "latency_ms"} and kind == "int_type":
             return DeadLetterReason.WRONG_TYPE, detail + " (token counts are JSON integers)"

@@ -20,12 +20,10 @@ import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 
 import yaml
-
-from decimal import Context
 
 from costflux.core.money import MoneyError, exact_pico, to_decimal
 from schemas._types import epoch_ms
