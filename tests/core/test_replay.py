@@ -25,14 +25,9 @@ from streams.replay import (
     replay,
     run_replay,
 )
+from tests.paths import AZURE_TRACE
 
-AZURE_CSV = (
-    Path(__file__).resolve().parents[2]
-    / "costflux"
-    / "data"
-    / "azure_llm_inference_2023"
-    / "AzureLLMInferenceTrace_conv.csv"
-)
+AZURE_CSV = AZURE_TRACE
 GPT4 = Assignment(model="gpt-4")
 
 

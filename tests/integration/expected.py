@@ -7,8 +7,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
+
+from tests.paths import AZURE_TRACE
 
 #: The seed's pricing.yaml, written out by hand: $/1K tokens (input, output).
 SEED_PRICES = {
@@ -17,9 +18,6 @@ SEED_PRICES = {
     "gpt-4": (Decimal("0.03"), Decimal("0.06")),
 }
 
-AZURE_TRACE = Path(__file__).parents[2] / (
-    "costflux/data/azure_llm_inference_2023/AzureLLMInferenceTrace_conv.csv"
-)
 
 
 def event_cost(event: Mapping[str, Any]) -> Decimal:

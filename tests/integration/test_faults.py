@@ -6,9 +6,8 @@ import base64
 import json
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -24,20 +23,6 @@ from tests.integration.worker_process import WorkerProcess
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
 BASE_MS = 1_700_000_000_000  # 2023-11-14T22:13:20Z
-
-
-@pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]]:
-    workers: list[WorkerProcess] = []
-
-    def start(settings: Settings) -> WorkerProcess:
-        worker = WorkerProcess(settings, tmp_path / "logs")
-        workers.append(worker)
-        return worker
-
-    yield start
-    for worker in workers:
-        worker.stop()
 
 
 def usage(index: int, *, ts_ms: int | None = None, **fields: Any) -> dict[str, Any]:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,12 +14,12 @@ from streams.kafka import ensure_topics, producer_config
 from streams.producer import UsageProducer
 from streams.replay import Assignment, ColumnMapping, iter_usage_events, replay
 from tests.integration.expected import (
-    AZURE_TRACE,
     azure_rows,
     totals_by,
     totals_by_window,
 )
 from tests.integration.worker_process import WorkerProcess
+from tests.paths import AZURE_TRACE
 
 pytestmark = pytest.mark.integration
 
@@ -29,20 +28,6 @@ AZURE_ASSIGNMENT = Assignment(
     models=("llama-2-70b", "llama-2-7b", "gpt-4"),
     labels={"team": ("search", "ads", "chat", "research")},
 )
-
-
-@pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]]:
-    workers: list[WorkerProcess] = []
-
-    def start(settings: Settings) -> WorkerProcess:
-        worker = WorkerProcess(settings, tmp_path / "logs")
-        workers.append(worker)
-        return worker
-
-    yield start
-    for worker in workers:
-        worker.stop()
 
 
 def produce_trace(settings: Settings, limit: int | None, speed: float,

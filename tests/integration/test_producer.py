@@ -27,16 +27,11 @@ from streams.replay import (
     iter_usage_events,
     run_replay,
 )
+from tests.paths import AZURE_TRACE
 
 pytestmark = pytest.mark.integration
 
-AZURE_CSV = (
-    Path(__file__).resolve().parents[2]
-    / "costflux"
-    / "data"
-    / "azure_llm_inference_2023"
-    / "AzureLLMInferenceTrace_conv.csv"
-)
+AZURE_CSV = AZURE_TRACE
 
 
 @dataclass(frozen=True)
