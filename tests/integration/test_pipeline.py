@@ -105,3 +105,24 @@ def test_full_speed_and_paced_replays_give_identical_totals(
         worker.stop()
     assert answers[0] == answers[1]
     assert_matches(answers[0][1], totals_by(azure_rows(rows), "model"))
+
+
+def test_two_workers_share_the_work_and_either_answers_for_all(
+    settings_for: Callable[..., Settings], start_worker: Callable[[Settings], WorkerProcess],
+) -> None:
+    from costflux.embedded import free_port
+
+    settings = settings_for(topic_partitions=4)
+    first = start_worker(settings)
+    first.wait_ready()
+    second = start_worker(settings.model_copy(update={"http_port": free_port()}))
+    second.wait_ready()
+    rows = 6000
+    produce_trace(settings, limit=rows, speed=0, events_per_message=50)
+    expected = totals_by(azure_rows(rows), "team")
+    for worker in (first, second):
+        wait_for_requests(worker, rows)
+        assert_matches(worker.allocation(TRACE_SPAN, "label:team"), expected)
+    # Both took part: each priced some of the events.
+    assert first.metric("costflux_ingest_events_total") > 0
+    assert second.metric("costflux_ingest_events_total") > 0
