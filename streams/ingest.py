@@ -185,10 +185,11 @@ class IngestLoop:
                 raise RuntimeError(f"consumer error: {error}")
             log.warning("consumer error (retrying): %s", error)
             return
-        partition = message.partition()
+        partition, offset = message.partition(), message.offset()
+        if partition is None or offset is None:
+            return
         buffer = self._buffers.get(partition)
-        offset = message.offset()
-        if buffer is None or partition is None or offset is None:
+        if buffer is None:
             return
         if buffer.next_offset < 0:
             buffer.next_offset = offset  # first run on this partition: start where Kafka did
