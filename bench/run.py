@@ -438,8 +438,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"comma-separated subset of {','.join(SYSTEMS)}")
     parser.add_argument("--kinds", default=",".join(KINDS),
                         help=f"comma-separated subset of {','.join(KINDS)}")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="rounds of every path; the table shows each path's best round")
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="rounds of every path (default 2); the table shows each path's "
+                             "best round")
     parser.add_argument("--stage-timeout", type=float, default=None,
                         help="seconds one path may take (default scales with --events)")
     parser.add_argument("--costflux-log-level", default="warning",
