@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import BeforeValidator, Field, Strict, WithJsonSchema
+from pydantic import AfterValidator, Field, Strict, WithJsonSchema
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
@@ -19,34 +18,14 @@ MAX_LABEL_VALUE_LENGTH = 256
 MAX_ID_LENGTH = 256
 
 
-def parse_event_time(value: Any) -> datetime:
-    """Accept RFC 3339 with an offset or ``Z``, or epoch seconds; return an aware UTC datetime."""
-    if isinstance(value, bool):
-        raise ValueError("ts must be an RFC 3339 string or epoch seconds, not a boolean")
-    if isinstance(value, int | float):
-        if not math.isfinite(value):
-            raise ValueError("ts must be finite")
-        try:
-            return _EPOCH + timedelta(seconds=value)
-        except OverflowError:
-            raise ValueError(
-                "ts is out of range; epoch time is in seconds (not milliseconds)"
-            ) from None
-    if isinstance(value, datetime):
-        parsed = value
-    elif isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise ValueError("ts is not RFC 3339 (e.g. 2024-05-01T12:00:00Z)") from None
-    else:
-        raise ValueError("ts must be an RFC 3339 string or epoch seconds")
-    if parsed.tzinfo is None:
+def require_offset(moment: datetime) -> datetime:
+    """Refuse times without a UTC offset: the producer's zone is unknown, the bill would be off."""
+    if moment.tzinfo is None:
         raise ValueError("ts needs a UTC offset or Z: a time without one is ambiguous")
     try:
-        return parsed.astimezone(UTC)
+        return moment.astimezone(UTC)
     except OverflowError:
-        raise ValueError("ts is out of range") from None
+        raise ValueError("ts is out of range once converted to UTC") from None
 
 
 def epoch_ms(moment: datetime) -> int:
@@ -54,16 +33,20 @@ def epoch_ms(moment: datetime) -> int:
     return (moment - _EPOCH) // _ONE_MS
 
 
+# Parsed by pydantic-core (RFC 3339, or a number of epoch seconds; like pydantic, a number
+# beyond 2e10 is read as epoch milliseconds): several times faster than a Python parser on
+# the hot path.
 EventTime = Annotated[
     datetime,
-    BeforeValidator(parse_event_time),
+    AfterValidator(require_offset),
     WithJsonSchema(
         {
             "anyOf": [
                 {"type": "string", "format": "date-time"},
                 {"type": "number", "description": "epoch seconds"},
             ],
-            "description": "event time: RFC 3339 with offset or Z, or epoch seconds (UTC)",
+            "description": "event time: RFC 3339 with offset or Z, or epoch seconds (UTC; "
+            "numbers beyond 2e10 are read as epoch milliseconds)",
         }
     ),
 ]

@@ -36,18 +36,29 @@ def decode_usage_message(value: bytes | None) -> tuple[list[UsageEvent | Rejecte
     """Return one entry per event in the message, in order, and whether it was a batch."""
     if not value:
         return [Rejected(DeadLetterReason.BAD_JSON, "empty message", None, value or b"")], False
+    if value[:1] == b"{":
+        # The common case, validated straight from bytes by pydantic-core; anything it
+        # refuses goes the slow way below, which names the reason.
+        try:
+            event = UsageEvent.model_validate_json(value)
+        except ValidationError:
+            pass
+        else:
+            if event.cached_input_tokens <= event.input_tokens:
+                return [event], False
+    lenient = False
     try:
         document = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        lenient = _parse_with_non_finite(value)
-        if lenient is None:
+        document = _parse_with_non_finite(value)
+        if document is None:
             return [_undecodable(value, exc)], False
-        document = lenient
+        lenient = True  # only a leniently parsed document can hold NaN/Infinity
     if isinstance(document, list):
         if not document:
             return [Rejected(DeadLetterReason.NOT_AN_OBJECT, "empty batch []", None, value)], True
-        return [_validate(item, index, None) for index, item in enumerate(document)], True
-    return [_validate(document, None, value)], False
+        return [_validate(item, index, None, lenient) for index, item in enumerate(document)], True
+    return [_validate(document, None, value, lenient)], False
 
 
 def _parse_with_non_finite(value: bytes) -> Any | None:
@@ -88,8 +99,10 @@ def _non_finite_field(item: Any, path: str = "") -> str | None:
     return None
 
 
-def _validate(item: Any, index: int | None, raw: bytes | None) -> UsageEvent | Rejected:
-    non_finite = _non_finite_field(item)
+def _validate(
+    item: Any, index: int | None, raw: bytes | None, lenient: bool
+) -> UsageEvent | Rejected:
+    non_finite = _non_finite_field(item) if lenient else None
     if non_finite is not None:
         return Rejected(
             DeadLetterReason.NOT_FINITE,

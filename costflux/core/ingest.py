@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from costflux.core.aggregate import DimKey, PartitionAggregate
 from costflux.core.events import Rejected, decode_usage_message
 from costflux.core.pricing import PriceBook
+from schemas._types import epoch_ms
 from schemas.deadletter import DeadLetterReason
 from schemas.usage import UsageEvent
 
@@ -89,21 +90,21 @@ def judge(
                 judged.rejected.append((offset, entry))
                 continue
             position = f"{offset}:{index}" if batched else str(offset)
-            verdict = _judge_event(entry, clock, prices, rules, finest_ms, future_limit)
+            ts_ms = epoch_ms(entry.ts)
+            verdict = _judge_event(entry, ts_ms, clock, prices, rules, finest_ms, future_limit)
             if isinstance(verdict, Rejected):
                 judged.rejected.append(
                     (offset, _with_context(verdict, entry, index if batched else None, value))
                 )
             else:
-                judged.candidates.append(_candidate(entry, position, verdict))
+                judged.candidates.append(_candidate(entry, ts_ms, position, verdict))
     return judged
 
 
 def _judge_event(
-    event: UsageEvent, clock: PartitionClock, prices: PriceBook, rules: IngestRules,
-    finest_ms: int, future_limit: int,
+    event: UsageEvent, ts_ms: int, clock: PartitionClock, prices: PriceBook,
+    rules: IngestRules, finest_ms: int, future_limit: int,
 ) -> int | Rejected:
-    ts_ms = event.ts_ms
     if ts_ms > future_limit:
         return _reject(
             DeadLetterReason.FUTURE_TIMESTAMP,
@@ -140,12 +141,12 @@ def _with_context(
     return Rejected(verdict.reason, verdict.detail, index, original)
 
 
-def _candidate(event: UsageEvent, position: str, cost_pico: int) -> Candidate:
+def _candidate(event: UsageEvent, ts_ms: int, position: str, cost_pico: int) -> Candidate:
     labels = event.labels
     return Candidate(
         event_id=event.event_id,
         position=position,
-        ts_ms=event.ts_ms,
+        ts_ms=ts_ms,
         dims=(
             event.model,
             labels.get("team", ""),
