@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -54,6 +55,8 @@ class CostMetrics:
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         allowed = allowed or {}
+        self._children: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+        self._cache_cap = 4 * label_cap**2
         self._limit = {
             name: LabelLimiter(label_cap, allowed.get(name, ())) for name in self.COST_LABELS
         }
@@ -93,11 +96,29 @@ class CostMetrics:
     def count_row(self, dims: tuple[str, ...], sums: list[int]) -> None:
         """Add one applied aggregate row: dims in DIMENSIONS order, sums in SUM_FIELDS order."""
         model, team, _project, _app, namespace = dims
+        children = self._children.get((model, team, namespace))
+        if children is None:
+            children = self._children_for(model, team, namespace)
+        cost_pico, input_tokens, output_tokens, cached, requests = sums
+        cost, count, tokens_in, tokens_out, tokens_cached = children
+        cost.inc(pico_to_dollars(cost_pico))
+        count.inc(requests)
+        tokens_in.inc(input_tokens)
+        tokens_out.inc(output_tokens)
+        tokens_cached.inc(cached)
+
+    def _children_for(self, model: str, team: str, namespace: str) -> tuple[Any, ...]:
+        # labels() costs more than the increments; resolve each dimension triple once. The
+        # cache is bounded like the labels themselves: past the cap, triples share 'other'.
         labels = (self._limit["model"](model), self._limit["team"](team),
                   self._limit["namespace"](namespace))
-        cost_pico, input_tokens, output_tokens, cached, requests = sums
-        self.cost.labels(*labels).inc(pico_to_dollars(cost_pico))
-        self.requests.labels(*labels).inc(requests)
-        self.tokens.labels(*labels, "input").inc(input_tokens)
-        self.tokens.labels(*labels, "output").inc(output_tokens)
-        self.tokens.labels(*labels, "cached_input").inc(cached)
+        children = (
+            self.cost.labels(*labels),
+            self.requests.labels(*labels),
+            self.tokens.labels(*labels, "input"),
+            self.tokens.labels(*labels, "output"),
+            self.tokens.labels(*labels, "cached_input"),
+        )
+        if len(self._children) < self._cache_cap:
+            self._children[(model, team, namespace)] = children
+        return children
