@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from pydantic import AfterValidator, Field, Strict, WithJsonSchema
+from pydantic import AwareDatetime, Field, Strict, WithJsonSchema
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
@@ -18,27 +18,17 @@ MAX_LABEL_VALUE_LENGTH = 256
 MAX_ID_LENGTH = 256
 
 
-def require_offset(moment: datetime) -> datetime:
-    """Refuse times without a UTC offset: the producer's zone is unknown, the bill would be off."""
-    if moment.tzinfo is None:
-        raise ValueError("ts needs a UTC offset or Z: a time without one is ambiguous")
-    try:
-        return moment.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("ts is out of range once converted to UTC") from None
-
-
 def epoch_ms(moment: datetime) -> int:
     """Milliseconds since the epoch, computed without float rounding."""
     return (moment - _EPOCH) // _ONE_MS
 
 
-# Parsed by pydantic-core (RFC 3339, or a number of epoch seconds; like pydantic, a number
-# beyond 2e10 is read as epoch milliseconds): several times faster than a Python parser on
-# the hot path.
+# Parsed and checked by pydantic-core alone (RFC 3339 with an offset, or a number of epoch
+# seconds; like pydantic, a number beyond 2e10 is read as epoch milliseconds): a Python
+# validator here cost a fifth of the hot path. The bounds keep every time convertible to UTC.
 EventTime = Annotated[
-    datetime,
-    AfterValidator(require_offset),
+    AwareDatetime,
+    Field(ge=_EPOCH, lt=datetime(9999, 12, 31, tzinfo=UTC)),
     WithJsonSchema(
         {
             "anyOf": [

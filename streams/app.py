@@ -108,7 +108,10 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
             flush_interval_s=settings.ingest_flush_s,
             dedup_horizon_s=settings.dedup_horizon_s,
         ),
-        consumer_config(settings, f"{settings.consumer_group}-ingest"),
+        # A 16 MiB prefetch per consumer instead of librdkafka's 64 MiB: no slower, far less RSS.
+        consumer_config(
+            settings, f"{settings.consumer_group}-ingest", **{"queued.max.messages.kbytes": 16384}
+        ),
         producer_config(settings),
         sync_redis,
         pricing.current,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from schemas._types import MAX_TOKENS_PER_REQUEST
 from schemas.deadletter import DeadLetterReason
@@ -19,6 +19,7 @@ from schemas.usage import UsageEvent
 
 __all__ = ["Rejected", "decode_usage_message"]
 
+_BATCH = TypeAdapter(list[UsageEvent])
 _TOKEN_FIELDS = frozenset({"input_tokens", "output_tokens", "cached_input_tokens"})
 
 
@@ -36,9 +37,10 @@ def decode_usage_message(value: bytes | None) -> tuple[list[UsageEvent | Rejecte
     """Return one entry per event in the message, in order, and whether it was a batch."""
     if not value:
         return [Rejected(DeadLetterReason.BAD_JSON, "empty message", None, value or b"")], False
-    if value[:1] == b"{":
-        # The common case, validated straight from bytes by pydantic-core; anything it
-        # refuses goes the slow way below, which names the reason.
+    # The common cases, validated straight from bytes by pydantic-core; anything it refuses
+    # goes the slow way below, element by element, which names each reason.
+    first = value[:1]
+    if first == b"{":
         try:
             event = UsageEvent.model_validate_json(value)
         except ValidationError:
@@ -46,6 +48,14 @@ def decode_usage_message(value: bytes | None) -> tuple[list[UsageEvent | Rejecte
         else:
             if event.cached_input_tokens <= event.input_tokens:
                 return [event], False
+    elif first == b"[":
+        try:
+            events = _BATCH.validate_json(value)
+        except ValidationError:
+            pass
+        else:
+            if events and all(e.cached_input_tokens <= e.input_tokens for e in events):
+                return list(events), True
     lenient = False
     try:
         document = orjson.loads(value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from costflux.core.aggregate import DimKey, PartitionAggregate
 from costflux.core.events import Rejected, decode_usage_message
@@ -43,9 +44,11 @@ class PartitionClock:
         return None if self.max_ts_ms is None else self.max_ts_ms - allowed_lateness_ms
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """A valid, priced, on-time event, not yet checked for duplicates."""
+class Candidate(NamedTuple):
+    """A valid, priced, on-time event, not yet checked for duplicates.
+
+    A tuple, not a frozen dataclass: one is built per event, and tuples build 2x faster.
+    """
 
     event_id: str
     position: str  # "offset" or "offset:index" in a batch: identifies a replay of itself
@@ -143,22 +146,11 @@ def _with_context(
 
 def _candidate(event: UsageEvent, ts_ms: int, position: str, cost_pico: int) -> Candidate:
     labels = event.labels
-    return Candidate(
-        event_id=event.event_id,
-        position=position,
-        ts_ms=ts_ms,
-        dims=(
-            event.model,
-            labels.get("team", ""),
-            labels.get("project", ""),
-            labels.get("app", ""),
-            labels.get("namespace", ""),
-        ),
-        cost_pico=cost_pico,
-        input_tokens=event.input_tokens,
-        output_tokens=event.output_tokens,
-        cached_input_tokens=event.cached_input_tokens,
-    )
+    get = labels.get
+    dims = (event.model, get("team", ""), get("project", ""), get("app", ""),
+            get("namespace", ""))
+    return Candidate(event.event_id, position, ts_ms, dims, cost_pico, event.input_tokens,
+                     event.output_tokens, event.cached_input_tokens)
 
 
 def aggregate(candidates: Iterable[Candidate], finest_window_s: int) -> PartitionAggregate:

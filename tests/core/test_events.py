@@ -66,7 +66,6 @@ def test_valid_event_decodes_with_defaults() -> None:
         (1714564800.25, NOON_MAY_1_2024_MS + 250),
         (1714564800.0, NOON_MAY_1_2024_MS),
         (0, 0),
-        (-1.5, -1500),
     ],
 )
 def test_timestamp_forms_give_the_right_epoch_ms(ts: object, expected_ms: int) -> None:
@@ -76,7 +75,7 @@ def test_timestamp_forms_give_the_right_epoch_ms(ts: object, expected_ms: int) -
 
 
 @given(
-    st.integers(min_value=-(10**12), max_value=4 * 10**12),
+    st.integers(min_value=14 * 3_600_000, max_value=4 * 10**12),
     st.integers(min_value=-14 * 60, max_value=14 * 60),
 )
 def test_any_rfc3339_offset_gives_the_same_instant(epoch_ms: int, offset_min: int) -> None:
@@ -88,7 +87,7 @@ def test_any_rfc3339_offset_gives_the_same_instant(epoch_ms: int, offset_min: in
     assert event.ts_ms == epoch_ms
 
 
-@given(st.integers(min_value=-(2 * 10**10), max_value=2 * 10**10))
+@given(st.integers(min_value=0, max_value=2 * 10**10))
 def test_integer_epoch_seconds_give_exact_ms(seconds: int) -> None:
     event = decode_one(with_(ts=seconds))
     assert isinstance(event, UsageEvent)
@@ -296,8 +295,8 @@ def test_nan_in_one_batch_element_rejects_only_that_element() -> None:
 
 @pytest.mark.parametrize(
     "ts",
-    [1e20, "9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00"],
-    ids=["1e20", "year-10000-after-utc", "year-0-after-utc"],
+    [1e20, "9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00", -1.5],
+    ids=["1e20", "year-10000-after-utc", "year-0-after-utc", "before-1970"],
 )
 def test_out_of_range_timestamp_is_rejected_not_raised(ts: object) -> None:
     entries, _ = decode_usage_message(encode(with_(ts=ts)))
