@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -57,12 +58,16 @@ def run_demo(
     with embedded_stack(settings) as live:
         port = live.http_port if live.http_port else free_port()
         live = live.model_copy(update={"http_port": port})
-        worker = _start_worker(live)
+        log_path = Path(tempfile.gettempdir()) / f"costflux-demo-worker-{os.getpid()}.log"
+        worker = _start_worker(live, log_path)
         try:
             base = f"http://127.0.0.1:{port}"
-            _wait_ready(base, worker, timeout_s=120)
+            try:
+                _wait_ready(base, worker, timeout_s=120)
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc}; see its log: {log_path}") from None
             console.print(f"[bold]costflux demo[/] broker {live.kafka_bootstrap}, "
-                          f"redis {live.redis_url}")
+                          f"redis {live.redis_url}, worker log {log_path}")
             console.print(f"  metrics:    {base}/metrics")
             console.print(f"  allocation: {base}/model/allocation?window={_TRACE_SPAN}"
                           "&aggregate=model,label:team")
@@ -79,16 +84,21 @@ def run_demo(
     return 0
 
 
-def _start_worker(settings: Settings) -> subprocess.Popen[bytes]:
+def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env.update({
         "COSTFLUX_KAFKA_BOOTSTRAP": str(settings.kafka_bootstrap),
         "COSTFLUX_REDIS_URL": str(settings.redis_url),
         "COSTFLUX_HTTP_PORT": str(settings.http_port),
         "COSTFLUX_HTTP_HOST": "127.0.0.1",
-        "COSTFLUX_LOG_LEVEL": "warning",
+        "COSTFLUX_LOG_LEVEL": "info",
     })
-    return subprocess.Popen([sys.executable, "-m", "costflux", "worker"], env=env)
+    # The worker logs to a file so that the terminal holds only the live table.
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "costflux", "worker"], env=env, stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _wait_ready(base: str, worker: subprocess.Popen[bytes], timeout_s: float) -> None:
