@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -137,16 +138,18 @@ def _fetch(base: str) -> list[dict[str, Any]]:
 
 
 def _table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title="LLM cost by model and team (Azure trace, event time)")
-    for column in ("model / team", "requests", "input tok", "output tok", "cost $",
-                   "$ / request", "$ / 1K tok"):
-        table.add_column(column, justify="left" if column == "model / team" else "right")
+    table = Table(title="LLM cost by model and team (Azure trace, event time)",
+                  box=box.SIMPLE, padding=(0, 1), pad_edge=False)
+    table.add_column("model", no_wrap=True)
+    table.add_column("team", no_wrap=True)
+    for column in ("requests", "tokens", "cost $", "$/request", "$/1K tok"):
+        table.add_column(column, justify="right", no_wrap=True)
     total_cost, total_requests, total_tokens = 0.0, 0, 0
     for row in rows:
+        model, _, team = str(row["name"]).partition("/")
         tokens = int(row["inputTokens"]) + int(row["outputTokens"])
         table.add_row(
-            str(row["name"]), f"{row['requests']:,}", f"{row['inputTokens']:,}",
-            f"{row['outputTokens']:,}", f"{row['totalCost']:.4f}",
+            model, team, f"{row['requests']:,}", f"{tokens:,}", f"{row['totalCost']:.4f}",
             f"{row['costPerRequest']:.6f}", f"{1000 * row['costPerToken']:.6f}",
         )
         total_cost += float(row["totalCost"])
@@ -154,7 +157,7 @@ def _table(rows: list[dict[str, Any]]) -> Table:
         total_tokens += tokens
     table.add_section()
     table.add_row(
-        "total", f"{total_requests:,}", "", "", f"{total_cost:.4f}",
+        "total", "", f"{total_requests:,}", f"{total_tokens:,}", f"{total_cost:.4f}",
         f"{total_cost / total_requests:.6f}" if total_requests else "-",
         f"{1000 * total_cost / total_tokens:.6f}" if total_tokens else "-",
     )
