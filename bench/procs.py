@@ -3,45 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
+
+from costflux.embedded import die_with_parent_hook
 
 try:
     import psutil
 except ImportError:  # optional: /proc covers Linux without it
     psutil = None
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """preexec_fn: SIGKILL the child if the orchestrator dies (Linux); None elsewhere."""
-    if not sys.platform.startswith("linux") or threading.current_thread() is not (
-        threading.main_thread()
-    ):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return hook
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -90,7 +68,7 @@ class ConsumerProcess:
             stderr=subprocess.STDOUT,
             env=env,
             cwd=cwd,
-            preexec_fn=_die_with_parent(),
+            preexec_fn=die_with_parent_hook(),
         )
         self._rss_samples: list[float] = []
         self._sampling = threading.Event()

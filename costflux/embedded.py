@@ -32,7 +32,14 @@ from confluent_kafka.admin import AdminClient
 
 from costflux.settings import ConfigError, Settings
 
-__all__ = ["EmbeddedBroker", "EmbeddedRedis", "EmbeddedServerError", "embedded_stack", "free_port"]
+__all__ = [
+    "EmbeddedBroker",
+    "EmbeddedRedis",
+    "EmbeddedServerError",
+    "die_with_parent_hook",
+    "embedded_stack",
+    "free_port",
+]
 
 _LOOPBACK = "127.0.0.1"
 _PR_SET_PDEATHSIG = 1
@@ -81,7 +88,7 @@ def _stop_live_children() -> None:
 atexit.register(_stop_live_children)
 
 
-def _die_with_parent_hook() -> Callable[[], None] | None:
+def die_with_parent_hook() -> Callable[[], None] | None:
     """Return a preexec_fn that makes the child get SIGKILL when its parent dies (Linux)."""
     # PDEATHSIG fires when the *thread* that forked the child exits, so tying the child to
     # a short-lived worker thread would kill it early; only the main thread is safe.
@@ -185,7 +192,7 @@ class _ChildProcess:
                 stderr=subprocess.STDOUT,
                 cwd=workdir,
                 env=env,
-                preexec_fn=_die_with_parent_hook(),
+                preexec_fn=die_with_parent_hook(),
             )
         with _LIVE_LOCK:
             _LIVE.add(self)
