@@ -17,11 +17,11 @@ accepted. A Kubernetes ConfigMap manifest holding ``pricing.yaml`` in ``data`` i
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Context, Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -165,8 +165,14 @@ def parse_pricing_text(text: str, source: str = "pricing.yaml") -> PriceBook:
     if unknown:
         key = sorted(unknown)[0]
         raise fail((key,), "unknown section; the sections are gpu_pricing and model_costs")
-    models = _parse_models(document.get("model_costs") or {}, fail)
-    gpus = _parse_gpus(document.get("gpu_pricing") or {}, fail)
+    models = _parse_timelines(
+        document.get("model_costs") or {}, "model_costs",
+        "{input_tokens: <$/1K>, output_tokens: <$/1K>}", _model_price, fail,
+    )
+    gpus = _parse_timelines(
+        document.get("gpu_pricing") or {}, "gpu_pricing",
+        "{on_demand: <$/hour>, spot: ..., reserved_1y: ...}", _gpu_price, fail,
+    )
     if not models and not gpus:
         raise fail((), "no prices: add model_costs (and/or gpu_pricing)")
     return PriceBook(models, gpus)
@@ -192,6 +198,7 @@ def _pricing_from_configmap(manifest: dict[str, Any], source: str) -> tuple[str,
 
 
 _Fail = Any  # callable(path, message) -> PricingError
+_P = TypeVar("_P", "ModelPrice", "GpuPrice")
 
 
 def _parse_effective_from(value: Any, path: tuple[str | int, ...], fail: _Fail) -> int:
@@ -252,22 +259,6 @@ def _model_price(
     return ModelPrice(input_price, output_price, input_price if cached is None else cached)
 
 
-def _parse_models(section: Any, fail: _Fail) -> dict[str, list[tuple[int, ModelPrice]]]:
-    if not isinstance(section, dict):
-        raise fail(("model_costs",), "expected a mapping of model name -> prices")
-    models: dict[str, list[tuple[int, ModelPrice]]] = {}
-    for name, spec in section.items():
-        path: tuple[str | int, ...] = ("model_costs", name)
-        if not isinstance(spec, dict):
-            raise fail(path, "expected {input_tokens: <$/1K>, output_tokens: <$/1K>}")
-        base = _model_price(spec, None, path, fail)
-        timeline = [(_BEGINNING, base)]
-        for starts, change_path, change in _changes(spec, path, fail):
-            timeline.append((starts, _model_price(change, timeline[-1][1], change_path, fail)))
-        models[str(name)] = timeline
-    return models
-
-
 def _changes(
     spec: Mapping[str, Any], path: tuple[str | int, ...], fail: _Fail
 ) -> list[tuple[int, tuple[str | int, ...], dict[str, Any]]]:
@@ -304,16 +295,19 @@ def _gpu_price(
     return GpuPrice(on_demand, spot, reserved)
 
 
-def _parse_gpus(section: Any, fail: _Fail) -> dict[str, list[tuple[int, GpuPrice]]]:
+def _parse_timelines(
+    section: Any, section_name: str, shape: str, parse_price: Callable[..., _P], fail: _Fail
+) -> dict[str, list[tuple[int, _P]]]:
+    """Each entry's base price, then its dated changes, each inheriting what it leaves out."""
     if not isinstance(section, dict):
-        raise fail(("gpu_pricing",), "expected a mapping of gpu type -> {on_demand, spot, ...}")
-    gpus: dict[str, list[tuple[int, GpuPrice]]] = {}
+        raise fail((section_name,), f"expected a mapping of name -> {shape}")
+    timelines: dict[str, list[tuple[int, _P]]] = {}
     for name, spec in section.items():
-        path: tuple[str | int, ...] = ("gpu_pricing", name)
+        path: tuple[str | int, ...] = (section_name, name)
         if not isinstance(spec, dict):
-            raise fail(path, "expected {on_demand: <$/hour>, spot: ..., reserved_1y: ...}")
-        timeline = [(_BEGINNING, _gpu_price(spec, None, path, fail))]
+            raise fail(path, f"expected {shape}")
+        timeline = [(_BEGINNING, parse_price(spec, None, path, fail))]
         for starts, change_path, change in _changes(spec, path, fail):
-            timeline.append((starts, _gpu_price(change, timeline[-1][1], change_path, fail)))
-        gpus[str(name)] = timeline
-    return gpus
+            timeline.append((starts, parse_price(change, timeline[-1][1], change_path, fail)))
+        timelines[str(name)] = timeline
+    return timelines
