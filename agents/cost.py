@@ -161,7 +161,6 @@ class CostCombiner:
         if self.global_watermark_ms is None or current > self.global_watermark_ms:
             self.global_watermark_ms = current
             self._metrics.watermark.set(current / 1000)
-            await self._view.set_global_watermark(current)
         self._evict_closed()
 
     def _evict_closed(self) -> None:
@@ -173,8 +172,6 @@ class CostCombiner:
             del self.table[key]
         if expired:
             log.info("evicted %d closed window shards", len(expired))
-
-
 
 
 def _text(value: bytes | str) -> str:

@@ -81,9 +81,6 @@ class ServingView:
             for raw in results
         ]
 
-    async def set_global_watermark(self, watermark_ms: int) -> None:
-        await self._client.set(f"{self._ns}:global_watermark_ms", watermark_ms)
-
     def _rows_key(self, size_s: int, start_ms: int) -> str:
         return f"{self._ns}:win:{size_s}:{start_ms}"
 

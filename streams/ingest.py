@@ -6,10 +6,10 @@ Faust's per-message loop tops out near 10 k messages/s, so ingest runs on conflu
 Exactly-once totals without Kafka transactions, per source partition:
 
 1. Before publishing a flush covering offsets [first, last], record the intent
-   (``pending_last``, and the partition clock after it) in the checkpoint.
+   (``pending_last``) in the checkpoint, beside ``next`` and the partition clock as of ``next``.
 2. Publish partials (tagged with source partition and [first, last]) and dead letters; wait
    for the broker's acknowledgements.
-3. Advance the checkpoint (``next`` = last + 1) and commit the offset.
+3. Advance the checkpoint (``next`` = last + 1, the clock after it) and commit the offset.
 
 After a crash the new owner resumes at ``next``; if an intent is pending it re-cuts the flush at
 exactly ``pending_last``, so the replayed partials equal the originals and the combiner, which
@@ -19,6 +19,7 @@ keeps the last applied offset per source partition, skips the ones it already ha
 from __future__ import annotations
 
 import base64
+import bisect
 import logging
 import threading
 import time
@@ -219,11 +220,7 @@ class IngestLoop:
             if buffer.cut is not None:
                 if buffer.messages[-1][0] < buffer.cut:
                     continue  # re-cut after a crash: wait until the pending flush is complete
-                split = (
-                    next(i for i, (o, _) in enumerate(buffer.messages) if o > buffer.cut)
-                    if buffer.messages[-1][0] > buffer.cut
-                    else len(buffer.messages)
-                )
+                split = bisect.bisect_right(buffer.messages, buffer.cut, key=lambda m: m[0])
                 batch, buffer.messages = buffer.messages[:split], buffer.messages[split:]
                 buffer.cut = None
             else:
@@ -264,7 +261,7 @@ class IngestLoop:
                 self._metrics.deadletters.labels(rejected.reason.value).inc()
             intents.hset(
                 checkpoint_key(options.namespace, options.topic, partition),
-                mapping={"pending_last": last, "pending_max_ts": _text(buffer.clock.max_ts_ms)},
+                mapping={"pending_last": last},
             )
             buffer.had_data_wall_ms = now
         intents.execute()

@@ -42,19 +42,16 @@ def decode_usage_message(value: bytes | None) -> tuple[list[UsageEvent | Rejecte
     first = value[:1]
     if first == b"{":
         try:
-            event = UsageEvent.model_validate_json(value)
+            return [UsageEvent.model_validate_json(value)], False
         except ValidationError:
             pass
-        else:
-            if event.cached_input_tokens <= event.input_tokens:
-                return [event], False
     elif first == b"[":
         try:
             events = _BATCH.validate_json(value)
         except ValidationError:
             pass
         else:
-            if events and all(e.cached_input_tokens <= e.input_tokens for e in events):
+            if events:
                 return list(events), True
     lenient = False
     try:
@@ -93,9 +90,10 @@ class _NonFiniteNumber(str):
     __slots__ = ()
 
 
-def _non_finite_field(item: Any, path: str = "") -> str | None:
+def _non_finite_field(item: Any, path: str = "") -> tuple[str, str] | None:
+    """(path, token) of the first NaN/Infinity in ``item``."""
     if isinstance(item, _NonFiniteNumber):
-        return path or "value"
+        return path or "value", str(item)
     if isinstance(item, dict):
         children = ((f"{path}.{k}" if path else str(k), v) for k, v in item.items())
     elif isinstance(item, list):
@@ -114,10 +112,10 @@ def _validate(
 ) -> UsageEvent | Rejected:
     non_finite = _non_finite_field(item) if lenient else None
     if non_finite is not None:
+        field, token = non_finite
         return Rejected(
             DeadLetterReason.NOT_FINITE,
-            f"{non_finite}: {_item_text(item, non_finite)} is not a number JSON allows; "
-            "send finite values or omit the field",
+            f"{field}: {token} is not a number JSON allows; send finite values or omit the field",
             index,
             raw if raw is not None else json.dumps(item).encode(),
         )
@@ -130,25 +128,10 @@ def _validate(
             original,
         )
     try:
-        event = UsageEvent.model_validate(item)
+        return UsageEvent.model_validate(item)
     except ValidationError as exc:
         reason, detail = classify_validation_error(exc)
         return Rejected(reason, detail, index, raw if raw is not None else orjson.dumps(item))
-    if event.cached_input_tokens > event.input_tokens:
-        return Rejected(
-            DeadLetterReason.INVALID_VALUE,
-            "cached_input_tokens exceeds input_tokens; cached tokens are part of the input",
-            index,
-            raw if raw is not None else orjson.dumps(item),
-        )
-    return event
-
-
-def _item_text(item: Any, path: str) -> str:
-    """The NaN/Infinity token at ``path`` (for the detail message)."""
-    for part in path.replace("[", ".").replace("]", "").split("."):
-        item = item[int(part)] if isinstance(item, list) else item.get(part)
-    return str(item)
 
 
 def classify_validation_error(exc: ValidationError) -> tuple[DeadLetterReason, str]:
@@ -187,5 +170,3 @@ def classify_validation_error(exc: ValidationError) -> tuple[DeadLetterReason, s
             return DeadLetterReason.WRONG_TYPE, detail + " (token counts are JSON integers)"
         return DeadLetterReason.WRONG_TYPE, detail
     return DeadLetterReason.INVALID_VALUE, detail
-
-

@@ -7,7 +7,6 @@ from decimal import Context, Decimal, InvalidOperation
 #: One US dollar in the internal unit. Per-token prices down to $1e-12 stay integers, so sums
 #: are exact and independent of order and grouping.
 PICO_PER_DOLLAR = 10**12
-NANO_PER_DOLLAR = 10**9
 
 
 _EXACT = Context(prec=200)
@@ -48,11 +47,6 @@ def exact_pico(amount_dollars: Decimal) -> int:
 def pico_to_dollars(pico: int) -> float:
     """Presentation only: a float for metrics and JSON."""
     return pico / PICO_PER_DOLLAR
-
-
-def pico_to_decimal(pico: int) -> Decimal:
-    """Exact dollars for reports and tests."""
-    return Decimal(pico) / PICO_PER_DOLLAR
 
 
 def pico_to_exact_string(pico: int) -> str:
