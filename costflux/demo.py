@@ -20,6 +20,7 @@ import urllib.request
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from rich import box
 from rich.console import Console
@@ -67,8 +68,9 @@ def run_demo(
                 _wait_ready(base, worker, timeout_s=120)
             except RuntimeError as exc:
                 raise RuntimeError(f"{exc}; see its log: {log_path}") from None
+            redis_shown = _without_credentials(str(live.redis_url))
             console.print(f"[bold]costflux demo[/] broker {live.kafka_bootstrap}, "
-                          f"redis {live.redis_url}, worker log {log_path}")
+                          f"redis {redis_shown}, worker log {log_path}")
             console.print(f"  metrics:    {base}/metrics")
             console.print(f"  allocation: {base}/model/allocation?window={_TRACE_SPAN}"
                           "&aggregate=model,label:team")
@@ -83,6 +85,15 @@ def run_demo(
             console.print("stopping…")
             _stop(worker)
     return 0
+
+
+def _without_credentials(url: str) -> str:
+    """The URL for display: a password in redis://user:password@host never reaches a log."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
 
 
 def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:

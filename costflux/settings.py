@@ -188,7 +188,8 @@ def load_settings(**overrides: Any) -> Settings:
             # A mapping input is the whole raw settings dict (model-level error): echoing it
             # would print every secret in it, so only scalar, non-secret inputs are shown.
             shown = err.get("input")
-            secret = "password" in field or isinstance(shown, dict)
+            # URLs may carry credentials (redis://:password@host).
+            secret = "password" in field or field.endswith("_url") or isinstance(shown, dict)
             problems.append(f"{env_name}: {err['msg']}" if secret
                             else f"{env_name}: {err['msg']} (got {shown!r})")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
