@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import tempfile
 import threading
@@ -40,11 +41,25 @@ class IngestService(mode.Service):
         self._thread = threading.Thread(target=ingest.run, name="costflux-ingest", daemon=True)
 
     async def on_start(self) -> None:
+        _tune_garbage_collector()
         self._thread.start()
 
     async def on_stop(self) -> None:
         self.ingest.stop()
         await asyncio.to_thread(self._thread.join, 15)
+
+
+def _tune_garbage_collector() -> None:
+    """Make cyclic GC rare: it cost as much as decoding on the hot path.
+
+    Ingest allocates a few containers per event (the validated model, its dict, its labels),
+    nearly all freed at once by reference counting; with the default threshold (700) the
+    collector ran every ~150 events and re-walked the survivors each time. Freezing moves
+    what start-up allocated (Faust, aiokafka, pydantic schemas) out of full collections.
+    Measured in bench/: GC went from ~2 us/event to noise.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 @dataclass

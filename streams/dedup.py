@@ -21,11 +21,11 @@ __all__ = ["RedisDeduplicator"]
 # The keys are built inside the script, so this needs a single Redis (or a sentinel pair),
 # not Redis Cluster.
 _FIRST_SIGHTING = """
-local prefix, ttl = ARGV[1], ARGV[2]
+local prefix, ttl, source = ARGV[1], ARGV[2], ARGV[5]
 local ids, positions = cjson.decode(ARGV[3]), cjson.decode(ARGV[4])
 local out = {}
 for i = 1, #ids do
-  local key, position = prefix .. ids[i], positions[i]
+  local key, position = prefix .. ids[i], source .. positions[i]
   if redis.call('SET', key, position, 'NX', 'EX', ttl) then
     out[i] = '1'
   elseif redis.call('GET', key) == position then
@@ -49,8 +49,13 @@ class RedisDeduplicator:
         self._horizon_s = horizon_s
         self._script = client.register_script(_FIRST_SIGHTING)
 
-    def first_sightings(self, ids: Sequence[str], positions: Sequence[str]) -> list[bool]:
-        """True where the event counts (first sighting, or a re-read of the same position)."""
+    def first_sightings(
+        self, ids: Sequence[str], positions: Sequence[str], source: str = ""
+    ) -> list[bool]:
+        """True where the event counts (first sighting, or a re-read of the same position).
+
+        A position is ``source + positions[i]``: the source (topic:partition:) is sent once.
+        """
         verdicts: list[bool] = []
         for start in range(0, len(ids), _CHUNK):
             chunk = slice(start, start + _CHUNK)
@@ -59,6 +64,7 @@ class RedisDeduplicator:
                 self._horizon_s,
                 orjson.dumps(list(ids[chunk])),
                 orjson.dumps(list(positions[chunk])),
+                source,
             ]
             answer = self._script(keys=[], args=args)
             verdicts.extend(flag == 49 for flag in answer)  # 49 is b"1"

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from costflux.core.aggregate import DimKey, PartitionAggregate
 from costflux.core.events import Rejected, decode_usage_message
-from costflux.core.pricing import PriceBook
+from costflux.core.pricing import ModelPrice, PriceBook
 from schemas._types import epoch_ms
 from schemas.deadletter import DeadLetterReason
 from schemas.usage import UsageEvent
@@ -68,6 +68,11 @@ class Judged:
     rejected: list[tuple[int, Rejected]] = field(default_factory=list)  # (offset, verdict)
 
 
+# Building a NamedTuple through its generated __new__ costs a Python call per event;
+# tuple.__new__ builds the same object in C (the hot loop makes one per event).
+_new_candidate = tuple.__new__
+
+
 def judge(
     messages: Iterable[tuple[int, bytes | None]],
     clock: PartitionClock,
@@ -75,62 +80,91 @@ def judge(
     rules: IngestRules,
     now_wall_ms: int,
 ) -> Judged:
-    """Decode, validate, price and time-check messages given as (offset, value), in order."""
+    """Decode, validate, price and time-check messages given as (offset, value), in order.
+
+    Checks, per event and in this order: not too far in the future, a price in force at its
+    event time, not late against this partition's clock; then it advances the clock. This is
+    the hot path (every event passes here): the per-event steps are inlined on purpose.
+    """
     judged = Judged()
+    candidates = judged.candidates
+    rejected = judged.rejected
     finest_ms = rules.finest_window_ms
+    lateness_ms = rules.allowed_lateness_ms
     future_limit = now_wall_ms + rules.max_future_ms
+    spans: dict[str, tuple[ModelPrice, int, int] | None] = {}  # model -> price and its span
+    max_ts = clock.max_ts_ms
+    watermark = clock.watermark_ms(lateness_ms)
     for offset, value in messages:
         try:
             entries, batched = decode_usage_message(value)
         except Exception as exc:  # noqa: BLE001 - a poison message must not stop the partition
             detail = f"could not be decoded ({type(exc).__name__}); please report this input"
-            judged.rejected.append(
+            rejected.append(
                 (offset, Rejected(DeadLetterReason.INVALID_VALUE, detail, None, value or b""))
             )
             continue
         for index, entry in enumerate(entries):
             if isinstance(entry, Rejected):
-                judged.rejected.append((offset, entry))
+                rejected.append((offset, entry))
                 continue
-            position = f"{offset}:{index}" if batched else str(offset)
             ts_ms = epoch_ms(entry.ts)
-            verdict = _judge_event(entry, ts_ms, clock, prices, rules, finest_ms, future_limit)
-            if isinstance(verdict, Rejected):
-                judged.rejected.append(
-                    (offset, _with_context(verdict, entry, index if batched else None, value))
-                )
+            span = spans.get(entry.model)
+            if span is None or not span[1] <= ts_ms < span[2]:
+                span = spans[entry.model] = prices.model_price_span(entry.model, ts_ms)
+            if ts_ms > future_limit:
+                verdict = _future(rules)
+            elif span is None:
+                verdict = _unpriced(entry)
+            elif watermark is not None and ts_ms - ts_ms % finest_ms + finest_ms <= watermark:
+                verdict = _late(rules)
             else:
-                judged.candidates.append(_candidate(entry, ts_ms, position, verdict))
+                if max_ts is None or ts_ms > max_ts:
+                    max_ts = clock.max_ts_ms = ts_ms
+                    watermark = clock.watermark_ms(lateness_ms)
+                price = span[0]
+                cached = entry.cached_input_tokens
+                labels = entry.labels
+                candidates.append(_new_candidate(Candidate, (
+                    entry.event_id,
+                    f"{offset}:{index}" if batched else str(offset),
+                    ts_ms,
+                    (entry.model, labels.get("team", ""), labels.get("project", ""),
+                     labels.get("app", ""), labels.get("namespace", "")),
+                    price.cost(entry.input_tokens, entry.output_tokens, cached),
+                    entry.input_tokens,
+                    entry.output_tokens,
+                    cached,
+                )))
+                continue
+            rejected.append(
+                (offset, _with_context(verdict, entry, index if batched else None, value))
+            )
     return judged
 
 
-def _judge_event(
-    event: UsageEvent, ts_ms: int, clock: PartitionClock, prices: PriceBook,
-    rules: IngestRules, finest_ms: int, future_limit: int,
-) -> int | Rejected:
-    if ts_ms > future_limit:
-        return _reject(
-            DeadLetterReason.FUTURE_TIMESTAMP,
-            f"ts is more than {rules.max_future_ms // 1000}s ahead of the clock; "
-            "check the producer's clock and time zone",
-        )
-    price = prices.model_price(event.model, ts_ms)
-    if price is None:
-        return _reject(
-            DeadLetterReason.UNKNOWN_MODEL,
-            f"model {event.model!r} has no price at {event.ts.isoformat()}; "
-            "add it to model_costs in pricing.yaml",
-        )
-    watermark = clock.watermark_ms(rules.allowed_lateness_ms)
-    if watermark is not None and ts_ms - ts_ms % finest_ms + finest_ms <= watermark:
-        return _reject(
-            DeadLetterReason.LATE,
-            f"event time is more than the allowed lateness ({rules.allowed_lateness_ms} ms) "
-            "behind its partition's newest event; its window has closed",
-        )
-    if clock.max_ts_ms is None or ts_ms > clock.max_ts_ms:
-        clock.max_ts_ms = ts_ms
-    return price.cost(event.input_tokens, event.output_tokens, event.cached_input_tokens)
+def _future(rules: IngestRules) -> Rejected:
+    return _reject(
+        DeadLetterReason.FUTURE_TIMESTAMP,
+        f"ts is more than {rules.max_future_ms // 1000}s ahead of the clock; "
+        "check the producer's clock and time zone",
+    )
+
+
+def _unpriced(event: UsageEvent) -> Rejected:
+    return _reject(
+        DeadLetterReason.UNKNOWN_MODEL,
+        f"model {event.model!r} has no price at {event.ts.isoformat()}; "
+        "add it to model_costs in pricing.yaml",
+    )
+
+
+def _late(rules: IngestRules) -> Rejected:
+    return _reject(
+        DeadLetterReason.LATE,
+        f"event time is more than the allowed lateness ({rules.allowed_lateness_ms} ms) "
+        "behind its partition's newest event; its window has closed",
+    )
 
 
 def _reject(reason: DeadLetterReason, detail: str) -> Rejected:
@@ -144,20 +178,8 @@ def _with_context(
     return Rejected(verdict.reason, verdict.detail, index, original)
 
 
-def _candidate(event: UsageEvent, ts_ms: int, position: str, cost_pico: int) -> Candidate:
-    labels = event.labels
-    get = labels.get
-    dims = (event.model, get("team", ""), get("project", ""), get("app", ""),
-            get("namespace", ""))
-    return Candidate(event.event_id, position, ts_ms, dims, cost_pico, event.input_tokens,
-                     event.output_tokens, event.cached_input_tokens)
-
-
 def aggregate(candidates: Iterable[Candidate], finest_window_s: int) -> PartitionAggregate:
     """Pre-aggregate the candidates that survived deduplication."""
     totals = PartitionAggregate(finest_window_s)
-    for c in candidates:
-        totals.add(
-            c.ts_ms, c.dims, c.cost_pico, c.input_tokens, c.output_tokens, c.cached_input_tokens
-        )
+    totals.add_all(candidates)
     return totals

@@ -35,6 +35,7 @@ _PER_1K = {"input_tokens": "input", "output_tokens": "output", "cached_input_tok
 _PER_1M = {"input_per_1m": "input", "output_per_1m": "output", "cached_input_per_1m": "cached"}
 _MODEL_KEYS = set(_PER_1K) | set(_PER_1M) | {"changes"}
 _BEGINNING = -(2**62)
+_END_OF_TIME = 2**62
 _EXACT = Context(prec=200)
 
 
@@ -85,6 +86,14 @@ class _Timeline:
         index = bisect.bisect_right(self._starts, ts_ms) - 1
         return self._prices[index] if index >= 0 else None
 
+    def span(self, ts_ms: int) -> tuple[Any, int, int] | None:
+        """(price, start, end): the price at ``ts_ms`` and the times [start, end) it holds for."""
+        index = bisect.bisect_right(self._starts, ts_ms) - 1
+        if index < 0:
+            return None
+        end = self._starts[index + 1] if index + 1 < len(self._starts) else _END_OF_TIME
+        return self._prices[index], self._starts[index], end
+
 
 class PriceBook:
     """Every model and GPU price, each as a timeline of effective-from dates."""
@@ -109,6 +118,11 @@ class PriceBook:
         """Price in force for ``model`` at ``ts_ms``; None if unknown or not yet priced then."""
         timeline = self._models.get(model)
         return None if timeline is None else timeline.at(ts_ms)
+
+    def model_price_span(self, model: str, ts_ms: int) -> tuple[ModelPrice, int, int] | None:
+        """Like ``model_price``, with the times [start, end) that price is in force for."""
+        timeline = self._models.get(model)
+        return None if timeline is None else timeline.span(ts_ms)
 
     def gpu_price(self, gpu_type: str, ts_ms: int) -> GpuPrice | None:
         """Price in force for ``gpu_type`` at ``ts_ms``; None if unknown."""
