@@ -1,4 +1,4 @@
-"""The ``costflux`` command: worker, demo, replay, schemas."""
+"""The ``costflux`` command: worker, demo, replay, sidecar, schemas."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     from streams.replay import add_replay_arguments
+    from streams.sidecar import add_sidecar_arguments
 
     parser = argparse.ArgumentParser(
         prog="costflux", description="Real-time cost monitoring and FinOps for LLM inference."
@@ -52,6 +53,14 @@ def _parser() -> argparse.ArgumentParser:
     replay = commands.add_parser("replay", help="replay a CSV/JSONL trace into the usage topic")
     add_replay_arguments(replay)
     replay.set_defaults(run=_run_replay)
+
+    sidecar = commands.add_parser("sidecar", help="node sidecars that publish GPU samples")
+    sidecars = sidecar.add_subparsers(required=True, metavar="KIND")
+    nvml = sidecars.add_parser(
+        "nvml", help="sample this node's NVIDIA GPUs through NVML into the GPU topic"
+    )
+    add_sidecar_arguments(nvml)
+    nvml.set_defaults(run=_run_sidecar_nvml)
 
     schemas = commands.add_parser("schemas", help="rewrite the JSON Schema files")
     schemas.set_defaults(run=_run_schemas)
@@ -101,6 +110,21 @@ def _run_replay(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     ensure_topics(settings, {settings.topic_usage: settings.topic_partitions})
     return run_replay(args, producer_config(settings), settings.topic_usage)
+
+
+def _run_sidecar_nvml(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.kafka import ensure_topics, producer_config
+    from streams.sidecar import run_sidecar
+
+    _configure_logging(settings)
+    if settings.kafka_bootstrap is None and not args.print_only:
+        print("costflux sidecar: set COSTFLUX_KAFKA_BOOTSTRAP to the broker to publish to, "
+              "or pass --print", file=sys.stderr)
+        return 2
+    if args.print_only:
+        return run_sidecar(args, None, settings.topic_gpu)
+    ensure_topics(settings, {settings.topic_gpu: settings.topic_partitions})
+    return run_sidecar(args, producer_config(settings), settings.topic_gpu)
 
 
 def _run_schemas(args: argparse.Namespace, settings: Settings) -> int:
