@@ -422,9 +422,11 @@ def test_shuffling_or_splitting_candidates_gives_the_same_partials(
 def test_larger_windows_are_sums_of_the_finest() -> None:
     totals = PartitionAggregate(60)
     dims = ("m", "t", "", "", "")
-    totals.add(BASE_MS + 59_999, dims, 5, 1, 2, 0)
-    totals.add(BASE_MS + 60_000, dims, 7, 3, 4, 1)
-    totals.add(BASE_MS + HOUR_MS, dims, 11, 5, 6, 2)
+    totals.add_all([
+        Candidate("a", "1", BASE_MS + 59_999, dims, 5, 1, 2, 0),
+        Candidate("b", "2", BASE_MS + 60_000, dims, 7, 3, 4, 1),
+        Candidate("c", "3", BASE_MS + HOUR_MS, dims, 11, 5, 6, 2),
+    ])
     assert len(totals) == 3
     partials = totals.partials([3600, 60], 1)
     row = json.dumps(list(dims), separators=(",", ":"))
