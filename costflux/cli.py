@@ -122,7 +122,7 @@ def _run_sidecar_nvml(args: argparse.Namespace, settings: Settings) -> int:
               "or pass --print", file=sys.stderr)
         return 2
     if args.print_only:
-        return run_sidecar(args, None, settings.topic_gpu)
+        return run_sidecar(args, None, settings.topic_gpu)  # no producer: print
     ensure_topics(settings, {settings.topic_gpu: settings.topic_partitions})
     return run_sidecar(args, producer_config(settings), settings.topic_gpu)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from pydantic import AwareDatetime, Field, Strict, WithJsonSchema
@@ -25,6 +25,11 @@ def epoch_ms(moment: datetime) -> int:
     """
     since = moment - _EPOCH
     return since.days * 86_400_000 + since.seconds * 1000 + since.microseconds // 1000
+
+
+def from_epoch_ms(ms: int) -> datetime:
+    """The UTC time ``ms`` milliseconds after the epoch, exactly (``ms / 1000`` may round)."""
+    return _EPOCH + timedelta(milliseconds=ms)
 
 
 # Parsed and checked by pydantic-core alone (RFC 3339 with an offset, or a number of epoch

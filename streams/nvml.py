@@ -16,7 +16,6 @@ import logging
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import orjson
 
 from costflux.core.gpu import gpu_type_for
-from schemas._types import MAX_LABEL_VALUE_LENGTH, MAX_LABELS
+from schemas._types import MAX_LABEL_VALUE_LENGTH, MAX_LABELS, from_epoch_ms
 from schemas.gpu import GpuSample, PricingTier
 
 __all__ = [
@@ -39,7 +38,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Exit code of ``costflux sidecar nvml`` when this host has no usable NVML.
 EXIT_NO_NVML = 3
 # The pod UID in a cgroup path: "pod<uid>" (cgroupfs) or "pod<uid with _>" (systemd driver).
@@ -128,7 +126,7 @@ class NvmlSampler:
         self._last_ts_ms[uuid] = now_ms
         return GpuSample(
             event_id=f"{options.node}:{uuid}:{now_ms}",
-            ts=_EPOCH + timedelta(milliseconds=now_ms),  # exact; now_ms / 1000 may round down
+            ts=from_epoch_ms(now_ms),
             interval_s=interval_ms / 1000,
             node=options.node,
             gpu_uuid=uuid,

@@ -13,8 +13,6 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, get_args
 
-from confluent_kafka import KafkaError, Message, Producer
-
 from schemas.gpu import GpuSample, PricingTier
 from streams.nvml import (
     EXIT_NO_NVML,
@@ -24,6 +22,7 @@ from streams.nvml import (
     SidecarOptions,
     open_nvml,
 )
+from streams.producer import ProducerError, UsageProducer
 
 __all__ = ["add_sidecar_arguments", "parse_labels", "publish_rounds", "sidecar_options"]
 
@@ -116,33 +115,29 @@ def live_rounds(interval_s: float, stop: threading.Event, once: bool) -> Iterabl
         stop.wait(interval_s - time.time() % interval_s)
 
 
-class _KafkaSink:
-    def __init__(self, config: Mapping[str, Any], topic: str) -> None:
-        self._producer = Producer(dict(config))
-        self._topic = topic
-        self.errors: list[str] = []
+def _send_to(producer: UsageProducer) -> Callable[[GpuSample], None]:
+    def send(sample: GpuSample) -> None:
+        # Keyed by GPU: one GPU's samples stay in order on one partition.
+        producer.send_raw(sample.model_dump_json().encode(), key=sample.gpu_uuid.encode())
 
-    def send(self, sample: GpuSample) -> None:
-        self._producer.produce(
-            self._topic, value=sample.model_dump_json().encode(), key=sample.gpu_uuid.encode(),
-            on_delivery=self._delivered,
-        )
+    return send
 
-    def flush(self) -> None:
-        self._producer.flush(10)
-        if self.errors:
-            log.error("%d samples not delivered: %s", len(self.errors), self.errors[:3])
-            self.errors.clear()
 
-    def _delivered(self, error: KafkaError | None, _message: Message) -> None:
-        if error is not None:
-            self.errors.append(str(error))
+def _flush_logging_failures(producer: UsageProducer) -> Callable[[], None]:
+    def flush() -> None:
+        # A broker outage loses this round's samples, not the sidecar: log and go on.
+        try:
+            producer.flush(10)
+        except ProducerError as exc:
+            log.error("GPU samples not delivered: %s", exc)
+
+    return flush
 
 
 def run_sidecar(
     args: argparse.Namespace, producer_config: Mapping[str, Any] | None, topic: str
 ) -> int:
-    """The command: sample live or recorded NVML, publish to ``topic`` (or print)."""
+    """The command: sample live or recorded NVML, publish to ``topic`` (print without config)."""
     try:
         options = sidecar_options(args)
     except (ValueError, OSError) as exc:
@@ -161,16 +156,17 @@ def run_sidecar(
             return EXIT_NO_NVML
         rounds = live_rounds(options.interval_s, stop, args.once)
     sampler = NvmlSampler(api, options)
-    if args.print_only or producer_config is None:
+    if producer_config is None:
         def send(sample: GpuSample) -> None:
             print(sample.model_dump_json(), flush=True)
 
         sent, skipped = publish_rounds(sampler, rounds, send)
     else:
-        sink = _KafkaSink(producer_config, topic)
+        producer = UsageProducer(producer_config, topic, events_per_message=1)
+        flush = _flush_logging_failures(producer)
         try:
-            sent, skipped = publish_rounds(sampler, rounds, sink.send, sink.flush)
+            sent, skipped = publish_rounds(sampler, rounds, _send_to(producer), flush)
         finally:
-            sink.flush()
+            flush()
     log.info("sidecar done: %d samples, %d GPU readings skipped", sent, skipped)
     return 0

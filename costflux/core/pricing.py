@@ -83,8 +83,8 @@ class _Timeline:
         self._prices = [price for _, price in entries]
 
     def at(self, ts_ms: int) -> Any:
-        index = bisect.bisect_right(self._starts, ts_ms) - 1
-        return self._prices[index] if index >= 0 else None
+        span = self.span(ts_ms)
+        return None if span is None else span[0]
 
     def span(self, ts_ms: int) -> tuple[Any, int, int] | None:
         """(price, start, end): the price at ``ts_ms`` and the times [start, end) it holds for."""
