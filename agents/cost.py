@@ -20,6 +20,8 @@ import redis.asyncio as aioredis
 from agents.metrics import CostMetrics
 from agents.serving import ServingView
 from costflux.core.aggregate import PartialKey, apply_partial, decode_dimensions
+from costflux.core.allocation import AllocationOptions, TimeRange, allocate, cover
+from costflux.core.gpu_samples import decode_gpu_row_key, is_gpu_row
 from costflux.core.windows import PartitionMark, global_watermark
 from schemas.deadletter import DeadLetterReason, DeadLetterRecord
 from streams.ingest import watermarks_key
@@ -27,6 +29,8 @@ from streams.ingest import watermarks_key
 __all__ = ["CostAgentOptions", "CostCombiner"]
 
 log = logging.getLogger(__name__)
+
+HOUR_MS = 3_600_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,7 @@ class CostAgentOptions:
     partitions: int
     namespace: str
     finest_window_s: int
+    window_sizes_s: tuple[int, ...]
     retention_ms: int
     partition_idle_ms: int
 
@@ -84,6 +89,7 @@ class CostCombiner:
         app.timer(0.25, name="costflux.publish_view")(self._publish_view)
         app.timer(1.0, name="costflux.advance_watermark")(self._advance_watermark)
         app.timer(10.0, name="costflux.resync_view")(self._resync_view)
+        app.timer(15.0, name="costflux.unit_costs")(self._publish_unit_costs)
 
     async def _combine(self, stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
@@ -104,7 +110,10 @@ class CostCombiner:
             if shard.size_s == self._options.finest_window_s:
                 # Count each event once in the metrics: the finest window holds all of them.
                 for row_key, sums in partial["rows"].items():
-                    self._metrics.count_row(decode_dimensions(row_key), sums)
+                    if is_gpu_row(row_key):
+                        self._metrics.count_gpu_row(decode_gpu_row_key(row_key), sums)
+                    else:
+                        self._metrics.count_row(decode_dimensions(row_key), sums)
 
     def _closed_for_good(self, shard: PartialKey) -> bool:
         watermark = self.global_watermark_ms
@@ -145,6 +154,24 @@ class CostCombiner:
                 shards.append((PartialKey.decode(key), state))
         if shards:
             await self._view.write_shards(shards, self._options.finest_window_s)
+
+    async def _publish_unit_costs(self) -> None:
+        """Cost per request and per token by model, over the last hour the watermark closed.
+
+        Token cost plus all of the model's GPU cost (idle included: the seed's GPU time x
+        price / requests), read from the serving view, where every worker's shards meet.
+        """
+        watermark = self.global_watermark_ms
+        if watermark is None:
+            return
+        end = watermark - watermark % HOUR_MS
+        span = TimeRange(end - HOUR_MS, end)
+        rows = await self._view.read_windows(cover(span, self._options.window_sizes_s))
+        by_model = allocate(rows, [0], span, AllocationOptions(share_idle=True))
+        self._metrics.set_unit_costs(
+            {model: (float(row["costPerRequest"]), float(row["costPerToken"]))  # type: ignore[arg-type]
+             for model, row in by_model.items() if row["requests"]}
+        )
 
     async def _advance_watermark(self) -> None:
         raw = await self._redis.hgetall(watermarks_key(self._options.namespace))

@@ -1,4 +1,4 @@
-"""HTTP on the worker: /metrics, /healthz, /readyz and the allocation API (Faust's web server)."""
+"""HTTP on the worker: /metrics, /healthz, /readyz, allocation and GPU cost (Faust's web server)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from agents.metrics import CostMetrics
 from agents.serving import ServingView
 from costflux.core.allocation import (
+    AllocationOptions,
     AllocationQueryError,
+    TimeRange,
     allocate,
     cover,
     parse_aggregate,
     parse_window,
 )
+from costflux.core.gpu_report import gpu_report, parse_gpu_aggregate
 
 __all__ = ["register_http"]
 
@@ -29,6 +32,7 @@ def register_http(
     view: ServingView,
     window_sizes_s: tuple[int, ...],
     readiness: Callable[[], tuple[bool, str]],
+    gpu_defaults: AllocationOptions,
 ) -> None:
     """Add the worker's HTTP endpoints to ``app``'s web server."""
     finest_s = min(window_sizes_s)
@@ -47,18 +51,47 @@ def register_http(
         ready, why = readiness()
         return web.json({"ready": ready, "detail": why}, status=200 if ready else 503)
 
+    async def covered(
+        web: faust.web.View, request: faust.web.Request
+    ) -> tuple[TimeRange, list[dict[str, list[int]]]]:
+        now_ms = await view.newest_event_time_ms() or 0
+        span = parse_window(request.query.get("window", "24h"), now_ms, finest_s)
+        tiles = cover(span, window_sizes_s)
+        if len(tiles) > 20_000:
+            raise AllocationQueryError("window too long for one query")
+        return span, await view.read_windows(tiles)
+
     @app.page("/model/allocation")
     async def allocation(web: faust.web.View, request: faust.web.Request) -> Any:
         query = request.query
         try:
             group_by = parse_aggregate(query.get("aggregate", "namespace"))
-            now_ms = await view.newest_event_time_ms() or 0
-            span = parse_window(query.get("window", "24h"), now_ms, finest_s)
-            tiles = cover(span, window_sizes_s)
+            options = AllocationOptions(
+                share_idle=_flag(query.get("shareIdle"), gpu_defaults.share_idle),
+                weight=query.get("gpuWeight", gpu_defaults.weight),
+            )
+            span, rows = await covered(web, request)
         except AllocationQueryError as exc:
             return web.json({"code": 400, "message": str(exc)}, status=400)
-        if len(tiles) > 20_000:
-            return web.json({"code": 400, "message": "window too long for one query"}, status=400)
-        rows = await view.read_windows(tiles)
-        data = allocate(rows, group_by, span)
+        data = allocate(rows, group_by, span, options)
         return web.json({"code": 200, "data": [data] if data else []})
+
+    @app.page("/model/gpu")
+    async def gpu(web: faust.web.View, request: faust.web.Request) -> Any:
+        try:
+            group_by = parse_gpu_aggregate(request.query.get("aggregate", "gpu_type"))
+            span, rows = await covered(web, request)
+        except AllocationQueryError as exc:
+            return web.json({"code": 400, "message": str(exc)}, status=400)
+        data = gpu_report(rows, group_by, span)
+        return web.json({"code": 200, "data": [data] if data else []})
+
+
+def _flag(text: str | None, default: bool) -> bool:
+    if text is None:
+        return default
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise AllocationQueryError(f"shareIdle must be true or false, not {text!r}")

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from costflux.core.gpu import cost_units, price_of_rates, units_to_dollars
+from costflux.core.gpu_samples import GpuCandidate
 from costflux.core.money import pico_to_dollars
 
 __all__ = ["CostMetrics", "LabelLimiter"]
 
 OVERFLOW = "other"
+#: A GPU this many of its sampling intervals behind its node's newest sample stopped reporting.
+STALE_INTERVALS = 3
 
 
 class LabelLimiter:
@@ -55,6 +59,8 @@ class CostMetrics:
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         allowed = allowed or {}
+        self._cap = label_cap
+        self._allowed = allowed
         self._children: dict[tuple[str, str, str], tuple[Any, ...]] = {}
         self._cache_cap = 4 * label_cap**2
         self._limit = {
@@ -87,11 +93,99 @@ class CostMetrics:
             "costflux_partials_replayed", "Partials skipped because their offsets were applied",
             registry=self.registry,
         )
+        self._add_gpu_metrics()
         self.watermark = Gauge(
             "costflux_watermark_timestamp_seconds",
             "Event time before which every active partition is complete",
             registry=self.registry,
         )
+
+    def _add_gpu_metrics(self) -> None:
+        gpu_labels = ("node", "gpu_type", "pricing_tier", "namespace", "model")
+        self._gpu_limit = {
+            name: LabelLimiter(self._cap, self._allowed.get(name, ()))
+            for name in ("node", "namespace", "model")
+        }
+        self.gpu_cost = Counter(
+            "llm_gpu_cost_dollars", "GPU cost (all GPU time at its tier's price), USD",
+            gpu_labels, registry=self.registry,
+        )
+        self.gpu_idle_cost = Counter(
+            "llm_gpu_idle_cost_dollars", "GPU cost of time under the idle threshold, USD",
+            gpu_labels, registry=self.registry,
+        )
+        self.gpu_samples = Counter(
+            "costflux_gpu_samples", "GPU samples priced and pre-aggregated by ingest",
+            registry=self.registry,
+        )
+        # One series per GPU that reports; a GPU that stops reporting loses its series (absent,
+        # never a made-up 0), so the series are bounded by the live fleet.
+        self.gpu_utilization = Gauge(
+            "llm_gpu_utilization_ratio", "Busy / allocated time of a GPU in its latest sample",
+            ("node", "gpu_uuid", "gpu_type"), registry=self.registry,
+        )
+        self._latest_gpu: dict[str, tuple[str, str, int, int]] = {}  # uuid -> node, type, ts, ms
+        self._unit_cost_models: set[str] = set()
+        self.cost_per_request = Gauge(
+            "llm_cost_per_request_dollars",
+            "Token plus allocated GPU cost per request over the last complete hour",
+            ("model",), registry=self.registry,
+        )
+        self.cost_per_token = Gauge(
+            "llm_cost_per_token_dollars",
+            "Token plus allocated GPU cost per token over the last complete hour",
+            ("model",), registry=self.registry,
+        )
+
+    def count_gpu_row(self, dims: Sequence[str], sums: list[int]) -> None:
+        """Add one applied GPU row: dims in GPU_DIMENSIONS order, sums in GPU_SUM_FIELDS order."""
+        node, gpu_type, tier, namespace, model, _team, rates = dims
+        labels = (self._gpu_limit["node"](node), gpu_type, tier,
+                  self._gpu_limit["namespace"](namespace), self._gpu_limit["model"](model))
+        price = price_of_rates(rates)
+        gpu_ms, _busy_ms, idle_ms = sums
+        self.gpu_cost.labels(*labels).inc(float(units_to_dollars(cost_units(gpu_ms, price, tier))))
+        self.gpu_idle_cost.labels(*labels).inc(
+            float(units_to_dollars(cost_units(idle_ms, price, tier)))
+        )
+
+    def observe_gpu_samples(self, samples: Iterable[GpuCandidate]) -> None:
+        """Set each GPU's utilization from its newest sample; drop GPUs that stopped reporting.
+
+        Staleness is judged in event time, per node: a GPU whose newest sample is more than
+        ``STALE_INTERVALS`` of its intervals behind its node's newest sample has stopped
+        reporting (its sidecar skipped it), and its series is removed.
+        """
+        newest_on_node: dict[str, int] = {}
+        for sample in samples:
+            self.gpu_samples.inc()
+            gpu_type = sample.dims[1]
+            latest = self._latest_gpu.get(sample.gpu_uuid)
+            if latest is None or sample.ts_ms >= latest[2]:
+                self._latest_gpu[sample.gpu_uuid] = (
+                    sample.node, gpu_type, sample.ts_ms, sample.interval_ms
+                )
+                self.gpu_utilization.labels(sample.node, sample.gpu_uuid, gpu_type).set(
+                    sample.utilization_pct / 100
+                )
+        for node, _type, ts_ms, _ms in self._latest_gpu.values():
+            newest_on_node[node] = max(newest_on_node.get(node, ts_ms), ts_ms)
+        for uuid, (node, gpu_type, ts_ms, interval_ms) in list(self._latest_gpu.items()):
+            if newest_on_node[node] - ts_ms > STALE_INTERVALS * interval_ms:
+                del self._latest_gpu[uuid]
+                self.gpu_utilization.remove(node, uuid, gpu_type)
+
+    def set_unit_costs(self, by_model: Mapping[str, tuple[float, float]]) -> None:
+        """Set cost per request and per token for each model; drop models no longer present."""
+        for model, (per_request, per_token) in by_model.items():
+            label = self._gpu_limit["model"](model)
+            self.cost_per_request.labels(label).set(per_request)
+            self.cost_per_token.labels(label).set(per_token)
+        shown = {self._gpu_limit["model"](model) for model in by_model}
+        for gone in self._unit_cost_models - shown:
+            self.cost_per_request.remove(gone)
+            self.cost_per_token.remove(gone)
+        self._unit_cost_models = shown
 
     def count_row(self, dims: tuple[str, ...], sums: list[int]) -> None:
         """Add one applied aggregate row: dims in DIMENSIONS order, sums in SUM_FIELDS order."""

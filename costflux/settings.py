@@ -108,6 +108,17 @@ class Settings(BaseSettings):
         8, ge=1, le=256, description="state shards per window (spread over workers)"
     )
 
+    # --- GPU cost ---
+    gpu_idle_threshold_pct: float = Field(
+        5.0, ge=0, le=100, description="a GPU sample under this utilization (%) is idle time"
+    )
+    gpu_allocation_weight: Literal["tokens", "requests"] = Field(
+        "tokens", description="what a model's GPU cost is shared among its users by"
+    )
+    gpu_share_idle: bool = Field(
+        False, description="share idle GPU cost among users (else an __idle__ row)"
+    )
+
     # --- HTTP / metrics ---
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)

@@ -23,6 +23,7 @@ class DeadLetterReason(StrEnum):
     BAD_TIMESTAMP = "bad_timestamp"
     FUTURE_TIMESTAMP = "future_timestamp"
     UNKNOWN_MODEL = "unknown_model"
+    UNKNOWN_GPU_TYPE = "unknown_gpu_type"
     OVERSIZED_LABELS = "oversized_labels"
     INVALID_VALUE = "invalid_value"
     LATE = "late"

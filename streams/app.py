@@ -19,10 +19,11 @@ from agents.cost import CostAgentOptions, CostCombiner
 from agents.http import register_http
 from agents.metrics import CostMetrics
 from agents.serving import ServingView
+from costflux.core.allocation import AllocationOptions
 from costflux.core.ingest import IngestRules
 from costflux.pricing_source import PricingSource
 from costflux.settings import Settings
-from streams.ingest import IngestLoop, IngestOptions
+from streams.ingest import GPU_SAMPLES, USAGE, IngestLoop, IngestOptions, SourceKind
 from streams.kafka import consumer_config, ensure_topics, faust_broker_options, producer_config
 
 __all__ = ["Worker", "build_worker"]
@@ -33,20 +34,26 @@ SERVING_RETENTION_S = 35 * 86400
 
 
 class IngestService(mode.Service):
-    """Runs the ingest loop in a thread for as long as the app runs."""
+    """Runs the ingest loops (usage, GPU samples) in threads for as long as the app runs."""
 
-    def __init__(self, ingest: IngestLoop, **kwargs: object) -> None:
+    def __init__(self, loops: list[IngestLoop], **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.ingest = ingest
-        self._thread = threading.Thread(target=ingest.run, name="costflux-ingest", daemon=True)
+        self.loops = loops
+        self._threads = [
+            threading.Thread(target=loop.run, name=f"costflux-ingest-{loop.kind}", daemon=True)
+            for loop in loops
+        ]
 
     async def on_start(self) -> None:
         _tune_garbage_collector()
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     async def on_stop(self) -> None:
-        self.ingest.stop()
-        await asyncio.to_thread(self._thread.join, 15)
+        for loop in self.loops:
+            loop.stop()
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join, 15)
 
 
 def _tune_garbage_collector() -> None:
@@ -68,6 +75,7 @@ class Worker:
 
     app: faust.App
     ingest: IngestLoop
+    gpu_ingest: IngestLoop
     combiner: CostCombiner
     metrics: CostMetrics
     pricing: PricingSource
@@ -81,6 +89,7 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
         settings,
         {
             settings.topic_usage: partitions,
+            settings.topic_gpu: partitions,
             settings.topic_partials: partitions,
             settings.topic_deadletter: partitions,
             settings.topic_alerts: partitions,
@@ -110,28 +119,37 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
         window_sizes_s=tuple(settings.window_sizes),
         allowed_lateness_ms=settings.allowed_lateness_s * 1000,
         max_future_ms=settings.max_future_s * 1000,
+        gpu_idle_threshold_pct=settings.gpu_idle_threshold_pct,
     )
-    ingest = IngestLoop(
-        IngestOptions(
-            topic=settings.topic_usage,
-            partials_topic=settings.topic_partials,
-            deadletter_topic=settings.topic_deadletter,
-            namespace=namespace,
-            rules=rules,
-            buckets=settings.buckets_per_window,
-            batch_size=settings.ingest_batch_size,
-            flush_interval_s=settings.ingest_flush_s,
-            dedup_horizon_s=settings.dedup_horizon_s,
-        ),
-        # A 16 MiB prefetch per consumer instead of librdkafka's 64 MiB: no slower, far less RSS.
-        consumer_config(
-            settings, f"{settings.consumer_group}-ingest", **{"queued.max.messages.kbytes": 16384}
-        ),
-        producer_config(settings),
-        sync_redis,
-        pricing.current,
-        metrics,
-    )
+
+    def ingest_loop(topic: str, kind: SourceKind, group_suffix: str) -> IngestLoop:
+        return IngestLoop(
+            IngestOptions(
+                topic=topic,
+                partials_topic=settings.topic_partials,
+                deadletter_topic=settings.topic_deadletter,
+                namespace=namespace,
+                rules=rules,
+                buckets=settings.buckets_per_window,
+                batch_size=settings.ingest_batch_size,
+                flush_interval_s=settings.ingest_flush_s,
+                dedup_horizon_s=settings.dedup_horizon_s,
+                kind=kind,
+            ),
+            # A 16 MiB prefetch per consumer instead of librdkafka's 64 MiB: no slower, far
+            # less RSS.
+            consumer_config(
+                settings, f"{settings.consumer_group}-{group_suffix}",
+                **{"queued.max.messages.kbytes": 16384},
+            ),
+            producer_config(settings),
+            sync_redis,
+            pricing.current,
+            metrics,
+        )
+
+    ingest = ingest_loop(settings.topic_usage, USAGE, "ingest")
+    gpu_ingest = ingest_loop(settings.topic_gpu, GPU_SAMPLES, "gpu")
     combiner = CostCombiner(
         app,
         CostAgentOptions(
@@ -140,6 +158,7 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
             partitions=partitions,
             namespace=namespace,
             finest_window_s=min(settings.window_sizes),
+            window_sizes_s=tuple(settings.window_sizes),
             retention_ms=settings.state_retention_s * 1000,
             partition_idle_ms=int(settings.partition_idle_s * 1000),
         ),
@@ -147,7 +166,7 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
         view,
         metrics,
     )
-    app.add_dependency(IngestService(ingest))
+    app.add_dependency(IngestService([ingest, gpu_ingest]))
 
     async def reload_pricing() -> None:
         pricing.reload_if_changed()
@@ -155,14 +174,18 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
     app.timer(5.0, name="costflux.reload_pricing")(reload_pricing)
 
     def readiness() -> tuple[bool, str]:
-        if ingest.failure is not None:
-            return False, f"ingest failed: {type(ingest.failure).__name__}"
-        if not ingest.ready.is_set():
-            return False, "waiting for partition assignment"
+        for loop in (ingest, gpu_ingest):
+            if loop.failure is not None:
+                return False, f"{loop.kind} ingest failed: {type(loop.failure).__name__}"
+            if not loop.ready.is_set():
+                return False, f"{loop.kind} ingest waiting for partition assignment"
         return True, "ok"
 
-    register_http(app, metrics, view, tuple(settings.window_sizes), readiness)
-    return Worker(app, ingest, combiner, metrics, pricing)
+    register_http(
+        app, metrics, view, tuple(settings.window_sizes), readiness,
+        AllocationOptions(settings.gpu_share_idle, settings.gpu_allocation_weight),
+    )
+    return Worker(app, ingest, gpu_ingest, combiner, metrics, pricing)
 
 
 def _redis_url(settings: Settings) -> str:

@@ -1,5 +1,8 @@
 """The hot path: batch-consume usage events, judge, dedup, pre-aggregate, publish partials.
 
+The same loop, with its own consumer group and thread, carries GPU samples: a ``SourceKind``
+says how a topic's messages are judged, aggregated and counted; the rest is shared.
+
 Faust's per-message loop tops out near 10 k messages/s, so ingest runs on confluent-kafka's
 ``consume(n)`` in a thread of the worker and hands Faust only per-partition partial sums.
 
@@ -23,23 +26,33 @@ import bisect
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import redis
 from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, Message, Producer, TopicPartition
 
 from agents.metrics import CostMetrics
+from costflux.core.aggregate import PartialKey, Rows
 from costflux.core.events import Rejected
+from costflux.core.gpu_samples import GpuAggregate, GpuCandidate, judge_gpu
 from costflux.core.ingest import IngestRules, Judged, PartitionClock, aggregate, judge
 from costflux.core.pricing import PriceBook
 from schemas.deadletter import DeadLetterRecord
 from streams.dedup import RedisDeduplicator
 
-__all__ = ["IngestLoop", "IngestOptions", "checkpoint_key", "watermarks_key"]
+__all__ = [
+    "GPU_SAMPLES",
+    "USAGE",
+    "IngestLoop",
+    "IngestOptions",
+    "SourceKind",
+    "checkpoint_key",
+    "watermarks_key",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +74,45 @@ def watermarks_key(namespace: str) -> str:
     return f"{namespace}:watermarks"
 
 
+class _Partials(Protocol):
+    def partials(self, window_sizes_s: Iterable[int], buckets: int) -> dict[PartialKey, Rows]:
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SourceKind:
+    """What differs between the topics ingest reads: how messages are judged and summed."""
+
+    name: str  # names the dedup scope and the thread
+    judge: Callable[[list[tuple[int, bytes | None]], PartitionClock, PriceBook, IngestRules, int],
+                    Judged[Any]]
+    aggregate: Callable[[list[Any], IngestRules], _Partials]
+    counted: Callable[[CostMetrics, list[Any]], None]  # metrics of what counted
+
+
+def _count_usage(metrics: CostMetrics, counted: list[Any]) -> None:
+    metrics.ingested.inc(len(counted))
+
+
+def _count_gpu(metrics: CostMetrics, counted: list[GpuCandidate]) -> None:
+    metrics.observe_gpu_samples(counted)
+
+
+USAGE = SourceKind(
+    "usage", judge, lambda counted, rules: aggregate(counted, min(rules.window_sizes_s)),
+    _count_usage,
+)
+
+
+def _aggregate_gpu(counted: list[GpuCandidate], rules: IngestRules) -> GpuAggregate:
+    totals = GpuAggregate(min(rules.window_sizes_s), rules.gpu_idle_threshold_pct)
+    totals.add_all(counted)
+    return totals
+
+
+GPU_SAMPLES = SourceKind("gpu", judge_gpu, _aggregate_gpu, _count_gpu)
+
+
 @dataclass(frozen=True, slots=True)
 class IngestOptions:
     """Plain values the loop runs with (built from Settings at the edge)."""
@@ -74,6 +126,7 @@ class IngestOptions:
     batch_size: int
     flush_interval_s: float
     dedup_horizon_s: int
+    kind: SourceKind = USAGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +136,7 @@ class _JudgedFlush:
     partition: int
     first: int  # first and last source offsets it covers
     last: int
-    judged: Judged
+    judged: Judged[Any]
     verdicts: Future[list[bool]]  # dedup's answer, one per candidate
     max_ts_ms: int | None  # the partition clock after it: its checkpoint
     mark: str  # the partition's watermark after it, published once it is
@@ -117,7 +170,10 @@ class IngestLoop:
         self._consumer = Consumer(consumer_config)
         self._producer = Producer(producer_config)
         self._redis = redis_client
-        self._dedup = RedisDeduplicator(redis_client, options.namespace, options.dedup_horizon_s)
+        # Each kind of source has its own event_id space.
+        kind = options.kind
+        scope = options.namespace if kind is USAGE else f"{options.namespace}:{kind.name}"
+        self._dedup = RedisDeduplicator(redis_client, scope, options.dedup_horizon_s)
         self._prices = prices
         self._metrics = metrics
         self._now_ms = wall_clock_ms
@@ -130,6 +186,10 @@ class IngestLoop:
         self._in_flight: Future[list[TopicPartition]] | None = None
         self.ready = threading.Event()
         self.failure: BaseException | None = None
+
+    @property
+    def kind(self) -> str:
+        return self._options.kind.name
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -257,7 +317,7 @@ class IngestLoop:
         options = self._options
         judged_flushes = []
         for partition, buffer, batch in cuts:
-            judged = judge(batch, buffer.clock, prices, options.rules, now)
+            judged = options.kind.judge(batch, buffer.clock, prices, options.rules, now)
             buffer.had_data_wall_ms = now
             # Dedup runs on Redis (another core) while the next partition is judged.
             verdicts = self._dedup_pool.submit(
@@ -311,9 +371,9 @@ class IngestLoop:
             candidates = flush.judged.candidates
             counted = [c for c, ok in zip(candidates, flush.verdicts.result(), strict=True) if ok]
             self._metrics.duplicates.inc(len(candidates) - len(counted))
-            self._metrics.ingested.inc(len(counted))
+            options.kind.counted(self._metrics, counted)
             source = f"{options.topic}:{flush.partition}"
-            partials = aggregate(counted, min(options.rules.window_sizes_s)).partials(
+            partials = options.kind.aggregate(counted, options.rules).partials(
                 options.rules.window_sizes_s, options.buckets
             )
             for key, rows in partials.items():

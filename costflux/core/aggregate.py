@@ -9,7 +9,7 @@ crash carries offsets already applied and is skipped, so totals never double cou
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ __all__ = [
     "PartitionAggregate",
     "apply_partial",
     "merge_rows",
+    "partials_of",
 ]
 
 #: The dimensions every cost row is keyed by: the model and four labels.
@@ -103,20 +104,33 @@ class PartitionAggregate:
 
     def partials(self, window_sizes_s: Iterable[int], buckets: int) -> dict[PartialKey, Rows]:
         """Rows per window shard, for every window size (larger ones summed from the finest)."""
-        encoded: dict[DimKey, tuple[str, int]] = {}
-        out: dict[PartialKey, Rows] = {}
-        sizes = sorted(window_sizes_s)
-        for (finest_start, dims), sums in self._sums.items():
-            if dims not in encoded:
-                row_key = encode_dimensions(dims)
-                encoded[dims] = (row_key, bucket_of(row_key, buckets))
-            row_key, bucket = encoded[dims]
-            for size_s in sizes:
-                size_ms = size_s * 1000
-                key = PartialKey(size_s, finest_start - finest_start % size_ms, bucket)
-                rows = out.setdefault(key, {})
-                merge_rows(rows, {row_key: sums})
-        return out
+        return partials_of(self._sums, encode_dimensions, window_sizes_s, buckets)
+
+
+def partials_of(
+    sums_by_key: Mapping[tuple[int, Any], list[int]],
+    encode: Callable[[Any], str],
+    window_sizes_s: Iterable[int],
+    buckets: int,
+) -> dict[PartialKey, Rows]:
+    """Partial rows per window shard from sums keyed by (finest window start, dimensions).
+
+    Larger windows are summed from the finest; each row goes to the shard its key hashes to.
+    """
+    encoded: dict[Any, tuple[str, int]] = {}
+    out: dict[PartialKey, Rows] = {}
+    sizes = sorted(window_sizes_s)
+    for (finest_start, dims), sums in sums_by_key.items():
+        if dims not in encoded:
+            row_key = encode(dims)
+            encoded[dims] = (row_key, bucket_of(row_key, buckets))
+        row_key, bucket = encoded[dims]
+        for size_s in sizes:
+            size_ms = size_s * 1000
+            key = PartialKey(size_s, finest_start - finest_start % size_ms, bucket)
+            rows = out.setdefault(key, {})
+            merge_rows(rows, {row_key: sums})
+    return out
 
 
 def merge_rows(into: Rows, rows: Mapping[str, list[int]]) -> None:

@@ -1,24 +1,31 @@
 """Allocation queries: which windows cover a time range, and cost grouped by dimensions.
 
-The answer has the Kubecost/OpenCost ``/model/allocation`` shape, with token fields added.
+The answer has the Kubecost/OpenCost ``/model/allocation`` shape, with token fields added,
+and self-hosted GPU cost joined in: a model's GPU cost in a window goes to the teams that
+used the model in that window (``gpuCost``), its idle part shared or as an ``__idle__`` row.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import ROUND_HALF_EVEN, Decimal
 
-from costflux.core.aggregate import DIMENSIONS, decode_dimensions, merge_rows
-from costflux.core.money import pico_to_dollars, pico_to_exact_string
+from costflux.core.aggregate import DIMENSIONS, decode_dimensions
+from costflux.core.gpu import cost_units, price_of_rates, split_in_proportion, units_to_dollars
+from costflux.core.gpu_samples import GpuDims, decode_gpu_row_key, is_gpu_row
+from costflux.core.money import PICO_PER_DOLLAR
 
-__all__ = ["AllocationQueryError", "TimeRange", "allocate", "cover", "parse_aggregate",
-           "parse_window"]
+__all__ = ["AllocationOptions", "AllocationQueryError", "TimeRange", "allocate", "cover",
+           "iso_window", "parse_aggregate", "parse_window"]
 
 _RELATIVE = re.compile(r"^(\d+)([mhdw])$")
 _UNIT_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
 UNALLOCATED = "__unallocated__"
+#: The row idle GPU cost goes to unless it is shared (OpenCost's shareIdle=false).
+IDLE = "__idle__"
 
 
 class AllocationQueryError(ValueError):
@@ -99,41 +106,170 @@ def parse_aggregate(text: str) -> list[int]:
     return indexes
 
 
+def _tokens(sums: list[int]) -> int:
+    return sums[1] + sums[2]
+
+
+def _requests(sums: list[int]) -> int:
+    return sums[4]
+
+
+_WEIGHT: dict[str, Callable[[list[int]], int]] = {"tokens": _tokens, "requests": _requests}
+GPU_WEIGHTS = tuple(_WEIGHT)
+
+
+@dataclass(slots=True)
+class _Group:
+    """One allocation row being summed: token cost in pico-dollars, GPU cost in GPU units."""
+
+    token_pico: int = 0
+    gpu_units: int = 0  # busy GPU time at its price
+    idle_units: int = 0  # idle GPU time at its price
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    requests: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationOptions:
+    """How GPU cost is shared: by ``tokens`` or ``requests``; idle shared or as ``__idle__``."""
+
+    share_idle: bool = False
+    weight: str = "tokens"
+
+    def __post_init__(self) -> None:
+        if self.weight not in GPU_WEIGHTS:
+            raise AllocationQueryError(
+                f"cannot share GPU cost by {self.weight!r}; use one of: {', '.join(GPU_WEIGHTS)}"
+            )
+
+
 def allocate(
     windows_rows: Iterable[Mapping[str, list[int]]],
     group_by: list[int],
     span: TimeRange,
+    options: AllocationOptions = AllocationOptions(),
 ) -> dict[str, dict[str, object]]:
-    """Group the rows of every covering window by the chosen dimensions, Kubecost-shaped."""
-    groups: dict[str, dict[str, list[int]]] = {}
+    """Group the rows of every covering window by the chosen dimensions, Kubecost-shaped.
+
+    Within each window, a model's GPU cost is split among the usage rows of that model in
+    proportion to their weight (exactly: the parts sum to the whole); GPU time of a model
+    nobody used in the window is charged to the GPU's own labels (team, namespace).
+    """
+    groups: dict[str, _Group] = {}
+
+    def group_of(dims: Sequence[str]) -> _Group:
+        name = "/".join(dims[i] or UNALLOCATED for i in group_by)
+        return groups.setdefault(name, _Group())
+
     for rows in windows_rows:
-        for row_key, sums in rows.items():
-            dims = decode_dimensions(row_key)
-            name = "/".join(dims[i] or UNALLOCATED for i in group_by)
-            merge_rows(groups.setdefault(name, {}), {"": sums})
-    window = {"start": _iso(span.start_ms), "end": _iso(span.end_ms)}
-    return {name: _allocation(name, sums[""], window) for name, sums in sorted(groups.items())}
+        users_by_model: dict[str, list[tuple[str, list[int]]]] = {}
+        gpu_by_model: dict[str, list[tuple[GpuDims, list[int]]]] = {}
+        for row_key, sums in sorted(rows.items()):  # sorted: splits are deterministic
+            if is_gpu_row(row_key):
+                dims = decode_gpu_row_key(row_key)
+                gpu_by_model.setdefault(dims[4], []).append((dims, sums))
+                continue
+            usage_dims = decode_dimensions(row_key)
+            users_by_model.setdefault(usage_dims[0], []).append((row_key, sums))
+            group = group_of(usage_dims)
+            cost_pico, input_tokens, output_tokens, cached, requests = sums
+            group.token_pico += cost_pico
+            group.input_tokens += input_tokens
+            group.output_tokens += output_tokens
+            group.cached_input_tokens += cached
+            group.requests += requests
+        for model, gpu_rows in gpu_by_model.items():
+            users = users_by_model.get(model) if model else None
+            if users:
+                _share_among_users(gpu_rows, users, group_of, groups, options)
+            else:
+                _charge_to_gpu_labels(gpu_rows, group_of, groups, options)
+    window = iso_window(span)
+    return {name: _allocation(name, group, window) for name, group in sorted(groups.items())}
 
 
-def _allocation(name: str, sums: list[int], window: dict[str, str]) -> dict[str, object]:
-    cost_pico, input_tokens, output_tokens, cached, requests = sums
-    tokens = input_tokens + output_tokens
-    cost = pico_to_dollars(cost_pico)
+def _share_among_users(
+    gpu_rows: list[tuple[GpuDims, list[int]]],
+    users: list[tuple[str, list[int]]],
+    group_of: Callable[[Sequence[str]], _Group],
+    groups: dict[str, _Group],
+    options: AllocationOptions,
+) -> None:
+    busy = sum(_busy_units(dims, sums) for dims, sums in gpu_rows)
+    idle = sum(_idle_units(dims, sums) for dims, sums in gpu_rows)
+    weight_of = _WEIGHT[options.weight]
+    weights = [weight_of(sums) for _, sums in users]
+    user_groups = [group_of(decode_dimensions(row_key)) for row_key, _ in users]
+    for group, part in zip(user_groups, split_in_proportion(busy, weights), strict=True):
+        group.gpu_units += part
+    if options.share_idle:
+        for group, part in zip(user_groups, split_in_proportion(idle, weights), strict=True):
+            group.idle_units += part
+    else:
+        groups.setdefault(IDLE, _Group()).idle_units += idle
+
+
+def _charge_to_gpu_labels(
+    gpu_rows: list[tuple[GpuDims, list[int]]],
+    group_of: Callable[[Sequence[str]], _Group],
+    groups: dict[str, _Group],
+    options: AllocationOptions,
+) -> None:
+    for dims, sums in gpu_rows:
+        _node, _type, _tier, namespace, model, team, _rates = dims
+        group = group_of((model, team, "", "", namespace))  # in DIMENSIONS order
+        group.gpu_units += _busy_units(dims, sums)
+        idle_group = group if options.share_idle else groups.setdefault(IDLE, _Group())
+        idle_group.idle_units += _idle_units(dims, sums)
+
+
+def _busy_units(dims: GpuDims, sums: list[int]) -> int:
+    gpu_ms, _busy_ms, idle_ms = sums
+    return cost_units(gpu_ms - idle_ms, price_of_rates(dims[6]), dims[2])
+
+
+def _idle_units(dims: GpuDims, sums: list[int]) -> int:
+    return cost_units(sums[2], price_of_rates(dims[6]), dims[2])
+
+
+def _allocation(name: str, group: _Group, window: dict[str, str]) -> dict[str, object]:
+    token_cost = Decimal(group.token_pico) / PICO_PER_DOLLAR
+    gpu_cost = units_to_dollars(group.gpu_units)
+    idle_cost = units_to_dollars(group.idle_units)
+    total = token_cost + gpu_cost + idle_cost
+    tokens = group.input_tokens + group.output_tokens
     return {
         "name": name,
         "window": window,
         "start": window["start"],
         "end": window["end"],
-        "totalCost": cost,
-        "tokenCost": cost,
-        "totalCostExact": pico_to_exact_string(cost_pico),
-        "inputTokens": input_tokens,
-        "outputTokens": output_tokens,
-        "cachedInputTokens": cached,
-        "requests": requests,
-        "costPerRequest": cost / requests if requests else 0.0,
-        "costPerToken": cost / tokens if tokens else 0.0,
+        "totalCost": float(total),
+        "tokenCost": float(token_cost),
+        "gpuCost": float(gpu_cost),
+        "idleCost": float(idle_cost),
+        "totalCostExact": _exact(total),
+        "inputTokens": group.input_tokens,
+        "outputTokens": group.output_tokens,
+        "cachedInputTokens": group.cached_input_tokens,
+        "requests": group.requests,
+        "costPerRequest": float(total / group.requests) if group.requests else 0.0,
+        "costPerToken": float(total / tokens) if tokens else 0.0,
     }
+
+
+def _exact(dollars: Decimal) -> str:
+    """Dollars to the pico-dollar (GPU cost can be finer: rounded half to even there)."""
+    return f"{dollars.quantize(_PICO_DOLLAR, rounding=ROUND_HALF_EVEN):f}"
+
+
+_PICO_DOLLAR = Decimal(1).scaleb(-12)
+
+
+def iso_window(span: TimeRange) -> dict[str, str]:
+    """The ``window`` field of an answer: start and end in RFC 3339."""
+    return {"start": _iso(span.start_ms), "end": _iso(span.end_ms)}
 
 
 def _iso(ms: int) -> str:

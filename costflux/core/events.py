@@ -1,4 +1,4 @@
-"""Decode Kafka message values into usage events, or into dead-letter verdicts with a reason.
+"""Decode Kafka messages into usage events or GPU samples, or dead-letter verdicts.
 
 A message holds one event (a JSON object) or many (a JSON array of objects); each element is
 judged on its own, so one bad event in a batch costs only itself.
@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from schemas._types import MAX_TOKENS_PER_REQUEST
 from schemas.deadletter import DeadLetterReason
+from schemas.gpu import GpuSample
 from schemas.usage import UsageEvent
 
-__all__ = ["Rejected", "decode_usage_message"]
+__all__ = ["Rejected", "decode_gpu_message", "decode_usage_message"]
 
-_BATCH = TypeAdapter(list[UsageEvent])
+Event = TypeVar("Event", bound=BaseModel)
 _TOKEN_FIELDS = frozenset({"input_tokens", "output_tokens", "cached_input_tokens"})
 
 
@@ -33,39 +34,81 @@ class Rejected:
     original: bytes
 
 
-def decode_usage_message(value: bytes | None) -> tuple[list[UsageEvent | Rejected], bool]:
-    """Return one entry per event in the message, in order, and whether it was a batch."""
-    if not value:
-        return [Rejected(DeadLetterReason.BAD_JSON, "empty message", None, value or b"")], False
-    # The common cases, validated straight from bytes by pydantic-core; anything it refuses
-    # goes the slow way below, element by element, which names each reason.
-    first = value[:1]
-    if first == b"{":
+class _Decoder(Generic[Event]):
+    """Decodes messages holding one event of a schema, or a JSON array of them."""
+
+    def __init__(self, schema: type[Event]) -> None:
+        self._schema = schema
+        self._batch: TypeAdapter[list[Event]] = TypeAdapter(list[schema])  # type: ignore[valid-type]
+
+    def __call__(self, value: bytes | None) -> tuple[list[Event | Rejected], bool]:
+        """Return one entry per event in the message, in order, and whether it was a batch."""
+        if not value:
+            return [Rejected(DeadLetterReason.BAD_JSON, "empty message", None, b"")], False
+        # The common cases, validated straight from bytes by pydantic-core; anything it
+        # refuses goes the slow way below, element by element, which names each reason.
+        first = value[:1]
+        if first == b"{":
+            try:
+                return [self._schema.model_validate_json(value)], False
+            except ValidationError:
+                pass
+        elif first == b"[":
+            try:
+                events = self._batch.validate_json(value)
+            except ValidationError:
+                pass
+            else:
+                if events:
+                    return list(events), True
+        lenient = False
         try:
-            return [UsageEvent.model_validate_json(value)], False
-        except ValidationError:
-            pass
-    elif first == b"[":
+            document = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            document = _parse_with_non_finite(value)
+            if document is None:
+                return [_undecodable(value, exc)], False
+            lenient = True  # only a leniently parsed document can hold NaN/Infinity
+        if isinstance(document, list):
+            if not document:
+                empty = Rejected(DeadLetterReason.NOT_AN_OBJECT, "empty batch []", None, value)
+                return [empty], True
+            return [
+                self._validate(item, index, None, lenient) for index, item in enumerate(document)
+            ], True
+        return [self._validate(document, None, value, lenient)], False
+
+    def _validate(
+        self, item: Any, index: int | None, raw: bytes | None, lenient: bool
+    ) -> Event | Rejected:
+        non_finite = _non_finite_field(item) if lenient else None
+        if non_finite is not None:
+            field, token = non_finite
+            return Rejected(
+                DeadLetterReason.NOT_FINITE,
+                f"{field}: {token} is not a number JSON allows; "
+                "send finite values or omit the field",
+                index,
+                raw if raw is not None else json.dumps(item).encode(),
+            )
+        if not isinstance(item, dict):
+            original = raw if raw is not None else orjson.dumps(item)
+            return Rejected(
+                DeadLetterReason.NOT_AN_OBJECT,
+                f"expected a JSON object (or an array of objects), got {type(item).__name__}",
+                index,
+                original,
+            )
         try:
-            events = _BATCH.validate_json(value)
-        except ValidationError:
-            pass
-        else:
-            if events:
-                return list(events), True
-    lenient = False
-    try:
-        document = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        document = _parse_with_non_finite(value)
-        if document is None:
-            return [_undecodable(value, exc)], False
-        lenient = True  # only a leniently parsed document can hold NaN/Infinity
-    if isinstance(document, list):
-        if not document:
-            return [Rejected(DeadLetterReason.NOT_AN_OBJECT, "empty batch []", None, value)], True
-        return [_validate(item, index, None, lenient) for index, item in enumerate(document)], True
-    return [_validate(document, None, value, lenient)], False
+            return self._schema.model_validate(item)
+        except ValidationError as exc:
+            reason, detail = classify_validation_error(exc)
+            return Rejected(reason, detail, index, raw if raw is not None else orjson.dumps(item))
+
+
+#: Usage messages (``llm.usage.v1``) and GPU sample messages (``gpu.samples.v1``).
+decode_usage_message = _Decoder(UsageEvent)
+decode_gpu_message = _Decoder(GpuSample)
 
 
 def _parse_with_non_finite(value: bytes) -> Any | None:
@@ -105,33 +148,6 @@ def _non_finite_field(item: Any, path: str = "") -> tuple[str, str] | None:
         if found is not None:
             return found
     return None
-
-
-def _validate(
-    item: Any, index: int | None, raw: bytes | None, lenient: bool
-) -> UsageEvent | Rejected:
-    non_finite = _non_finite_field(item) if lenient else None
-    if non_finite is not None:
-        field, token = non_finite
-        return Rejected(
-            DeadLetterReason.NOT_FINITE,
-            f"{field}: {token} is not a number JSON allows; send finite values or omit the field",
-            index,
-            raw if raw is not None else json.dumps(item).encode(),
-        )
-    if not isinstance(item, dict):
-        original = raw if raw is not None else orjson.dumps(item)
-        return Rejected(
-            DeadLetterReason.NOT_AN_OBJECT,
-            f"expected a JSON object (or an array of objects), got {type(item).__name__}",
-            index,
-            original,
-        )
-    try:
-        return UsageEvent.model_validate(item)
-    except ValidationError as exc:
-        reason, detail = classify_validation_error(exc)
-        return Rejected(reason, detail, index, raw if raw is not None else orjson.dumps(item))
 
 
 def classify_validation_error(exc: ValidationError) -> tuple[DeadLetterReason, str]:

@@ -1,17 +1,16 @@
 """GPU cost: the pricing key of a GPU, what one sample costs, and its idle share.
 
-Money here is kept in *GPU cost units*: pico-dollars x milliseconds / hour. A sample's cost is
-``interval_ms x price_pico_per_hour``, an exact integer whatever the interval, so an hour of
-samples sums to exactly one hour x price (a per-sample rounding to the pico-dollar would not:
-360 ten-second samples of a $3.50/h GPU would bill $3.49999999992). Divide by
-``UNITS_PER_PICO`` only to present.
+GPU time is kept in integer milliseconds and priced when read, in *GPU cost units*:
+pico-dollars x milliseconds / hour. ``gpu_ms x price_pico_per_hour`` is an exact integer
+whatever the interval, so an hour of samples costs exactly one hour x price (a per-sample
+rounding to the pico-dollar would not: 360 ten-second samples of a $3.50/h GPU would bill
+$3.49999999992). Divide by ``UNITS_PER_PICO`` only to present.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from costflux.core.money import PICO_PER_DOLLAR
@@ -20,9 +19,14 @@ from costflux.core.pricing import TIERS, GpuPrice
 __all__ = [
     "DEFAULT_GPU_TYPES",
     "UNITS_PER_PICO",
-    "GpuCharge",
-    "charge",
+    "busy_and_idle_ms",
+    "cost_units",
     "gpu_type_for",
+    "interval_ms_of",
+    "pieces",
+    "price_of_rates",
+    "rates_key",
+    "split_in_proportion",
     "units_to_dollars",
 ]
 
@@ -66,41 +70,70 @@ def gpu_type_for(nvml_name: str, overrides: Mapping[str, str] | None = None) -> 
     return slug if slug.startswith("nvidia") else f"nvidia-{slug}"
 
 
-@dataclass(frozen=True, slots=True)
-class GpuCharge:
-    """What one sample of one GPU costs, in GPU cost units, and how it was used."""
+def interval_ms_of(interval_s: float) -> int:
+    """A sample's interval in whole milliseconds (half to even), the unit GPU time is kept in.
 
-    interval_ms: int
-    busy_ms: int  # interval x utilization, to the millisecond
-    idle_ms: int  # the whole interval when utilization is under the idle threshold
-    cost_units: int  # at the sample's own pricing tier
-    idle_units: int
-    tier_units: tuple[int, ...]  # the same GPU time at each of TIERS (what-if by tier)
+    >>> interval_ms_of(10.0), interval_ms_of(9.9996)
+    (10000, 10000)
+    """
+    return _round(Decimal(interval_s) * 1000)
 
 
-def charge(
-    interval_s: float, utilization_pct: float, price: GpuPrice, tier: str,
-    idle_threshold_pct: float,
-) -> GpuCharge:
-    """Price one sample: cost = interval x $/hour of its tier; idle cost when under threshold.
+def pieces(end_ms: int, interval_ms: int, window_ms: int) -> list[tuple[int, int]]:
+    """Cut the interval [end - interval, end) at window boundaries: (window start, ms) each.
 
-    >>> c = charge(10.0, 0.0, GpuPrice(3_500_000_000_000, 1, 1), "on_demand", 5.0)
-    >>> units_to_dollars(c.cost_units * 360)
+    A sample is charged to the windows its GPU time fell in, so an hour of samples fills
+    exactly one hour window whatever the samples' alignment.
+
+    >>> pieces(65_000, 10_000, 60_000)
+    [(0, 5000), (60000, 5000)]
+    """
+    out = []
+    position = end_ms - interval_ms
+    while position < end_ms:
+        start = position - position % window_ms
+        piece_end = min(start + window_ms, end_ms)
+        out.append((start, piece_end - position))
+        position = piece_end
+    return out
+
+
+def busy_and_idle_ms(
+    gpu_ms: int, utilization_pct: float, idle_threshold_pct: float
+) -> tuple[int, int]:
+    """Busy time (GPU time x utilization, to the ms) and idle time (all of it under threshold).
+
+    >>> busy_and_idle_ms(525, 99.0, 5.0)
+    (520, 0)
+    >>> busy_and_idle_ms(10_000, 4.9, 5.0)
+    (490, 10000)
+    """
+    busy_ms = _round(Decimal(gpu_ms) * Decimal(utilization_pct) / 100)
+    return busy_ms, gpu_ms if utilization_pct < idle_threshold_pct else 0
+
+
+def rates_key(price: GpuPrice) -> str:
+    """The per-tier prices (pico-dollars/hour) as one row-key field: 'on_demand,spot,reserved'.
+
+    GPU rows sum milliseconds, and carry their rates in the key, so that cost is computed
+    exactly when read: ms x pico-dollars/hour has no rounding and no 64-bit limit in transit.
+    """
+    return ",".join(str(price.per_hour(tier)) for tier in TIERS)
+
+
+def price_of_rates(key: str) -> GpuPrice:
+    """Inverse of ``rates_key``."""
+    on_demand, spot, reserved = (int(part) for part in key.split(","))
+    return GpuPrice(on_demand, spot, reserved)
+
+
+def cost_units(gpu_ms: int, price: GpuPrice, tier: str) -> int:
+    """GPU time at a tier's price, in GPU cost units (pico-dollar x ms / hour).
+
+    >>> units_to_dollars(cost_units(3_600_000, GpuPrice(3_500_000_000_000, 1, 1), "on_demand"))
     Decimal('3.5')
     """
-    interval_ms = _round(Decimal(interval_s) * 1000)
-    busy_ms = _round(Decimal(interval_ms) * Decimal(utilization_pct) / 100)
-    idle = utilization_pct < idle_threshold_pct
-    tier_units = tuple(interval_ms * price.per_hour(name) for name in TIERS)
-    cost_units = tier_units[TIERS.index(tier)]
-    return GpuCharge(
-        interval_ms=interval_ms,
-        busy_ms=busy_ms,
-        idle_ms=interval_ms if idle else 0,
-        cost_units=cost_units,
-        idle_units=cost_units if idle else 0,
-        tier_units=tier_units,
-    )
+    return gpu_ms * price.per_hour(tier)
 
 
 def units_to_dollars(units: int) -> Decimal:

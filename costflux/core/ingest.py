@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Generic, NamedTuple, TypeVar
 
 from costflux.core.aggregate import DimKey, PartitionAggregate
 from costflux.core.events import Rejected, decode_usage_message
@@ -28,6 +28,7 @@ class IngestRules:
     window_sizes_s: tuple[int, ...]
     allowed_lateness_ms: int
     max_future_ms: int
+    gpu_idle_threshold_pct: float = 5.0  # a GPU sample under this utilization is idle time
 
     @property
     def finest_window_ms(self) -> int:
@@ -60,11 +61,14 @@ class Candidate(NamedTuple):
     cached_input_tokens: int
 
 
+CandidateT = TypeVar("CandidateT")
+
+
 @dataclass(slots=True)
-class Judged:
+class Judged(Generic[CandidateT]):
     """The verdicts on one run of messages of one partition."""
 
-    candidates: list[Candidate] = field(default_factory=list)
+    candidates: list[CandidateT] = field(default_factory=list)
     rejected: list[tuple[int, Rejected]] = field(default_factory=list)  # (offset, verdict)
 
 
@@ -79,14 +83,14 @@ def judge(
     prices: PriceBook,
     rules: IngestRules,
     now_wall_ms: int,
-) -> Judged:
+) -> Judged[Candidate]:
     """Decode, validate, price and time-check messages given as (offset, value), in order.
 
     Checks, per event and in this order: not too far in the future, a price in force at its
     event time, not late against this partition's clock; then it advances the clock. This is
     the hot path (every event passes here): the per-event steps are inlined on purpose.
     """
-    judged = Judged()
+    judged: Judged[Candidate] = Judged()
     candidates = judged.candidates
     rejected = judged.rejected
     finest_ms = rules.finest_window_ms

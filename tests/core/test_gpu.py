@@ -1,4 +1,4 @@
-"""GPU cost: exact sample charges, idle cost, tier what-ifs and exact proportional splits."""
+"""GPU cost: time cut at window edges, exact charges, idle, tier what-ifs, exact splits."""
 
 from __future__ import annotations
 
@@ -9,12 +9,17 @@ from hypothesis import strategies as st
 
 from costflux.core.gpu import (
     UNITS_PER_PICO,
-    charge,
+    busy_and_idle_ms,
+    cost_units,
     gpu_type_for,
+    interval_ms_of,
+    pieces,
+    price_of_rates,
+    rates_key,
     split_in_proportion,
     units_to_dollars,
 )
-from costflux.core.pricing import GpuPrice, parse_pricing_text
+from costflux.core.pricing import TIERS, GpuPrice, parse_pricing_text
 
 PRICES = parse_pricing_text(
     """
@@ -28,45 +33,59 @@ A100 = PRICES.gpu_price("nvidia-a100-80gb", 0)
 def test_an_hour_at_zero_utilization_costs_exactly_one_hour_all_idle() -> None:
     assert A100 is not None
     # 360 ten-second samples: a per-sample rounding to the pico-dollar would miss $3.50.
-    charges = [charge(10.0, 0.0, A100, "on_demand", 5.0) for _ in range(360)]
-    cost = sum(c.cost_units for c in charges)
-    idle = sum(c.idle_units for c in charges)
-    assert units_to_dollars(cost) == Decimal("3.5")
-    assert idle == cost
-    assert sum(c.idle_ms for c in charges) == 3_600_000
-    assert sum(c.busy_ms for c in charges) == 0
+    # Ends 7 s past a minute, so every fifth sample straddles a window edge.
+    ends = [7_000 + 10_000 * i for i in range(1, 361)]
+    cut = [p for end in ends for p in pieces(end, interval_ms_of(10.0), 60_000)]
+    gpu_ms = sum(ms for _, ms in cut)
+    busy, idle = map(sum, zip(*(busy_and_idle_ms(ms, 0.0, 5.0) for _, ms in cut), strict=True))
+    assert gpu_ms == idle == 3_600_000 and busy == 0
+    assert units_to_dollars(cost_units(gpu_ms, A100, "on_demand")) == Decimal("3.5")
+    assert units_to_dollars(cost_units(idle, A100, "on_demand")) == Decimal("3.5")
 
 
-def test_busy_gpu_has_no_idle_cost_and_utilization_is_busy_over_allocated() -> None:
+def test_pieces_cut_an_interval_at_window_edges_and_lose_nothing() -> None:
+    assert pieces(60_000, 10_000, 60_000) == [(0, 10_000)]
+    assert pieces(65_000, 10_000, 60_000) == [(0, 5_000), (60_000, 5_000)]
+    assert pieces(125_000, 130_000, 60_000) == [(-60_000, 5_000), (0, 60_000), (60_000, 60_000),
+                                                 (120_000, 5_000)]
+
+
+@given(end=st.integers(-(10**12), 10**12), interval=st.integers(1, 3_600_000),
+       window=st.sampled_from([1_000, 60_000, 3_600_000]))
+def test_pieces_tile_the_interval(end: int, interval: int, window: int) -> None:
+    cut = pieces(end, interval, window)
+    assert sum(ms for _, ms in cut) == interval
+    assert all(start % window == 0 and 0 < ms <= window for start, ms in cut)
+    assert cut[0][0] <= end - interval < cut[0][0] + window
+
+
+def test_busy_time_is_interval_times_utilization_to_the_millisecond() -> None:
+    assert interval_ms_of(0.525) == 525
+    assert busy_and_idle_ms(525, 99.0, 5.0) == (520, 0)  # 519.75 ms, half to even
     assert A100 is not None
-    sample = charge(0.525, 99.0, A100, "spot", 5.0)
-    assert sample.interval_ms == 525
-    assert sample.busy_ms == 520  # 525 ms x 99 %, to the millisecond (519.75)
-    assert sample.idle_units == 0 and sample.idle_ms == 0
     # Independent: 0.525 s x $1.20/h at spot.
-    assert units_to_dollars(sample.cost_units) == Decimal("0.525") * Decimal("1.2") / 3600
+    spot = units_to_dollars(cost_units(525, A100, "spot"))
+    assert spot == Decimal("0.525") * Decimal("1.2") / 3600
 
 
 def test_threshold_is_strict_and_configurable() -> None:
-    assert A100 is not None
-    assert charge(10, 4.9, A100, "on_demand", 5.0).idle_ms == 10_000
-    assert charge(10, 5.0, A100, "on_demand", 5.0).idle_ms == 0
-    assert charge(10, 9.0, A100, "on_demand", 10.0).idle_ms == 10_000
+    assert busy_and_idle_ms(10_000, 4.9, 5.0)[1] == 10_000
+    assert busy_and_idle_ms(10_000, 5.0, 5.0)[1] == 0
+    assert busy_and_idle_ms(10_000, 9.0, 10.0)[1] == 10_000
 
 
 def test_tier_what_ifs_price_the_same_gpu_time_at_every_tier() -> None:
     assert A100 is not None
-    sample = charge(3600, 50.0, A100, "reserved_1y", 5.0)
-    dollars = [units_to_dollars(u) for u in sample.tier_units]
+    dollars = [units_to_dollars(cost_units(3_600_000, A100, tier)) for tier in TIERS]
     assert dollars == [Decimal("3.5"), Decimal("1.2"), Decimal("2.1")]
-    assert sample.cost_units == sample.tier_units[2]
+    assert price_of_rates(rates_key(A100)) == A100
 
 
 def test_units_are_pico_dollar_milliseconds_per_hour() -> None:
     price = GpuPrice(on_demand=10**12, spot=10**12, reserved_1y=10**12)  # $1/hour
-    one_ms = charge(0.001, 0.0, price, "on_demand", 5.0)
-    assert one_ms.cost_units == 10**12  # 1 ms x 1e12 pico/h
-    assert Decimal(one_ms.cost_units) / UNITS_PER_PICO == Decimal(10**12) / 3_600_000
+    assert cost_units(1, price, "on_demand") == 10**12  # 1 ms x 1e12 pico/h
+    one_ms = Decimal(cost_units(1, price, "on_demand")) / UNITS_PER_PICO
+    assert one_ms == Decimal(10**12) / 3_600_000
 
 
 def test_gpu_type_from_real_nvml_names_and_overrides() -> None:

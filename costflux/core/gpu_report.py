@@ -1,0 +1,77 @@
+"""GPU cost by node, GPU type, pricing tier, namespace, model or team, with tier what-ifs.
+
+``costAtTier`` prices the same GPU-hours at every tier: what the fleet would have cost all
+on-demand, all spot or all reserved (the input for savings advice).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+
+from costflux.core.allocation import UNALLOCATED, AllocationQueryError, TimeRange, iso_window
+from costflux.core.gpu import cost_units, price_of_rates, units_to_dollars
+from costflux.core.gpu_samples import GPU_DIMENSIONS, decode_gpu_row_key, is_gpu_row
+from costflux.core.pricing import TIERS
+
+__all__ = ["gpu_report", "parse_gpu_aggregate"]
+
+_GROUPABLE = GPU_DIMENSIONS[:-1]  # every dimension but the rates
+_MS_PER_HOUR = Decimal(3_600_000)
+
+
+def parse_gpu_aggregate(text: str) -> list[int]:
+    """'node', 'gpu_type', 'pricing_tier', 'namespace', 'model', 'label:team', comma separated."""
+    indexes = []
+    for part in (p.strip() for p in text.split(",")):
+        name = part.removeprefix("label:")
+        if name not in _GROUPABLE:
+            raise AllocationQueryError(
+                f"cannot aggregate GPU cost by {part!r}; use one of: {', '.join(_GROUPABLE)}"
+            )
+        indexes.append(GPU_DIMENSIONS.index(name))
+    return indexes
+
+
+def gpu_report(
+    windows_rows: Iterable[Mapping[str, list[int]]], group_by: list[int], span: TimeRange
+) -> dict[str, dict[str, object]]:
+    """GPU time and cost of every covering window, grouped by GPU dimensions."""
+    groups: dict[str, list[int]] = {}  # gpu_ms, busy_ms, idle_ms, cost, idle cost, by tier...
+    for rows in windows_rows:
+        for row_key, row_sums in rows.items():
+            if not is_gpu_row(row_key):
+                continue
+            gpu_ms, busy_ms, idle_ms = row_sums
+            dims = decode_gpu_row_key(row_key)
+            tier, price = dims[2], price_of_rates(dims[6])
+            name = "/".join(dims[i] or UNALLOCATED for i in group_by)
+            sums = groups.setdefault(name, [0] * (5 + 2 * len(TIERS)))
+            cost = cost_units(gpu_ms, price, tier)
+            added = [gpu_ms, busy_ms, idle_ms, cost, cost_units(idle_ms, price, tier)]
+            added += [cost if other == tier else 0 for other in TIERS]
+            added += [cost_units(gpu_ms, price, other) for other in TIERS]
+            for index, value in enumerate(added):
+                sums[index] += value
+    window = iso_window(span)
+    return {name: _report(name, sums, window) for name, sums in sorted(groups.items())}
+
+
+def _report(name: str, sums: list[int], window: dict[str, str]) -> dict[str, object]:
+    gpu_ms, busy_ms, idle_ms, cost, idle_cost = sums[:5]
+    by_tier = sums[5 : 5 + len(TIERS)]
+    at_tier = sums[5 + len(TIERS) :]
+    return {
+        "name": name,
+        "window": window,
+        "start": window["start"],
+        "end": window["end"],
+        "gpuHours": float(gpu_ms / _MS_PER_HOUR),
+        "busyHours": float(busy_ms / _MS_PER_HOUR),
+        "idleHours": float(idle_ms / _MS_PER_HOUR),
+        "utilization": busy_ms / gpu_ms if gpu_ms else 0.0,
+        "totalCost": float(units_to_dollars(cost)),
+        "idleCost": float(units_to_dollars(idle_cost)),
+        "costByTier": {t: float(units_to_dollars(u)) for t, u in zip(TIERS, by_tier, strict=True)},
+        "costAtTier": {t: float(units_to_dollars(u)) for t, u in zip(TIERS, at_tier, strict=True)},
+    }

@@ -1,0 +1,185 @@
+"""Judge one partition of GPU samples and pre-aggregate their GPU time by window.
+
+The GPU twin of ``costflux.core.ingest``: the same checks (future, unpriced, late against the
+partition's own clock) and the same pre-aggregation into partial rows, so the same ingest
+loop, checkpoint protocol and combiner carry both. GPU rows sum milliseconds (GPU, busy and
+idle time); their key carries the prices, and cost is computed exactly when read.
+
+A GPU row's key is ``GPU_ROW_PREFIX`` + the JSON array of its ``GPU_DIMENSIONS``, which keeps
+it apart from usage rows (JSON arrays) in the same window state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NamedTuple
+
+import orjson
+
+from costflux.core.aggregate import PartialKey, Rows, partials_of
+from costflux.core.events import Rejected, decode_gpu_message
+from costflux.core.gpu import busy_and_idle_ms, interval_ms_of, pieces, rates_key
+from costflux.core.ingest import IngestRules, Judged, PartitionClock
+from costflux.core.pricing import GpuPrice, PriceBook
+from schemas._types import epoch_ms
+from schemas.deadletter import DeadLetterReason
+from schemas.gpu import GpuSample
+
+__all__ = [
+    "GPU_DIMENSIONS",
+    "GPU_ROW_PREFIX",
+    "GPU_SUM_FIELDS",
+    "GpuAggregate",
+    "GpuCandidate",
+    "decode_gpu_row_key",
+    "is_gpu_row",
+    "judge_gpu",
+    "model_of",
+]
+
+GPU_ROW_PREFIX = "gpu:"
+#: What a GPU row is keyed by. ``model`` joins it with usage rows; ``rates`` is the price.
+GPU_DIMENSIONS = ("node", "gpu_type", "pricing_tier", "namespace", "model", "team", "rates")
+#: The integer sums every GPU row carries, in this order.
+GPU_SUM_FIELDS = ("gpu_ms", "busy_ms", "idle_ms")
+
+GpuDims = tuple[str, str, str, str, str, str, str]
+
+
+class GpuCandidate(NamedTuple):
+    """A valid, priced, on-time GPU sample, not yet checked for duplicates."""
+
+    event_id: str
+    position: str
+    ts_ms: int  # the end of its interval
+    dims: GpuDims
+    interval_ms: int
+    utilization_pct: float
+    node: str
+    gpu_uuid: str
+
+
+def model_of(labels: dict[str, str]) -> str:
+    """The model a GPU serves, from its labels: ``model``, else ``deployment``.
+
+    It must equal the ``model`` of the usage events it serves (vLLM's served model name);
+    that is what joins GPU cost with requests and tokens.
+    """
+    return labels.get("model") or labels.get("deployment", "")
+
+
+def judge_gpu(
+    messages: Iterable[tuple[int, bytes | None]],
+    clock: PartitionClock,
+    prices: PriceBook,
+    rules: IngestRules,
+    now_wall_ms: int,
+) -> Judged[GpuCandidate]:
+    """Decode, validate, price and time-check GPU samples given as (offset, value), in order.
+
+    A sample is late when the window its interval *starts* in has closed: every window it
+    touches must still be open to take its GPU time.
+    """
+    judged: Judged[GpuCandidate] = Judged()
+    finest_ms = rules.finest_window_ms
+    lateness_ms = rules.allowed_lateness_ms
+    future_limit = now_wall_ms + rules.max_future_ms
+    for offset, value in messages:
+        entries, batched = decode_gpu_message(value)
+        for index, entry in enumerate(entries):
+            if isinstance(entry, Rejected):
+                judged.rejected.append((offset, entry))
+                continue
+            ts_ms = epoch_ms(entry.ts)
+            interval_ms = interval_ms_of(entry.interval_s)
+            start_ms = ts_ms - interval_ms
+            price = prices.gpu_price(entry.gpu_type, start_ms)
+            watermark = clock.watermark_ms(lateness_ms)
+            if ts_ms > future_limit:
+                verdict = _reject(
+                    DeadLetterReason.FUTURE_TIMESTAMP,
+                    f"ts is more than {rules.max_future_ms // 1000}s ahead of the clock; "
+                    "check the node's clock",
+                )
+            elif price is None:
+                verdict = _reject(
+                    DeadLetterReason.UNKNOWN_GPU_TYPE,
+                    f"gpu_type {entry.gpu_type!r} has no price at {entry.ts.isoformat()}; add it "
+                    "to gpu_pricing in pricing.yaml or map the GPU name with --gpu-type",
+                )
+            elif watermark is not None and start_ms - start_ms % finest_ms + finest_ms <= watermark:
+                verdict = _reject(
+                    DeadLetterReason.LATE,
+                    f"interval starts more than the allowed lateness ({lateness_ms} ms) behind "
+                    "its partition's newest sample; its window has closed",
+                )
+            else:
+                if clock.max_ts_ms is None or ts_ms > clock.max_ts_ms:
+                    clock.max_ts_ms = ts_ms
+                judged.candidates.append(_candidate(entry, offset, index, batched, price))
+                continue
+            original = entry.model_dump_json().encode() if batched else (value or b"")
+            judged.rejected.append(
+                (offset, Rejected(verdict.reason, verdict.detail, index if batched else None,
+                                  original))
+            )
+    return judged
+
+
+def _candidate(
+    sample: GpuSample, offset: int, index: int, batched: bool, price: GpuPrice
+) -> GpuCandidate:
+    labels = sample.labels
+    dims: GpuDims = (
+        sample.node, sample.gpu_type, sample.pricing_tier, labels.get("namespace", ""),
+        model_of(labels), labels.get("team", ""), rates_key(price),
+    )
+    return GpuCandidate(
+        sample.event_id, f"{offset}:{index}" if batched else str(offset), epoch_ms(sample.ts),
+        dims, interval_ms_of(sample.interval_s), sample.utilization_pct, sample.node,
+        sample.gpu_uuid,
+    )
+
+
+def _reject(reason: DeadLetterReason, detail: str) -> Rejected:
+    return Rejected(reason, detail, None, b"")
+
+
+class GpuAggregate:
+    """Sums one flush of GPU samples into GPU rows by finest window (intervals cut at edges)."""
+
+    __slots__ = ("_finest_ms", "_idle_threshold_pct", "_sums")
+
+    def __init__(self, finest_window_s: int, idle_threshold_pct: float) -> None:
+        self._finest_ms = finest_window_s * 1000
+        self._idle_threshold_pct = idle_threshold_pct
+        self._sums: dict[tuple[int, GpuDims], list[int]] = {}
+
+    def add_all(self, candidates: Iterable[GpuCandidate]) -> None:
+        for candidate in candidates:
+            for start, gpu_ms in pieces(candidate.ts_ms, candidate.interval_ms, self._finest_ms):
+                busy_ms, idle_ms = busy_and_idle_ms(
+                    gpu_ms, candidate.utilization_pct, self._idle_threshold_pct
+                )
+                sums = self._sums.setdefault((start, candidate.dims), [0, 0, 0])
+                sums[0] += gpu_ms
+                sums[1] += busy_ms
+                sums[2] += idle_ms
+
+    def partials(self, window_sizes_s: Iterable[int], buckets: int) -> dict[PartialKey, Rows]:
+        return partials_of(self._sums, _encode_gpu_dims, window_sizes_s, buckets)
+
+
+def _encode_gpu_dims(dims: GpuDims) -> str:
+    return GPU_ROW_PREFIX + orjson.dumps(dims).decode()
+
+
+def is_gpu_row(row_key: str) -> bool:
+    return row_key.startswith(GPU_ROW_PREFIX)
+
+
+def decode_gpu_row_key(row_key: str) -> GpuDims:
+    node, gpu_type, tier, namespace, model, team, rates = orjson.loads(
+        row_key[len(GPU_ROW_PREFIX):]
+    )
+    return (node, gpu_type, tier, namespace, model, team, rates)
