@@ -8,9 +8,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from costflux.core.gpu import cost_units, price_of_rates, units_to_dollars
+from costflux.core.gpu import UNITS_PER_PICO, price_of_rates
 from costflux.core.gpu_samples import GpuCandidate
-from costflux.core.money import pico_to_dollars
+from costflux.core.money import PICO_PER_DOLLAR, pico_to_dollars
 
 __all__ = ["CostMetrics", "LabelLimiter"]
 
@@ -125,6 +125,7 @@ class CostMetrics:
             ("node", "gpu_uuid", "gpu_type"), registry=self.registry,
         )
         self._latest_gpu: dict[str, tuple[str, str, int, int]] = {}  # uuid -> node, type, ts, ms
+        self._gpu_children: dict[tuple[str, ...], tuple[Any, Any, float]] = {}
         self._unit_cost_models: set[str] = set()
         self.cost_per_request = Gauge(
             "llm_cost_per_request_dollars",
@@ -140,14 +141,19 @@ class CostMetrics:
     def count_gpu_row(self, dims: Sequence[str], sums: list[int]) -> None:
         """Add one applied GPU row: dims in GPU_DIMENSIONS order, sums in GPU_SUM_FIELDS order."""
         node, gpu_type, tier, namespace, model, _team, rates = dims
-        labels = (self._gpu_limit["node"](node), gpu_type, tier,
-                  self._gpu_limit["namespace"](namespace), self._gpu_limit["model"](model))
-        price = price_of_rates(rates)
+        children = self._gpu_children.get((node, gpu_type, tier, namespace, model, rates))
+        if children is None:
+            labels = (self._gpu_limit["node"](node), gpu_type, tier,
+                      self._gpu_limit["namespace"](namespace), self._gpu_limit["model"](model))
+            # Dollars per GPU-millisecond, as a float: metrics are a presentation edge.
+            per_ms = price_of_rates(rates).per_hour(tier) / (UNITS_PER_PICO * PICO_PER_DOLLAR)
+            children = (self.gpu_cost.labels(*labels), self.gpu_idle_cost.labels(*labels), per_ms)
+            if len(self._gpu_children) < self._cache_cap:
+                self._gpu_children[(node, gpu_type, tier, namespace, model, rates)] = children
+        cost, idle_cost, per_ms = children
         gpu_ms, _busy_ms, idle_ms = sums
-        self.gpu_cost.labels(*labels).inc(float(units_to_dollars(cost_units(gpu_ms, price, tier))))
-        self.gpu_idle_cost.labels(*labels).inc(
-            float(units_to_dollars(cost_units(idle_ms, price, tier)))
-        )
+        cost.inc(gpu_ms * per_ms)
+        idle_cost.inc(idle_ms * per_ms)
 
     def observe_gpu_samples(self, samples: Iterable[GpuCandidate]) -> None:
         """Set each GPU's utilization from its newest sample; drop GPUs that stopped reporting.
@@ -156,18 +162,23 @@ class CostMetrics:
         ``STALE_INTERVALS`` of its intervals behind its node's newest sample has stopped
         reporting (its sidecar skipped it), and its series is removed.
         """
-        newest_on_node: dict[str, int] = {}
+        newest: dict[str, GpuCandidate] = {}  # per GPU: one gauge update per flush
+        count = 0
         for sample in samples:
-            self.gpu_samples.inc()
-            gpu_type = sample.dims[1]
-            latest = self._latest_gpu.get(sample.gpu_uuid)
+            count += 1
+            current = newest.get(sample.gpu_uuid)
+            if current is None or sample.ts_ms >= current.ts_ms:
+                newest[sample.gpu_uuid] = sample
+        for uuid, sample in newest.items():
+            latest = self._latest_gpu.get(uuid)
             if latest is None or sample.ts_ms >= latest[2]:
-                self._latest_gpu[sample.gpu_uuid] = (
-                    sample.node, gpu_type, sample.ts_ms, sample.interval_ms
-                )
-                self.gpu_utilization.labels(sample.node, sample.gpu_uuid, gpu_type).set(
+                gpu_type = sample.dims[1]
+                self._latest_gpu[uuid] = (sample.node, gpu_type, sample.ts_ms, sample.interval_ms)
+                self.gpu_utilization.labels(sample.node, uuid, gpu_type).set(
                     sample.utilization_pct / 100
                 )
+        newest_on_node: dict[str, int] = {}
+        self.gpu_samples.inc(count)
         for node, _type, ts_ms, _ms in self._latest_gpu.values():
             newest_on_node[node] = max(newest_on_node.get(node, ts_ms), ts_ms)
         for uuid, (node, gpu_type, ts_ms, interval_ms) in list(self._latest_gpu.items()):

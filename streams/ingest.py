@@ -56,8 +56,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The shortest time between flushes when the consumer has caught up (bounds partials/s).
-_MIN_FLUSH_S = 0.1
 #: Flush once this much is buffered (~35 k events of 240 bytes), so a backlog read in one
 #: consume is judged in parts that overlap with publishing. Smaller flushes cost more than
 #: they overlap: each one publishes a partial per window shard, folded one by one in Faust
@@ -88,6 +86,11 @@ class SourceKind:
                     Judged[Any]]
     aggregate: Callable[[list[Any], IngestRules], _Partials]
     counted: Callable[[CostMetrics, list[Any]], None]  # metrics of what counted
+    #: The shortest time between flushes once caught up. Every flush publishes a partial per
+    #: partition and window shard, each folded by Faust (~0.25 ms); this bounds partials/s.
+    min_flush_s: float = 0.1
+    #: State shards per window for this kind's rows (None: ``IngestOptions.buckets``).
+    buckets: int | None = None
 
 
 def _count_usage(metrics: CostMetrics, counted: list[Any]) -> None:
@@ -110,7 +113,12 @@ def _aggregate_gpu(counted: list[GpuCandidate], rules: IngestRules) -> GpuAggreg
     return totals
 
 
-GPU_SAMPLES = SourceKind("gpu", judge_gpu, _aggregate_gpu, _count_gpu)
+# GPU samples come every few seconds per GPU, and a window holds a few rows per node: flushing
+# every 2 s into one shard per window keeps 1,000 GPUs at a few partials per second
+# (bench/gpu.py: 8 shards and 0.1 s flushes cost the worker ~3x more CPU).
+GPU_SAMPLES = SourceKind(
+    "gpu", judge_gpu, _aggregate_gpu, _count_gpu, min_flush_s=5.0, buckets=1
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +211,8 @@ class IngestLoop:
                 [self._options.topic], on_assign=self._on_assign, on_revoke=self._on_revoke
             )
             last_flush = time.monotonic()
+            min_flush_s = self._options.kind.min_flush_s
+            flush_interval_s = max(self._options.flush_interval_s, min_flush_s)
             while not self._stopping.is_set():
                 messages = self._consumer.consume(self._options.batch_size, timeout=0.1)
                 for message in messages:
@@ -215,8 +225,8 @@ class IngestLoop:
                 waited = time.monotonic() - last_flush
                 # Flush on time, or as soon as the backlog is drained: waiting out the
                 # interval then only adds latency. The floor keeps partials few.
-                caught_up = len(messages) < self._options.batch_size and waited >= _MIN_FLUSH_S
-                if caught_up or waited >= self._options.flush_interval_s:
+                caught_up = len(messages) < self._options.batch_size and waited >= min_flush_s
+                if caught_up or waited >= flush_interval_s:
                     self._flush()
                     last_flush = time.monotonic()
             self._flush()
@@ -374,7 +384,7 @@ class IngestLoop:
             options.kind.counted(self._metrics, counted)
             source = f"{options.topic}:{flush.partition}"
             partials = options.kind.aggregate(counted, options.rules).partials(
-                options.rules.window_sizes_s, options.buckets
+                options.rules.window_sizes_s, options.kind.buckets or options.buckets
             )
             for key, rows in partials.items():
                 value = {"src": source, "first": flush.first, "last": flush.last, "rows": rows}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 
 from costflux.core.money import PICO_PER_DOLLAR
 from costflux.core.pricing import TIERS, GpuPrice
@@ -76,7 +76,7 @@ def interval_ms_of(interval_s: float) -> int:
     >>> interval_ms_of(10.0), interval_ms_of(9.9996)
     (10000, 10000)
     """
-    return _round(Decimal(interval_s) * 1000)
+    return round(interval_s * 1000)
 
 
 def pieces(end_ms: int, interval_ms: int, window_ms: int) -> list[tuple[int, int]]:
@@ -108,7 +108,7 @@ def busy_and_idle_ms(
     >>> busy_and_idle_ms(10_000, 4.9, 5.0)
     (490, 10000)
     """
-    busy_ms = _round(Decimal(gpu_ms) * Decimal(utilization_pct) / 100)
+    busy_ms = round(gpu_ms * utilization_pct / 100)
     return busy_ms, gpu_ms if utilization_pct < idle_threshold_pct else 0
 
 
@@ -162,7 +162,3 @@ def split_in_proportion(total: int, weights: Sequence[int]) -> list[int]:
     for i in remainders[: total - sum(shares)]:
         shares[i] += 1
     return shares
-
-
-def _round(value: Decimal) -> int:
-    return int(value.to_integral_value(rounding=ROUND_HALF_EVEN))

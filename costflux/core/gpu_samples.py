@@ -18,12 +18,11 @@ import orjson
 
 from costflux.core.aggregate import PartialKey, Rows, partials_of
 from costflux.core.events import Rejected, decode_gpu_message
-from costflux.core.gpu import busy_and_idle_ms, interval_ms_of, pieces, rates_key
+from costflux.core.gpu import busy_and_idle_ms, pieces, rates_key
 from costflux.core.ingest import IngestRules, Judged, PartitionClock
-from costflux.core.pricing import GpuPrice, PriceBook
+from costflux.core.pricing import PriceBook
 from schemas._types import epoch_ms
 from schemas.deadletter import DeadLetterReason
-from schemas.gpu import GpuSample
 
 __all__ = [
     "GPU_DIMENSIONS",
@@ -81,9 +80,13 @@ def judge_gpu(
     touches must still be open to take its GPU time.
     """
     judged: Judged[GpuCandidate] = Judged()
+    candidates = judged.candidates
+    # gpu_type -> (its rates' row-key field, and the times [start, end) they hold for)
+    spans: dict[str, tuple[str, int, int] | None] = {}
     finest_ms = rules.finest_window_ms
     lateness_ms = rules.allowed_lateness_ms
     future_limit = now_wall_ms + rules.max_future_ms
+    watermark = clock.watermark_ms(lateness_ms)
     for offset, value in messages:
         entries, batched = decode_gpu_message(value)
         for index, entry in enumerate(entries):
@@ -91,17 +94,18 @@ def judge_gpu(
                 judged.rejected.append((offset, entry))
                 continue
             ts_ms = epoch_ms(entry.ts)
-            interval_ms = interval_ms_of(entry.interval_s)
+            interval_ms = round(entry.interval_s * 1000)  # interval_ms_of, inlined
             start_ms = ts_ms - interval_ms
-            price = prices.gpu_price(entry.gpu_type, start_ms)
-            watermark = clock.watermark_ms(lateness_ms)
+            span = spans.get(entry.gpu_type)
+            if span is None or not span[1] <= start_ms < span[2]:
+                span = spans[entry.gpu_type] = _rates_span(prices, entry.gpu_type, start_ms)
             if ts_ms > future_limit:
                 verdict = _reject(
                     DeadLetterReason.FUTURE_TIMESTAMP,
                     f"ts is more than {rules.max_future_ms // 1000}s ahead of the clock; "
                     "check the node's clock",
                 )
-            elif price is None:
+            elif span is None:
                 verdict = _reject(
                     DeadLetterReason.UNKNOWN_GPU_TYPE,
                     f"gpu_type {entry.gpu_type!r} has no price at {entry.ts.isoformat()}; add it "
@@ -116,7 +120,15 @@ def judge_gpu(
             else:
                 if clock.max_ts_ms is None or ts_ms > clock.max_ts_ms:
                     clock.max_ts_ms = ts_ms
-                judged.candidates.append(_candidate(entry, offset, index, batched, price))
+                    watermark = ts_ms - lateness_ms
+                labels = entry.labels
+                candidates.append(_new_candidate(GpuCandidate, (
+                    entry.event_id, f"{offset}:{index}" if batched else str(offset), ts_ms,
+                    (entry.node, entry.gpu_type, entry.pricing_tier, labels.get("namespace", ""),
+                     labels.get("model") or labels.get("deployment", ""),  # model_of, inlined
+                     labels.get("team", ""), span[0]),
+                    interval_ms, entry.utilization_pct, entry.node, entry.gpu_uuid,
+                )))
                 continue
             original = entry.model_dump_json().encode() if batched else (value or b"")
             judged.rejected.append(
@@ -126,19 +138,13 @@ def judge_gpu(
     return judged
 
 
-def _candidate(
-    sample: GpuSample, offset: int, index: int, batched: bool, price: GpuPrice
-) -> GpuCandidate:
-    labels = sample.labels
-    dims: GpuDims = (
-        sample.node, sample.gpu_type, sample.pricing_tier, labels.get("namespace", ""),
-        model_of(labels), labels.get("team", ""), rates_key(price),
-    )
-    return GpuCandidate(
-        sample.event_id, f"{offset}:{index}" if batched else str(offset), epoch_ms(sample.ts),
-        dims, interval_ms_of(sample.interval_s), sample.utilization_pct, sample.node,
-        sample.gpu_uuid,
-    )
+# tuple.__new__ builds the NamedTuple in C, without a Python call per sample (as in ingest).
+_new_candidate = tuple.__new__
+
+
+def _rates_span(prices: PriceBook, gpu_type: str, ts_ms: int) -> tuple[str, int, int] | None:
+    span = prices.gpu_price_span(gpu_type, ts_ms)
+    return None if span is None else (rates_key(span[0]), span[1], span[2])
 
 
 def _reject(reason: DeadLetterReason, detail: str) -> Rejected:

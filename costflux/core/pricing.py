@@ -129,6 +129,11 @@ class PriceBook:
         timeline = self._gpus.get(gpu_type)
         return None if timeline is None else timeline.at(ts_ms)
 
+    def gpu_price_span(self, gpu_type: str, ts_ms: int) -> tuple[GpuPrice, int, int] | None:
+        """Like ``gpu_price``, with the times [start, end) that price is in force for."""
+        timeline = self._gpus.get(gpu_type)
+        return None if timeline is None else timeline.span(ts_ms)
+
 
 # --- parsing -------------------------------------------------------------------------------
 
