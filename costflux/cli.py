@@ -113,7 +113,7 @@ def _run_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_sidecar_nvml(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.kafka import ensure_topics, producer_config
+    from streams.kafka import KafkaSetupError, ensure_topics, producer_config
     from streams.sidecar import run_sidecar
 
     _configure_logging(settings)
@@ -123,7 +123,11 @@ def _run_sidecar_nvml(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     if args.print_only:
         return run_sidecar(args, None, settings.topic_gpu)  # no producer: print
-    ensure_topics(settings, {settings.topic_gpu: settings.topic_partitions})
+    try:
+        ensure_topics(settings, {settings.topic_gpu: settings.topic_partitions})
+    except KafkaSetupError as exc:  # e.g. the broker is unreachable: a message, not a trace
+        print(f"costflux sidecar: {exc}", file=sys.stderr)
+        return 1
     return run_sidecar(args, producer_config(settings), settings.topic_gpu)
 
 

@@ -1,8 +1,9 @@
 """``costflux demo``: the whole pipeline on one machine, replaying a real trace.
 
 Starts an embedded broker and Redis, a worker process, and replays the bundled Azure LLM
-inference trace (CC-BY-4.0) with rotating models and teams, while a live table shows cost by
-model and team read back from the worker's allocation API.
+inference trace (CC-BY-4.0) with rotating models and teams, and GPU samples of a simulated
+fleet serving the Llama models (``costflux.demo_gpu``), while a live table shows token, GPU
+and idle cost by model and team read back from the worker's allocation API.
 """
 
 from __future__ import annotations
@@ -74,10 +75,12 @@ def run_demo(
             console.print(f"  metrics:    {base}/metrics")
             console.print(f"  allocation: {base}/model/allocation?window={_TRACE_SPAN}"
                           "&aggregate=model,label:team")
-            replay = threading.Thread(
-                target=_replay, args=(live, speed, limit), name="demo-replay", daemon=True
-            )
-            replay.start()
+            console.print(f"  GPU cost:   {base}/model/gpu?window={_TRACE_SPAN}"
+                          "&aggregate=model  (simulated GPUs serving the Llama models)")
+            for target, name in ((_replay, "demo-replay"), (_replay_gpus, "demo-gpus")):
+                threading.Thread(
+                    target=target, args=(live, speed, limit), name=name, daemon=True
+                ).start()
             _show(console, base, worker, duration, show_table)
         except KeyboardInterrupt:
             pass
@@ -141,6 +144,21 @@ def _replay(settings: Settings, speed: float, limit: int | None) -> None:
         replay(events, producer, speed=speed, progress=False)
 
 
+def _replay_gpus(settings: Settings, speed: float, limit: int | None) -> None:
+    from costflux.demo_gpu import demo_gpu_samples
+    from streams.kafka import producer_config
+    from streams.producer import UsageProducer
+    from streams.replay import Assignment, ColumnMapping, iter_usage_events, replay
+
+    events = iter_usage_events(
+        bundled_trace_path(), ColumnMapping(),
+        Assignment(models=DEMO_MODELS, labels=DEMO_LABELS), id_prefix="azure-conv", limit=limit,
+    )
+    with UsageProducer(producer_config(settings), settings.topic_gpu,
+                       events_per_message=1) as producer:
+        replay(demo_gpu_samples(events), producer, speed=speed, progress=False)
+
+
 def _fetch(base: str) -> list[dict[str, Any]]:
     url = f"{base}/model/allocation?window={_TRACE_SPAN}&aggregate=model,label:team"
     with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback only
@@ -153,14 +171,16 @@ def _table(rows: list[dict[str, Any]]) -> Table:
                   box=box.SIMPLE, padding=(0, 1), pad_edge=False)
     table.add_column("model", no_wrap=True)
     table.add_column("team", no_wrap=True)
-    for column in ("requests", "tokens", "cost $", "$/request", "$/1K tok"):
+    for column in ("requests", "tokens", "token $", "GPU $", "idle $", "cost $", "$/request",
+                   "$/1K tok"):
         table.add_column(column, justify="right", no_wrap=True)
     total_cost, total_requests, total_tokens = 0.0, 0, 0
     for row in rows:
         model, _, team = str(row["name"]).partition("/")
         tokens = int(row["inputTokens"]) + int(row["outputTokens"])
         table.add_row(
-            model, team, f"{row['requests']:,}", f"{tokens:,}", f"{row['totalCost']:.4f}",
+            model, team, f"{row['requests']:,}", f"{tokens:,}", f"{row['tokenCost']:.4f}",
+            f"{row['gpuCost']:.4f}", f"{row['idleCost']:.4f}", f"{row['totalCost']:.4f}",
             f"{row['costPerRequest']:.6f}", f"{1000 * row['costPerToken']:.6f}",
         )
         total_cost += float(row["totalCost"])
@@ -168,7 +188,7 @@ def _table(rows: list[dict[str, Any]]) -> Table:
         total_tokens += tokens
     table.add_section()
     table.add_row(
-        "total", "", f"{total_requests:,}", f"{total_tokens:,}", f"{total_cost:.4f}",
+        "total", "", f"{total_requests:,}", f"{total_tokens:,}", "", "", "", f"{total_cost:.4f}",
         f"{total_cost / total_requests:.6f}" if total_requests else "-",
         f"{1000 * total_cost / total_tokens:.6f}" if total_tokens else "-",
     )

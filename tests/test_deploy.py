@@ -43,6 +43,7 @@ EXPECTED_FILES = [
     PROMETHEUS_CONFIG,
     K8S / "configmap-pricing.yaml",
     K8S / "deployment.yaml",
+    K8S / "daemonset-nvml-sidecar.yaml",
     K8S / "service.yaml",
     K8S / "servicemonitor.yaml",
     K8S / "secret.example.yaml",
@@ -82,6 +83,9 @@ SECRET_ENV = {
 SECRETISH_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|AUTH|WEBHOOK|API_KEY", re.IGNORECASE)
 CREDENTIALS_IN_URL = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@", re.IGNORECASE)
 PLACEHOLDER = "change-me"
+# Kubernetes env that is not a costflux setting: the sidecar's node name (read by
+# streams/sidecar.py) and what the NVIDIA container toolkit reads to mount NVML.
+OTHER_K8S_ENV = {"NODE_NAME", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES"}
 
 
 def _docs(path: Path) -> list[Any]:
@@ -298,7 +302,8 @@ def _k8s_env() -> dict[str, dict[str, Any]]:
     env: dict[str, dict[str, Any]] = {}
     for container in _costflux_containers():
         for var in container.get("env", []):
-            env[var["name"]] = var
+            if var["name"] not in OTHER_K8S_ENV:
+                env[var["name"]] = var
     return env
 
 
@@ -427,7 +432,7 @@ def test_deployment_runs_the_worker_safely() -> None:
     assert (
         deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     )
-    (container,) = _costflux_containers()
+    (container,) = pod["spec"]["containers"]
     assert container["args"] == ["worker"]
     assert {"containerPort": 8080, "name": "metrics"} in container["ports"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
@@ -453,7 +458,7 @@ def test_deployment_runs_the_worker_safely() -> None:
     assert not any("subPath" in mount for mount in container["volumeMounts"])
 
 
-BUILTIN_KINDS = {"ConfigMap", "Deployment", "Service", "Secret"}
+BUILTIN_KINDS = {"ConfigMap", "Deployment", "DaemonSet", "Service", "Secret"}
 
 
 @pytest.mark.parametrize("version", ["1.25.0", "1.32.0"])  # the seeds' range
@@ -465,6 +470,119 @@ def test_builtin_manifests_match_the_kubernetes_schema(version: str) -> None:
     assert {doc["kind"] for doc in objects} == BUILTIN_KINDS
     for doc in objects:
         kubernetes_validate.validate(doc, version, strict=True)
+
+
+def _pod_env(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    (container,) = pod["spec"]["containers"]
+    return {var["name"]: var for var in container.get("env", [])}
+
+
+def test_daemonset_runs_the_nvml_sidecar_on_every_gpu_node() -> None:
+    from costflux.cli import _parser
+
+    daemonset = _k8s_object("DaemonSet", "costflux-nvml-sidecar")
+    deployment = _k8s_object("Deployment")
+    pod = daemonset["spec"]["template"]
+    spec = pod["spec"]
+    labels = pod["metadata"]["labels"]
+    assert daemonset["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # The workers' Service must not send traffic to the sidecars (they serve no HTTP).
+    assert not _k8s_object("Service")["spec"]["selector"].items() <= labels.items()
+
+    (container,) = spec["containers"]
+    (worker,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == worker["image"]
+    assert container["args"][:2] == ["sidecar", "nvml"]
+    args = _parser().parse_args(container["args"])
+    assert "--tier" not in container["args"] and args.tier == "on_demand"
+    assert not args.print_only and not args.once and args.recorded is None
+    assert "ports" not in container and "livenessProbe" not in container
+
+    # The labels file is the pod's labels, from a downward API volume mounted where it is read.
+    mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
+    mount = mounts[str(args.labels_file.parent)]
+    assert mount["readOnly"] is True
+    volumes = {volume["name"]: volume for volume in spec["volumes"]}
+    items = volumes[mount["name"]]["downwardAPI"]["items"]
+    assert {"path": args.labels_file.name, "fieldRef": {"fieldPath": "metadata.labels"}} in items
+
+    # GPU nodes only, GPU taint tolerated; NVML through the toolkit without taking a GPU.
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    gpu_present = {"key": "nvidia.com/gpu.present", "operator": "In", "values": ["true"]}
+    assert all(gpu_present in term["matchExpressions"] for term in terms["nodeSelectorTerms"])
+    assert any(
+        t["key"] == "nvidia.com/gpu" and t["operator"] == "Exists" and t["effect"] == "NoSchedule"
+        for t in spec["tolerations"]
+    )
+    resources = container["resources"]
+    assert resources["requests"] and resources["limits"]
+    assert not any("nvidia.com/gpu" in resources[kind] for kind in ("requests", "limits"))
+    assert "runtimeClassName" not in spec
+
+    env = _pod_env(pod)
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert env["NVIDIA_VISIBLE_DEVICES"]["value"] == "all"
+    assert env["NVIDIA_DRIVER_CAPABILITIES"]["value"] == "utility"
+    assert not any(name.startswith("COSTFLUX_REDIS") for name in env)
+    # Publishes where the workers read, to a topic created the same way by whoever is first.
+    worker_env = _pod_env(deployment["spec"]["template"])
+    for name in (
+        "COSTFLUX_TOPIC_GPU",
+        "COSTFLUX_TOPIC_PARTITIONS",
+        "COSTFLUX_KAFKA_BOOTSTRAP",
+        "COSTFLUX_KAFKA_SECURITY_PROTOCOL",
+        "COSTFLUX_KAFKA_SASL_MECHANISM",
+        "COSTFLUX_KAFKA_SASL_USERNAME",
+        "COSTFLUX_KAFKA_SASL_PASSWORD",
+    ):
+        field = Settings.model_fields[name[len("COSTFLUX_") :].lower()]
+        default = {"name": name, "value": str(field.default)}
+        assert env.get(name, default) == worker_env.get(name, default), name
+
+    # hostPID to map GPU processes to pods, yet non-root with no capabilities, under a UID the
+    # workers do not share (with hostPID a process can signal others of its UID).
+    assert spec["hostPID"] is True
+    security = {**spec["securityContext"], **container["securityContext"]}
+    assert security["runAsNonRoot"] is True and security["runAsUser"] != 0
+    worker_security = deployment["spec"]["template"]["spec"]["securityContext"]
+    assert security["runAsUser"] != worker_security["runAsUser"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert spec.get("hostNetwork") is not True and security.get("privileged") is not True
+
+
+def test_daemonset_sidecar_stamps_its_node_and_pod_labels_on_samples(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The DaemonSet's command line on recorded H100 readings, with a downward API file."""
+    from costflux.cli import _parser
+    from streams.sidecar import run_sidecar
+    from tests.paths import NVML_H100
+
+    pod = _k8s_object("DaemonSet", "costflux-nvml-sidecar")["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    # What the kubelet writes: the pod's labels (the DaemonSet controller adds two), one
+    # key="value" a line.
+    labels = {
+        **pod["metadata"]["labels"],
+        "controller-revision-hash": "6d4b9c7f8",
+        "pod-template-generation": "1",
+    }
+    labels_file = tmp_path / "labels"
+    labels_file.write_text("\n".join(f'{k}="{v}"' for k, v in sorted(labels.items())))
+    argv = [str(labels_file) if arg == "/etc/podinfo/labels" else arg for arg in container["args"]]
+    assert argv != container["args"]
+    monkeypatch.setenv("NODE_NAME", "gpu-node-7")
+
+    args = _parser().parse_args([*argv, "--recorded", str(NVML_H100), "--print"])
+    assert run_sidecar(args, None, Settings.model_fields["topic_gpu"].default) == 0
+    samples = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert samples
+    for sample in samples:
+        assert sample["node"] == "gpu-node-7"
+        assert sample["pricing_tier"] == "on_demand"
+        assert labels.items() <= sample["labels"].items()
 
 
 def test_service_and_servicemonitor_reach_the_metrics_port() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +116,21 @@ def test_cli_replays_recorded_readings_as_json_lines() -> None:
     )
     samples = [GpuSample.model_validate_json(line) for line in result.stdout.splitlines()]
     assert len(samples) == 60 and {s.node for s in samples} == {"n1"}
+
+
+def test_unreachable_broker_is_a_message_and_exit_1_not_a_traceback() -> None:
+    from costflux.embedded import free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COSTFLUX_")}
+    env["COSTFLUX_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{free_port()}"  # nothing listens there
+    result = subprocess.run(
+        [sys.executable, "-m", "costflux", "sidecar", "nvml", "--recorded", str(NVML_H100),
+         "--once"],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=90, check=False,
+    )
+    assert result.returncode == 1
+    assert "costflux sidecar: cannot reach Kafka" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_pod_uid_from_cgroup_paths(tmp_path: Path) -> None:
