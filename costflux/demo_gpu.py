@@ -23,8 +23,8 @@ DEMO_FLEET = (
     ("demo-node-1", "GPU-demo-0001", "nvidia-a100-80gb", "on_demand", "llama-2-70b"),
     ("demo-node-2", "GPU-demo-0002", "nvidia-a10", "spot", "llama-2-7b"),
 )
-#: Assumed tokens per second one GPU of the model's deployment handles at 100 % utilization.
-_TOKENS_PER_GPU_SECOND = {"llama-2-70b": 60, "llama-2-7b": 400}
+#: Assumed tokens (prompt + generated) per second one GPU of the deployment handles at 100 %.
+_TOKENS_PER_GPU_SECOND = {"llama-2-70b": 2_000, "llama-2-7b": 6_000}
 _INTERVAL_S = 10
 
 
