@@ -204,7 +204,7 @@ class CostMetrics:
         children = self._children.get((model, team, namespace))
         if children is None:
             children = self._children_for(model, team, namespace)
-        cost_pico, input_tokens, output_tokens, cached, requests = sums
+        cost_pico, input_tokens, output_tokens, cached, requests = sums[:5]
         cost, count, tokens_in, tokens_out, tokens_cached = children
         cost.inc(pico_to_dollars(cost_pico))
         count.inc(requests)

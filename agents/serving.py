@@ -1,7 +1,8 @@
 """The Redis serving view: window totals any worker can answer queries from.
 
 Layout (``ns`` is the consumer group): ``ns:win:<size>:<start>`` is a hash of row key (the
-dimension values as JSON) -> "cost_pico,input,output,cached,requests"; ``ns:winver:<size>:
+dimension values as JSON) -> "cost_pico,input,output,cached,requests,gpu_ms"; GPU rows
+(keys ``gpu:[…]``) hold "gpu_ms,busy_ms,idle_ms"; ``ns:winver:<size>:
 <start>`` holds each shard's version; ``ns:windows:<size>`` is a sorted set of window starts;
 ``ns:event_time_ms`` is the newest finest-window end seen (the "now" of relative queries).
 

@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     gpu_idle_threshold_pct: float = Field(
         5.0, ge=0, le=100, description="a GPU sample under this utilization (%) is idle time"
     )
-    gpu_allocation_weight: Literal["tokens", "requests"] = Field(
+    gpu_allocation_weight: Literal["tokens", "requests", "gpu_seconds"] = Field(
         "tokens", description="what a model's GPU cost is shared among its users by"
     )
     gpu_share_idle: bool = Field(

@@ -28,7 +28,9 @@ __all__ = [
 #: The dimensions every cost row is keyed by: the model and four labels.
 DIMENSIONS = ("model", "team", "project", "app", "namespace")
 #: The integer sums every row carries, in this order.
-SUM_FIELDS = ("cost_pico", "input_tokens", "output_tokens", "cached_input_tokens", "requests")
+SUM_FIELDS = (
+    "cost_pico", "input_tokens", "output_tokens", "cached_input_tokens", "requests", "gpu_ms"
+)
 
 DimKey = tuple[str, str, str, str, str]
 Rows = dict[str, list[int]]
@@ -84,23 +86,25 @@ class PartitionAggregate:
         return len(self._sums)
 
     def add_all(self, rows: Iterable[Sequence[Any]]) -> None:
-        """Add rows shaped like ``ingest.Candidate``: (_, _, ts_ms, dims, cost, in, out, cached).
+        """Add rows shaped like ``ingest.Candidate``: (_, _, ts_ms, dims, cost, in, out, cached,
+        gpu_ms).
 
         One loop over all rows with its lookups hoisted: this runs once per counted event.
         """
         finest_ms = self._finest_ms
         sums_by_key = self._sums
-        for _, _, ts_ms, dims, cost_pico, input_tokens, output_tokens, cached in rows:
+        for _, _, ts_ms, dims, cost_pico, input_tokens, output_tokens, cached, gpu_ms in rows:
             key = (ts_ms - ts_ms % finest_ms, dims)
             sums = sums_by_key.get(key)
             if sums is None:
-                sums_by_key[key] = [cost_pico, input_tokens, output_tokens, cached, 1]
+                sums_by_key[key] = [cost_pico, input_tokens, output_tokens, cached, 1, gpu_ms]
             else:
                 sums[0] += cost_pico
                 sums[1] += input_tokens
                 sums[2] += output_tokens
                 sums[3] += cached
                 sums[4] += 1
+                sums[5] += gpu_ms
 
     def partials(self, window_sizes_s: Iterable[int], buckets: int) -> dict[PartialKey, Rows]:
         """Rows per window shard, for every window size (larger ones summed from the finest)."""
@@ -134,12 +138,17 @@ def partials_of(
 
 
 def merge_rows(into: Rows, rows: Mapping[str, list[int]]) -> None:
-    """Add ``rows`` into ``into`` field by field (copies, never aliases)."""
+    """Add ``rows`` into ``into`` field by field (copies, never aliases).
+
+    A shorter row (written before a field was added) reads as zeros in the fields it lacks.
+    """
     for row_key, sums in rows.items():
         current = into.get(row_key)
         if current is None:
             into[row_key] = list(sums)
         else:
+            if len(current) < len(sums):
+                current.extend([0] * (len(sums) - len(current)))
             for index, value in enumerate(sums):
                 current[index] += value
 

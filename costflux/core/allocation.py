@@ -114,7 +114,13 @@ def _requests(sums: list[int]) -> int:
     return sums[4]
 
 
-_WEIGHT: dict[str, Callable[[list[int]], int]] = {"tokens": _tokens, "requests": _requests}
+def _gpu_ms(sums: list[int]) -> int:
+    return sums[5] if len(sums) > 5 else 0  # rows written before gpu_ms existed have none
+
+
+_WEIGHT: dict[str, Callable[[list[int]], int]] = {
+    "tokens": _tokens, "requests": _requests, "gpu_seconds": _gpu_ms,
+}
 GPU_WEIGHTS = tuple(_WEIGHT)
 
 
@@ -133,7 +139,8 @@ class _Group:
 
 @dataclass(frozen=True, slots=True)
 class AllocationOptions:
-    """How GPU cost is shared: by ``tokens`` or ``requests``; idle shared or as ``__idle__``."""
+    """How GPU cost is shared: by ``tokens``, ``requests`` or the events' own ``gpu_seconds``;
+    idle shared among the same users or as an ``__idle__`` row."""
 
     share_idle: bool = False
     weight: str = "tokens"
@@ -174,7 +181,7 @@ def allocate(
             usage_dims = decode_dimensions(row_key)
             users_by_model.setdefault(usage_dims[0], []).append((row_key, sums))
             group = group_of(usage_dims)
-            cost_pico, input_tokens, output_tokens, cached, requests = sums
+            cost_pico, input_tokens, output_tokens, cached, requests = sums[:5]
             group.token_pico += cost_pico
             group.input_tokens += input_tokens
             group.output_tokens += output_tokens

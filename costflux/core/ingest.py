@@ -59,6 +59,7 @@ class Candidate(NamedTuple):
     input_tokens: int
     output_tokens: int
     cached_input_tokens: int
+    gpu_ms: int  # the event's own gpu_seconds, in ms (0 when it carries none)
 
 
 CandidateT = TypeVar("CandidateT")
@@ -139,6 +140,7 @@ def judge(
                     entry.input_tokens,
                     entry.output_tokens,
                     cached,
+                    round(entry.gpu_seconds * 1000) if entry.gpu_seconds else 0,
                 )))
                 continue
             rejected.append(

@@ -146,9 +146,10 @@ def gpu_row(model: str, team: str, gpu_ms: int, idle_ms: int, gpu_type: str = "n
     return key, [gpu_ms, gpu_ms - idle_ms, idle_ms]
 
 
-def usage_row(model: str, team: str, cost_pico: int, tokens: int, requests: int
-              ) -> tuple[str, list[int]]:
-    return encode_dimensions((model, team, "", "", "serving")), [cost_pico, tokens, 0, 0, requests]
+def usage_row(model: str, team: str, cost_pico: int, tokens: int, requests: int,
+              gpu_ms: int = 0) -> tuple[str, list[int]]:
+    dims = encode_dimensions((model, team, "", "", "serving"))
+    return dims, [cost_pico, tokens, 0, 0, requests, gpu_ms]
 
 
 def near(row: dict[str, Any], dollars: Decimal) -> bool:
@@ -171,6 +172,17 @@ def test_gpu_cost_is_split_by_tokens_and_idle_goes_to_its_own_row() -> None:
     assert result["search"]["idleCost"] == 0.0 and "infra" not in result
     by_requests = allocate([rows], [1], HOUR, AllocationOptions(weight="requests"))
     assert near(by_requests["ads"], busy * 3 / 4)
+
+
+def test_gpu_cost_can_be_split_by_the_events_own_gpu_seconds() -> None:
+    rows = dict([gpu_row("m", "infra", 3_600_000, 0),
+                 usage_row("m", "search", 0, 900, 9, gpu_ms=1_000),
+                 usage_row("m", "ads", 0, 100, 1, gpu_ms=3_000)])
+    result = allocate([rows], [1], HOUR, AllocationOptions(weight="gpu_seconds"))
+    assert near(result["ads"], Decimal("3.5") * 3 / 4)
+    assert near(result["search"], Decimal("3.5") / 4)
+    with pytest.raises(ValueError, match="cannot share GPU cost by 'watts'"):
+        AllocationOptions(weight="watts")
 
 
 def test_shared_idle_goes_to_the_users_too() -> None:

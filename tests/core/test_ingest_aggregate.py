@@ -316,7 +316,10 @@ def agg_events(specs: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
     out = []
     for i, (dt, model, inp, out_tokens, cached, team, ns) in enumerate(specs):
         labels = {k: v for k, v in (("team", team), ("namespace", ns)) if v}
-        out.append(event(f"a{i}", BASE_MS + dt, model, inp, out_tokens, min(cached, inp), labels))
+        ev = event(f"a{i}", BASE_MS + dt, model, inp, out_tokens, min(cached, inp), labels)
+        if i % 3 == 0:
+            ev["gpu_seconds"] = 0.125 * i  # events may carry their own GPU time
+        out.append(ev)
     return out
 
 
@@ -337,7 +340,7 @@ def recompute(
 ) -> dict[tuple[int, tuple[str, ...]], list[Any]]:
     """Per (window start, dims): [dollars, input, output, cached, requests], plain Python."""
     groups: dict[tuple[int, tuple[str, ...]], list[Any]] = defaultdict(
-        lambda: [Decimal(0), 0, 0, 0, 0]
+        lambda: [Decimal(0), 0, 0, 0, 0, 0]
     )
     for ev in events:
         ts = ts_of[ev["event_id"]]
@@ -349,6 +352,7 @@ def recompute(
         sums[2] += ev["output_tokens"]
         sums[3] += ev["cached_input_tokens"]
         sums[4] += 1
+        sums[5] += int(Decimal(str(ev.get("gpu_seconds", 0))) * 1000)
     return dict(groups)
 
 
@@ -423,19 +427,19 @@ def test_larger_windows_are_sums_of_the_finest() -> None:
     totals = PartitionAggregate(60)
     dims = ("m", "t", "", "", "")
     totals.add_all([
-        Candidate("a", "1", BASE_MS + 59_999, dims, 5, 1, 2, 0),
-        Candidate("b", "2", BASE_MS + 60_000, dims, 7, 3, 4, 1),
-        Candidate("c", "3", BASE_MS + HOUR_MS, dims, 11, 5, 6, 2),
+        Candidate("a", "1", BASE_MS + 59_999, dims, 5, 1, 2, 0, 0),
+        Candidate("b", "2", BASE_MS + 60_000, dims, 7, 3, 4, 1, 250),
+        Candidate("c", "3", BASE_MS + HOUR_MS, dims, 11, 5, 6, 2, 0),
     ])
     assert len(totals) == 3
     partials = totals.partials([3600, 60], 1)
     row = json.dumps(list(dims), separators=(",", ":"))
     assert partials == {
-        PartialKey(60, BASE_MS, 0): {row: [5, 1, 2, 0, 1]},
-        PartialKey(60, BASE_MS + 60_000, 0): {row: [7, 3, 4, 1, 1]},
-        PartialKey(60, BASE_MS + HOUR_MS, 0): {row: [11, 5, 6, 2, 1]},
-        PartialKey(3600, BASE_MS, 0): {row: [12, 4, 6, 1, 2]},
-        PartialKey(3600, BASE_MS + HOUR_MS, 0): {row: [11, 5, 6, 2, 1]},
+        PartialKey(60, BASE_MS, 0): {row: [5, 1, 2, 0, 1, 0]},
+        PartialKey(60, BASE_MS + 60_000, 0): {row: [7, 3, 4, 1, 1, 250]},
+        PartialKey(60, BASE_MS + HOUR_MS, 0): {row: [11, 5, 6, 2, 1, 0]},
+        PartialKey(3600, BASE_MS, 0): {row: [12, 4, 6, 1, 2, 250]},
+        PartialKey(3600, BASE_MS + HOUR_MS, 0): {row: [11, 5, 6, 2, 1, 0]},
     }
     assert PartialKey.decode(PartialKey(3600, BASE_MS, 3).encode()) == PartialKey(3600, BASE_MS, 3)
     assert PartialKey(3600, BASE_MS, 3).end_ms == BASE_MS + HOUR_MS
@@ -447,6 +451,8 @@ def test_merge_rows_copies_and_never_aliases() -> None:
     merge_rows(into, source)
     merge_rows(into, {"r": [10, 20, 30, 40, 50], "s": [1, 1, 1, 1, 1]})
     assert into == {"r": [11, 22, 33, 44, 55], "s": [1, 1, 1, 1, 1]}
+    merge_rows(into, {"r": [0, 0, 0, 0, 0, 7]})  # a row with a field added later
+    assert into["r"] == [11, 22, 33, 44, 55, 7]
     assert source == {"r": [1, 2, 3, 4, 5]}
 
 
