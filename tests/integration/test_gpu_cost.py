@@ -9,6 +9,8 @@ idle time (utilization under 5 %) goes to ``__idle__`` or, with shareIdle, to th
 from __future__ import annotations
 
 import json
+import random
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -225,3 +227,60 @@ def _assert_cost_per_request(
         assert worker.metric("llm_cost_per_token_dollars", model=model) == pytest.approx(
             float(total / tokens), rel=1e-9
         ), model
+
+
+def test_sigkill_and_restart_count_every_gpu_millisecond_exactly_once(
+    settings_for: Callable[..., Settings], start_worker: Callable[[Settings], WorkerProcess],
+) -> None:
+    # The samples span 3.5 h of event time, replayed in seconds: ingest can run hours of event
+    # time ahead of the combiner, so windows must stay open that long (a backfill setting;
+    # with the default 2 h the combiner dead-letters partials of evicted windows as late).
+    settings = settings_for(topic_partitions=4, state_retention_s=6 * 3600)
+    ensure_topics(settings, {settings.topic_gpu: 4})
+    # 16 GPUs x 1,250 ten-second samples, a quarter of them idle.
+    samples = [
+        {"event_id": f"GPU-k{gpu}-{step}", "ts": (START_MS + step * 10_000) / 1000,
+         "interval_s": 10.0, "node": f"node-{gpu // 8}", "gpu_uuid": f"GPU-k{gpu}",
+         "gpu_index": gpu % 8, "gpu_model": "recorded", "gpu_type": "nvidia-a100-80gb",
+         "pricing_tier": ("on_demand", "spot")[gpu % 2], "utilization_pct": float(gpu % 4 * 30),
+         "memory_used_bytes": 1, "memory_total_bytes": 2, "labels": {"model": "llama-2-70b"}}
+        for step in range(1, 1251) for gpu in range(16)
+    ]
+    worker = start_worker(settings)
+    worker.wait_ready()
+    with UsageProducer(producer_config(settings), settings.topic_gpu,
+                       events_per_message=1) as producer:
+        for index, sample in enumerate(samples):
+            producer.send_raw(json.dumps(sample).encode(), key=sample["gpu_uuid"].encode())
+            if index == 6_000:
+                producer.flush()
+                # Kill while it works: between publishing partials and checkpointing, or not.
+                worker.wait_for(lambda: worker.metric("costflux_gpu_samples_total") > 0, 60,
+                                "ingesting GPU samples")
+                time.sleep(random.Random(7).uniform(0.0, 5.0))
+                worker.kill()
+    restarted = start_worker(settings)
+    restarted.wait_ready()
+    span = "2023-11-16T18:00:00Z,2023-11-16T22:00:00Z"
+
+    def tiers() -> dict[str, Any]:
+        status, body = restarted.get("/model/gpu", window=span, aggregate="pricing_tier")
+        assert status == 200, body
+        return {name: row for group in body["data"] for name, row in group.items()}
+
+    per_tier = len(samples) // 2 * 10 / 3600  # GPU-hours each tier ran
+    want = {"on_demand": round(per_tier, 9), "spot": round(per_tier, 9)}
+    try:
+        restarted.wait_for(lambda: {k: round(r["gpuHours"], 9) for k, r in tiers().items()}
+                           == want, 120, "serving every GPU sample once")
+    except AssertionError:
+        got = {k: r["gpuHours"] for k, r in tiers().items()}
+        raise AssertionError(f"GPU-hours {got}, expected {want}") from None
+    served = tiers()
+    # Exactly once, to the millisecond and to the pico-dollar: a kill double-counted nothing.
+    assert served["on_demand"]["gpuHours"] == per_tier
+    assert served["on_demand"]["totalCost"] == float(Decimal(per_tier) * Decimal("3.5"))
+    assert served["spot"]["totalCost"] == float(Decimal(per_tier) * Decimal("1.2"))
+    # On-demand GPUs run at 0 % or 60 %: the 0 % half is idle time.
+    assert served["on_demand"]["idleHours"] == per_tier / 2
+    assert restarted.metric("costflux_deadletter_total") == 0
