@@ -102,10 +102,8 @@ class CostMetrics:
 
     def _add_gpu_metrics(self) -> None:
         gpu_labels = ("node", "gpu_type", "pricing_tier", "namespace", "model")
-        self._gpu_limit = {
-            name: LabelLimiter(self._cap, self._allowed.get(name, ()))
-            for name in ("node", "namespace", "model")
-        }
+        # model and namespace share the cost metrics' limiters: one cap, one set of values.
+        self._limit["node"] = LabelLimiter(self._cap, self._allowed.get("node", ()))
         self.gpu_cost = Counter(
             "llm_gpu_cost_dollars", "GPU cost (all GPU time at its tier's price), USD",
             gpu_labels, registry=self.registry,
@@ -143,8 +141,8 @@ class CostMetrics:
         node, gpu_type, tier, namespace, model, _team, rates = dims
         children = self._gpu_children.get((node, gpu_type, tier, namespace, model, rates))
         if children is None:
-            labels = (self._gpu_limit["node"](node), gpu_type, tier,
-                      self._gpu_limit["namespace"](namespace), self._gpu_limit["model"](model))
+            labels = (self._limit["node"](node), gpu_type, tier,
+                      self._limit["namespace"](namespace), self._limit["model"](model))
             # Dollars per GPU-millisecond, as a float: metrics are a presentation edge.
             per_ms = price_of_rates(rates).per_hour(tier) / (UNITS_PER_PICO * PICO_PER_DOLLAR)
             children = (self.gpu_cost.labels(*labels), self.gpu_idle_cost.labels(*labels), per_ms)
@@ -173,8 +171,9 @@ class CostMetrics:
             latest = self._latest_gpu.get(uuid)
             if latest is None or sample.ts_ms >= latest[2]:
                 gpu_type = sample.dims[1]
-                self._latest_gpu[uuid] = (sample.node, gpu_type, sample.ts_ms, sample.interval_ms)
-                self.gpu_utilization.labels(sample.node, uuid, gpu_type).set(
+                node = sample.dims[0]
+                self._latest_gpu[uuid] = (node, gpu_type, sample.ts_ms, sample.interval_ms)
+                self.gpu_utilization.labels(node, uuid, gpu_type).set(
                     sample.utilization_pct / 100
                 )
         newest_on_node: dict[str, int] = {}
@@ -189,10 +188,10 @@ class CostMetrics:
     def set_unit_costs(self, by_model: Mapping[str, tuple[float, float]]) -> None:
         """Set cost per request and per token for each model; drop models no longer present."""
         for model, (per_request, per_token) in by_model.items():
-            label = self._gpu_limit["model"](model)
+            label = self._limit["model"](model)
             self.cost_per_request.labels(label).set(per_request)
             self.cost_per_token.labels(label).set(per_token)
-        shown = {self._gpu_limit["model"](model) for model in by_model}
+        shown = {self._limit["model"](model) for model in by_model}
         for gone in self._unit_cost_models - shown:
             self.cost_per_request.remove(gone)
             self.cost_per_token.remove(gone)

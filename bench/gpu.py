@@ -22,13 +22,12 @@ import os
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import orjson
 from procs import ConsumerProcess, cpu_seconds, thread_cpu_seconds
-from run import start_profiler, stop_profiler
+from run import ready, scrape, start_profiler, stop_profiler
 
 from costflux.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 from costflux.settings import Settings
@@ -56,11 +55,7 @@ def sample(gpu: int, end_ms: int, interval_s: float) -> bytes:
 
 
 def gpu_samples_total(port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith("costflux_gpu_samples_total "):
-                return float(line.split()[1])
-    return 0.0
+    return scrape(port)["costflux_gpu_samples_total"]
 
 
 def wait_until(condition: Any, timeout_s: float, what: str) -> None:
@@ -69,14 +64,6 @@ def wait_until(condition: Any, timeout_s: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"no {what} within {timeout_s} s")
         time.sleep(1.0)  # /metrics renders 1,000 GPU gauges: polling it is not free
-
-
-def ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 def run(gpus: int, seconds: int, profile: bool = False) -> dict[str, Any]:

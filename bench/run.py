@@ -228,7 +228,8 @@ def scrape(port: int) -> dict[str, float]:
 
 _SAMPLE = re.compile(
     r"^(?P<name>llm_requests_total|costflux_ingest_events_total|llm_request_cost_dollars_total|"
-    r"costflux_deadletter_total|costflux_duplicates_total)(?:\{[^}]*\})? (?P<value>\S+)$"
+    r"costflux_deadletter_total|costflux_duplicates_total|costflux_gpu_samples_total)"
+    r"(?:\{[^}]*\})? (?P<value>\S+)$"
 )
 
 

@@ -91,6 +91,8 @@ class SourceKind:
     min_flush_s: float = 0.1
     #: State shards per window for this kind's rows (None: ``IngestOptions.buckets``).
     buckets: int | None = None
+    #: Appended to the namespace for this kind's dedup keys: each kind has its own event_ids.
+    dedup_scope: str = ""
 
 
 def _count_usage(metrics: CostMetrics, counted: list[Any]) -> None:
@@ -117,7 +119,8 @@ def _aggregate_gpu(counted: list[GpuCandidate], rules: IngestRules) -> GpuAggreg
 # every 2 s into one shard per window keeps 1,000 GPUs at a few partials per second
 # (bench/gpu.py: 8 shards and 0.1 s flushes cost the worker ~3x more CPU).
 GPU_SAMPLES = SourceKind(
-    "gpu", judge_gpu, _aggregate_gpu, _count_gpu, min_flush_s=5.0, buckets=1
+    "gpu", judge_gpu, _aggregate_gpu, _count_gpu, min_flush_s=5.0, buckets=1,
+    dedup_scope=":gpu",
 )
 
 
@@ -178,10 +181,9 @@ class IngestLoop:
         self._consumer = Consumer(consumer_config)
         self._producer = Producer(producer_config)
         self._redis = redis_client
-        # Each kind of source has its own event_id space.
-        kind = options.kind
-        scope = options.namespace if kind is USAGE else f"{options.namespace}:{kind.name}"
-        self._dedup = RedisDeduplicator(redis_client, scope, options.dedup_horizon_s)
+        self._dedup = RedisDeduplicator(
+            redis_client, options.namespace + options.kind.dedup_scope, options.dedup_horizon_s
+        )
         self._prices = prices
         self._metrics = metrics
         self._now_ms = wall_clock_ms

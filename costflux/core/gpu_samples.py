@@ -18,7 +18,7 @@ import orjson
 
 from costflux.core.aggregate import PartialKey, Rows, partials_of
 from costflux.core.events import Rejected, decode_gpu_message
-from costflux.core.gpu import busy_and_idle_ms, pieces, rates_key
+from costflux.core.gpu import busy_and_idle_ms, interval_ms_of, pieces, rates_key
 from costflux.core.ingest import IngestRules, Judged, PartitionClock
 from costflux.core.pricing import PriceBook
 from schemas._types import epoch_ms
@@ -54,7 +54,6 @@ class GpuCandidate(NamedTuple):
     dims: GpuDims
     interval_ms: int
     utilization_pct: float
-    node: str
     gpu_uuid: str
 
 
@@ -94,7 +93,7 @@ def judge_gpu(
                 judged.rejected.append((offset, entry))
                 continue
             ts_ms = epoch_ms(entry.ts)
-            interval_ms = round(entry.interval_s * 1000)  # interval_ms_of, inlined
+            interval_ms = interval_ms_of(entry.interval_s)
             start_ms = ts_ms - interval_ms
             span = spans.get(entry.gpu_type)
             if span is None or not span[1] <= start_ms < span[2]:
@@ -125,9 +124,8 @@ def judge_gpu(
                 candidates.append(_new_candidate(GpuCandidate, (
                     entry.event_id, f"{offset}:{index}" if batched else str(offset), ts_ms,
                     (entry.node, entry.gpu_type, entry.pricing_tier, labels.get("namespace", ""),
-                     labels.get("model") or labels.get("deployment", ""),  # model_of, inlined
-                     labels.get("team", ""), span[0]),
-                    interval_ms, entry.utilization_pct, entry.node, entry.gpu_uuid,
+                     model_of(labels), labels.get("team", ""), span[0]),
+                    interval_ms, entry.utilization_pct, entry.gpu_uuid,
                 )))
                 continue
             original = entry.model_dump_json().encode() if batched else (value or b"")

@@ -116,8 +116,8 @@ class PriceBook:
 
     def model_price(self, model: str, ts_ms: int) -> ModelPrice | None:
         """Price in force for ``model`` at ``ts_ms``; None if unknown or not yet priced then."""
-        timeline = self._models.get(model)
-        return None if timeline is None else timeline.at(ts_ms)
+        span = self.model_price_span(model, ts_ms)
+        return None if span is None else span[0]
 
     def model_price_span(self, model: str, ts_ms: int) -> tuple[ModelPrice, int, int] | None:
         """Like ``model_price``, with the times [start, end) that price is in force for."""
@@ -126,8 +126,8 @@ class PriceBook:
 
     def gpu_price(self, gpu_type: str, ts_ms: int) -> GpuPrice | None:
         """Price in force for ``gpu_type`` at ``ts_ms``; None if unknown."""
-        timeline = self._gpus.get(gpu_type)
-        return None if timeline is None else timeline.at(ts_ms)
+        span = self.gpu_price_span(gpu_type, ts_ms)
+        return None if span is None else span[0]
 
     def gpu_price_span(self, gpu_type: str, ts_ms: int) -> tuple[GpuPrice, int, int] | None:
         """Like ``gpu_price``, with the times [start, end) that price is in force for."""
