@@ -169,7 +169,8 @@ class CostMetrics:
                 newest[sample.gpu_uuid] = sample
         for uuid, sample in newest.items():
             latest = self._latest_gpu.get(uuid)
-            if latest is None or sample.ts_ms >= latest[2]:
+            # A MIG instance has no measured utilization: no gauge rather than a made-up one.
+            if sample.utilization_pct is not None and (latest is None or sample.ts_ms >= latest[2]):
                 gpu_type = sample.dims[1]
                 node = sample.dims[0]
                 self._latest_gpu[uuid] = (node, gpu_type, sample.ts_ms, sample.interval_ms)

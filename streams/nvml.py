@@ -1,8 +1,8 @@
 """The NVML sidecar: read every GPU on this node, turn each reading into a GPU sample.
 
 One code path for live and recorded NVML: ``NvmlSampler`` calls the pynvml function names on
-whatever ``api`` it is given, the ``pynvml`` module itself or a ``RecordedNvml`` that answers
-from a file of real readings (and raises pynvml's own errors where the recording has one).
+whatever ``api`` it is given, the ``pynvml`` module itself or a ``RecordedNvml``
+(``streams.nvml_recorded``) that answers from a file of real readings.
 
 Never publish a guess: a GPU whose required readings (name, UUID, utilization, memory) fail is
 skipped for that interval with the reason logged; optional ones (power, processes) are
@@ -11,25 +11,21 @@ omitted from the sample, not reported as zero.
 
 from __future__ import annotations
 
-import ast
 import logging
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-import orjson
-
 from costflux.core.gpu import gpu_type_for
+from costflux.core.gpu_samples import PROCESS_LABEL
 from schemas._types import MAX_LABEL_VALUE_LENGTH, MAX_LABELS, from_epoch_ms
-from schemas.gpu import GpuSample, PricingTier
+from schemas.gpu import UNALLOCATED_PROFILE, GpuSample, MigInstance, PricingTier
 
 __all__ = [
     "NvmlUnavailable",
     "NvmlSampler",
-    "RecordedNvml",
     "SidecarOptions",
     "Skipped",
     "open_nvml",
@@ -40,6 +36,10 @@ log = logging.getLogger(__name__)
 
 #: Exit code of ``costflux sidecar nvml`` when this host has no usable NVML.
 EXIT_NO_NVML = 3
+# pynvml's values, kept here so that recorded readings need no driver to be read.
+_MIG_ENABLED = 1  # NVML_DEVICE_MIG_ENABLE
+_NVML_ERROR_NOT_SUPPORTED = 3
+_NVML_ERROR_NOT_FOUND = 6
 # The pod UID in a cgroup path: "pod<uid>" (cgroupfs) or "pod<uid with _>" (systemd driver).
 _POD_UID = re.compile(
     r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})"
@@ -98,6 +98,7 @@ class NvmlSampler:
         self._api = api
         self._options = options
         self._last_ts_ms: dict[str, int] = {}  # uuid -> previous sample time
+        self._slice_totals: dict[str, int] = {}  # MIG-mode GPU uuid -> its compute slices
 
     def sample(self, now_ms: int) -> tuple[list[GpuSample], list[Skipped]]:
         samples: list[GpuSample] = []
@@ -105,20 +106,134 @@ class NvmlSampler:
         api = self._api
         for index in range(api.nvmlDeviceGetCount()):
             try:
-                samples.append(self._read(index, now_ms))
+                handle = _call(api.nvmlDeviceGetHandleByIndex, index)
+                name = _text(_call(api.nvmlDeviceGetName, handle))
+                uuid = _text(_call(api.nvmlDeviceGetUUID, handle))
+                if self._mig_enabled(handle):
+                    samples.extend(self._read_mig(index, handle, name, uuid, now_ms, skipped))
+                else:
+                    samples.append(self._read_whole(index, handle, name, uuid, now_ms))
             except api.NVMLError as exc:
                 skipped.append(Skipped(index, f"{_call_name(exc)}: {exc}"))
         return samples, skipped
 
-    def _read(self, index: int, now_ms: int) -> GpuSample:
-        api, options = self._api, self._options
-        handle = _call(api.nvmlDeviceGetHandleByIndex, index)
-        name = _text(_call(api.nvmlDeviceGetName, handle))
-        uuid = _text(_call(api.nvmlDeviceGetUUID, handle))
+    def _read_whole(
+        self, index: int, handle: Any, name: str, uuid: str, now_ms: int
+    ) -> GpuSample:
+        api = self._api
         utilization = _call(api.nvmlDeviceGetUtilizationRates, handle)
         memory = _call(api.nvmlDeviceGetMemoryInfo, handle)
         power_mw = self._optional(api.nvmlDeviceGetPowerUsage, handle)
         processes = self._optional(api.nvmlDeviceGetComputeRunningProcesses, handle) or []
+        return self._sample(
+            index, name, uuid, now_ms,
+            utilization_pct=float(utilization.gpu),
+            memory_used_bytes=int(memory.used),
+            memory_total_bytes=int(memory.total),
+            power_watts=None if power_mw is None else power_mw / 1000,
+            labels=self._labels(processes),
+        )
+
+    def _mig_enabled(self, handle: Any) -> bool:
+        # A GPU without MIG support answers NOT_SUPPORTED: it is a whole GPU.
+        mode = self._optional(self._api.nvmlDeviceGetMigMode, handle)
+        return bool(mode) and mode[0] == _MIG_ENABLED
+
+    def _read_mig(
+        self, index: int, parent: Any, name: str, parent_uuid: str, now_ms: int,
+        skipped: list[Skipped],
+    ) -> list[GpuSample]:
+        """One sample per MIG compute instance, plus one for the slices none holds.
+
+        An instance whose readings fail is skipped with its reason; its slices are then
+        reported by nobody this round (not as unallocated: they are allocated), and when even
+        its slice count is unreadable, neither is the unallocated remainder.
+        """
+        api = self._api
+        total = self._slices_total(parent, parent_uuid)
+        samples = []
+        held: int | None = 0
+        for slot in range(_call(api.nvmlDeviceGetMaxMigDeviceCount, parent)):
+            try:
+                handle = api.nvmlDeviceGetMigDeviceHandleByIndex(parent, slot)
+            except api.NVMLError as exc:
+                if getattr(exc, "value", None) == _NVML_ERROR_NOT_FOUND:
+                    continue  # an empty slot
+                raise
+            try:
+                sample = self._read_instance(index, handle, name, parent_uuid, total, now_ms)
+            except api.NVMLError as exc:
+                skipped.append(Skipped(index, f"MIG slot {slot}: {_call_name(exc)}: {exc}"))
+                attributes = self._optional(api.nvmlDeviceGetAttributes, handle)
+                if attributes is None or held is None:
+                    held = None
+                else:
+                    held += int(attributes.computeInstanceSliceCount)
+                continue
+            assert sample.mig is not None
+            if held is not None:
+                held += sample.mig.slices
+            samples.append(sample)
+        if held is None:
+            skipped.append(Skipped(index, "MIG: unallocated slices unknown this round"))
+        elif held < total:
+            samples.append(self._sample(
+                index, name, parent_uuid, now_ms,
+                utilization_pct=None, memory_used_bytes=0, memory_total_bytes=0,
+                power_watts=None, labels=dict(self._options.labels),
+                mig=MigInstance(parent_gpu_uuid=parent_uuid, profile=UNALLOCATED_PROFILE,
+                                slices=total - held, slices_total=total),
+            ))
+        return samples
+
+    def _read_instance(
+        self, index: int, handle: Any, parent_name: str, parent_uuid: str, total: int,
+        now_ms: int,
+    ) -> GpuSample:
+        api = self._api
+        uuid = _text(_call(api.nvmlDeviceGetUUID, handle))
+        instance_name = _text(_call(api.nvmlDeviceGetName, handle))
+        attributes = _call(api.nvmlDeviceGetAttributes, handle)
+        memory = _call(api.nvmlDeviceGetMemoryInfo, handle)
+        processes = self._optional(api.nvmlDeviceGetComputeRunningProcesses, handle) or []
+        mig = MigInstance(
+            parent_gpu_uuid=parent_uuid,
+            # NVML names an instance "<GPU name> MIG 1g.10gb".
+            profile=instance_name.rpartition(" MIG ")[2] or instance_name,
+            gpu_instance_id=_call(api.nvmlDeviceGetGpuInstanceId, handle),
+            compute_instance_id=_call(api.nvmlDeviceGetComputeInstanceId, handle),
+            slices=int(attributes.computeInstanceSliceCount),
+            slices_total=total,
+        )
+        return self._sample(
+            index, parent_name, uuid, now_ms, gpu_model=instance_name,
+            utilization_pct=None,  # NVML measures none per instance; occupancy judges idle
+            memory_used_bytes=int(memory.used), memory_total_bytes=int(memory.total),
+            power_watts=None, labels=self._labels(processes), mig=mig,
+        )
+
+    def _slices_total(self, parent: Any, parent_uuid: str) -> int:
+        """A GPU's compute slices: the largest GPU instance profile it supports (7 on H100)."""
+        total = self._slice_totals.get(parent_uuid)
+        if total is None:
+            api = self._api
+            counts = [
+                int(info.sliceCount)
+                for profile in range(api.NVML_GPU_INSTANCE_PROFILE_COUNT)
+                if (info := self._optional(api.nvmlDeviceGetGpuInstanceProfileInfo, parent,
+                                           profile)) is not None
+            ]
+            if not counts:
+                raise api.NVMLError(_NVML_ERROR_NOT_SUPPORTED)
+            total = self._slice_totals[parent_uuid] = max(counts)
+        return total
+
+    def _sample(
+        self, index: int, gpu_name: str, uuid: str, now_ms: int, *,
+        gpu_model: str | None = None, **readings: Any,
+    ) -> GpuSample:
+        """Stamp the readings of one GPU or MIG instance with its identity and interval."""
+        options = self._options
         previous = self._last_ts_ms.get(uuid)
         interval_ms = now_ms - previous if previous is not None else None
         if interval_ms is None or interval_ms <= 0:
@@ -131,19 +246,16 @@ class NvmlSampler:
             node=options.node,
             gpu_uuid=uuid,
             gpu_index=index,
-            gpu_model=name,
-            gpu_type=gpu_type_for(name, options.gpu_type_overrides),
+            gpu_model=gpu_model or gpu_name,
+            # The whole GPU's pricing key: a MIG sample is priced at its share of it.
+            gpu_type=gpu_type_for(gpu_name, options.gpu_type_overrides),
             pricing_tier=options.pricing_tier,
-            utilization_pct=float(utilization.gpu),
-            memory_used_bytes=int(memory.used),
-            memory_total_bytes=int(memory.total),
-            power_watts=None if power_mw is None else power_mw / 1000,
-            labels=self._labels(processes),
+            **readings,
         )
 
-    def _optional(self, function: Callable[..., Any], handle: Any) -> Any:
+    def _optional(self, function: Callable[..., Any], *args: Any) -> Any:
         try:
-            return function(handle)
+            return function(*args)
         except self._api.NVMLError as exc:
             log.debug("%s: %s (left out of the sample)", function.__name__, exc)
             return None
@@ -152,7 +264,7 @@ class NvmlSampler:
         labels = dict(self._options.labels)
         if processes:
             pids = sorted(int(p.pid) for p in processes)
-            labels["pids"] = ",".join(map(str, pids))[:MAX_LABEL_VALUE_LENGTH]
+            labels[PROCESS_LABEL] = ",".join(map(str, pids))[:MAX_LABEL_VALUE_LENGTH]
             proc_root = self._options.proc_root
             pods = sorted({uid for pid in pids if (uid := pod_uid_of(pid, proc_root))})
             if pods:
@@ -185,83 +297,3 @@ def _call_name(exc: BaseException) -> str:
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-class RecordedNvml:
-    """Answers pynvml's calls from recorded readings (``record.py``'s JSON lines).
-
-    ``advance()`` moves to the next recorded sample; ``now_ms()`` is its recorded time. A
-    recorded error is raised as pynvml's own ``NVMLError`` with the recorded code.
-    """
-
-    def __init__(self, lines: list[dict[str, Any]]) -> None:
-        import pynvml
-
-        self.NVMLError = pynvml.NVMLError
-        self._error = pynvml.NVMLError
-        meta: dict[str, Any] = next((line["meta"] for line in lines if "meta" in line), {})
-        readings = [line for line in lines if "meta" not in line]
-        self._count = int(meta.get("count", max((r["index"] for r in readings), default=-1) + 1))
-        # Group per sampling round: a round is one reading per GPU index.
-        self._rounds: list[dict[int, dict[str, Any]]] = []
-        for reading in readings:
-            if not self._rounds or reading["index"] in self._rounds[-1]:
-                self._rounds.append({})
-            self._rounds[-1][reading["index"]] = reading
-        self._position = -1
-
-    @classmethod
-    def from_file(cls, path: Path) -> RecordedNvml:
-        return cls([orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()])
-
-    def rounds(self) -> Iterator[int]:
-        """Advance through every recorded round, yielding its time in epoch ms."""
-        for position in range(len(self._rounds)):
-            self._position = position
-            yield self.now_ms()
-
-    def now_ms(self) -> int:
-        first = next(iter(self._rounds[self._position].values()))
-        return round(float(first["ts"]) * 1000)
-
-    # --- the pynvml calls the sampler makes ---------------------------------------------
-
-    def nvmlDeviceGetCount(self) -> int:  # noqa: N802 - pynvml's names
-        return self._count
-
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:  # noqa: N802
-        if index not in self._rounds[self._position]:
-            raise self._error(15)  # NVML_ERROR_GPU_IS_LOST: no reading for it this round
-        return index
-
-    def nvmlDeviceGetName(self, handle: int) -> str:  # noqa: N802
-        return str(self._field(handle, "name"))
-
-    def nvmlDeviceGetUUID(self, handle: int) -> str:  # noqa: N802
-        return str(self._field(handle, "uuid"))
-
-    def nvmlDeviceGetUtilizationRates(self, handle: int) -> SimpleNamespace:  # noqa: N802
-        return SimpleNamespace(**self._field(handle, "utilization"))
-
-    def nvmlDeviceGetMemoryInfo(self, handle: int) -> SimpleNamespace:  # noqa: N802
-        return SimpleNamespace(**self._field(handle, "memory"))
-
-    def nvmlDeviceGetPowerUsage(self, handle: int) -> int:  # noqa: N802
-        return int(self._field(handle, "power_mw"))
-
-    def nvmlDeviceGetComputeRunningProcesses(  # noqa: N802
-        self, handle: int
-    ) -> list[SimpleNamespace]:
-        # record.py wrote each process struct with str(); its text is a Python dict literal.
-        return [
-            SimpleNamespace(**(ast.literal_eval(p) if isinstance(p, str) else p))
-            for p in self._field(handle, "compute_processes")
-        ]
-
-    def _field(self, handle: int, name: str) -> Any:
-        value = self._rounds[self._position][handle].get(name)
-        if isinstance(value, dict) and "nvml_error" in value:
-            raise self._error(int(value["code"]))
-        if value is None:
-            raise self._error(3)  # NVML_ERROR_NOT_SUPPORTED: not in the recording
-        return value

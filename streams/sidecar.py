@@ -18,10 +18,10 @@ from streams.nvml import (
     EXIT_NO_NVML,
     NvmlSampler,
     NvmlUnavailable,
-    RecordedNvml,
     SidecarOptions,
     open_nvml,
 )
+from streams.nvml_recorded import RecordedNvml
 from streams.producer import ProducerError, UsageProducer
 
 __all__ = ["add_sidecar_arguments", "parse_labels", "publish_rounds", "sidecar_options"]

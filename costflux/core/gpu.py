@@ -26,6 +26,7 @@ __all__ = [
     "pieces",
     "price_of_rates",
     "rates_key",
+    "slice_rates",
     "split_in_proportion",
     "units_to_dollars",
 ]
@@ -125,6 +126,22 @@ def price_of_rates(key: str) -> GpuPrice:
     """Inverse of ``rates_key``."""
     on_demand, spot, reserved = (int(part) for part in key.split(","))
     return GpuPrice(on_demand, spot, reserved)
+
+
+def slice_rates(key: str, slices: int, slices_total: int) -> str:
+    """The rates of a MIG slice: each tier's price x slices / slices_total, to the pico-dollar.
+
+    This is the slice's price, like a cloud's price for a MIG instance; the rounding is at
+    most half a pico-dollar per hour (4.4 nano-dollars a year), and its time is still summed
+    exactly.
+
+    >>> slice_rates("3500000000000,1050000000000,2100000000000", 3, 7)
+    '1500000000000,450000000000,900000000000'
+    """
+    return ",".join(
+        str((2 * int(part) * slices + slices_total) // (2 * slices_total))
+        for part in key.split(",")
+    )
 
 
 def cost_units(gpu_ms: int, price: GpuPrice, tier: str) -> int:

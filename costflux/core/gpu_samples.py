@@ -18,7 +18,13 @@ import orjson
 
 from costflux.core.aggregate import PartialKey, Rows, partials_of
 from costflux.core.events import Rejected, decode_gpu_message
-from costflux.core.gpu import busy_and_idle_ms, interval_ms_of, pieces, rates_key
+from costflux.core.gpu import (
+    busy_and_idle_ms,
+    interval_ms_of,
+    pieces,
+    rates_key,
+    slice_rates,
+)
 from costflux.core.ingest import IngestRules, Judged, PartitionClock
 from costflux.core.pricing import PriceBook
 from schemas._types import epoch_ms
@@ -28,6 +34,7 @@ __all__ = [
     "GPU_DIMENSIONS",
     "GPU_ROW_PREFIX",
     "GPU_SUM_FIELDS",
+    "PROCESS_LABEL",
     "GpuAggregate",
     "GpuCandidate",
     "decode_gpu_row_key",
@@ -42,6 +49,9 @@ GPU_DIMENSIONS = ("node", "gpu_type", "pricing_tier", "namespace", "model", "tea
 #: The integer sums every GPU row carries, in this order.
 GPU_SUM_FIELDS = ("gpu_ms", "busy_ms", "idle_ms")
 
+#: The label the sidecar lists a GPU's compute process ids in ("pids": "400,812").
+PROCESS_LABEL = "pids"
+
 GpuDims = tuple[str, str, str, str, str, str, str]
 
 
@@ -53,7 +63,8 @@ class GpuCandidate(NamedTuple):
     ts_ms: int  # the end of its interval
     dims: GpuDims
     interval_ms: int
-    utilization_pct: float
+    utilization_pct: float | None  # as measured; None for a MIG instance
+    busy_pct: float  # what its time is judged busy and idle by (see busy_pct_of)
     gpu_uuid: str
 
 
@@ -64,6 +75,17 @@ def model_of(labels: dict[str, str]) -> str:
     that is what joins GPU cost with requests and tokens.
     """
     return labels.get("model") or labels.get("deployment", "")
+
+
+def busy_pct_of(utilization_pct: float | None, labels: dict[str, str]) -> float:
+    """The utilization a sample's time is judged by.
+
+    NVML measures no utilization for a MIG instance, so there the measure is occupancy: an
+    instance with a compute process on it is busy, one without is idle (its cost is waste).
+    """
+    if utilization_pct is not None:
+        return utilization_pct
+    return 100.0 if labels.get(PROCESS_LABEL) else 0.0
 
 
 def judge_gpu(
@@ -120,12 +142,16 @@ def judge_gpu(
                 if clock.max_ts_ms is None or ts_ms > clock.max_ts_ms:
                     clock.max_ts_ms = ts_ms
                     watermark = ts_ms - lateness_ms
-                labels = entry.labels
+                labels, mig = entry.labels, entry.mig
+                rates = span[0] if mig is None else slice_rates(
+                    span[0], mig.slices, mig.slices_total
+                )
                 candidates.append(_new_candidate(GpuCandidate, (
                     entry.event_id, f"{offset}:{index}" if batched else str(offset), ts_ms,
                     (entry.node, entry.gpu_type, entry.pricing_tier, labels.get("namespace", ""),
-                     model_of(labels), labels.get("team", ""), span[0]),
-                    interval_ms, entry.utilization_pct, entry.gpu_uuid,
+                     model_of(labels), labels.get("team", ""), rates),
+                    interval_ms, entry.utilization_pct,
+                    busy_pct_of(entry.utilization_pct, labels), entry.gpu_uuid,
                 )))
                 continue
             original = entry.model_dump_json().encode() if batched else (value or b"")
@@ -163,7 +189,7 @@ class GpuAggregate:
         for candidate in candidates:
             for start, gpu_ms in pieces(candidate.ts_ms, candidate.interval_ms, self._finest_ms):
                 busy_ms, idle_ms = busy_and_idle_ms(
-                    gpu_ms, candidate.utilization_pct, self._idle_threshold_pct
+                    gpu_ms, candidate.busy_pct, self._idle_threshold_pct
                 )
                 sums = self._sums.setdefault((start, candidate.dims), [0, 0, 0])
                 sums[0] += gpu_ms

@@ -260,3 +260,55 @@ def test_utilization_gauge_is_absent_for_a_gpu_that_stopped_reporting() -> None:
         gauge, {"node": "n1", "gpu_uuid": "GPU-2", "gpu_type": "nvidia-a100-80gb"}) is None
     assert metrics.registry.get_sample_value(
         gauge, {"node": "n1", "gpu_uuid": "GPU-1", "gpu_type": "nvidia-a100-80gb"}) == 0.4
+
+
+# --- MIG instances ------------------------------------------------------------------------
+
+
+def mig(slices: int, profile: str = "3g.40gb") -> dict[str, Any]:
+    return {"parent_gpu_uuid": "GPU-1", "profile": profile, "slices": slices, "slices_total": 7}
+
+
+def test_an_hour_of_a_mig_slice_costs_its_share_of_the_gpu_and_idles_without_a_process() -> None:
+    hour = []
+    for step in range(1, 361):
+        end = BASE_MS + step * 10_000
+        hour.append(sample(end, event_id=f"busy-{step}", gpu_uuid="MIG-a", utilization_pct=None,
+                           mig=mig(3), labels={"model": "m", "team": "a", "pids": "400"}))
+        hour.append(sample(end, event_id=f"idle-{step}", gpu_uuid="MIG-b", utilization_pct=None,
+                           mig=mig(1, "1g.10gb"), labels={"model": "m", "team": "b"}))
+    judged = judge_gpu(list(enumerate(map(raw, hour))), PartitionClock(), PRICES, RULES, NOW_MS)
+    assert not judged.rejected
+    totals = GpuAggregate(60, RULES.gpu_idle_threshold_pct)
+    totals.add_all(judged.candidates)
+    (hour_rows,) = [rows for key, rows in totals.partials((3600,), 1).items()]
+    report = gpu_report([hour_rows], parse_gpu_aggregate("label:team"), HOUR)
+    # $3.50/h x 3/7 = $1.50 exactly; x 1/7 = $0.5 exactly; 1.2 x 1/7 rounds to the pico-dollar.
+    assert Decimal(str(report["a"]["totalCost"])) == Decimal("1.5")
+    assert report["a"]["idleCost"] == 0 and report["a"]["utilization"] == 1.0
+    assert Decimal(str(report["b"]["totalCost"])) == Decimal("0.5")
+    assert Decimal(str(report["b"]["idleCost"])) == Decimal("0.5")
+    spot_b = Decimal(str(report["b"]["costAtTier"]["spot"]))
+    assert abs(spot_b - Decimal("1.2") / 7) <= Decimal("0.5e-12")
+
+
+def test_a_sample_without_utilization_must_be_a_mig_instance() -> None:
+    judged = judge_gpu([(0, raw(sample(utilization_pct=None)))], PartitionClock(), PRICES,
+                       RULES, NOW_MS)
+    assert [r.reason for _, r in judged.rejected] == [R.INVALID_VALUE]
+    assert "utilization_pct" in judged.rejected[0][1].detail
+    too_many = sample(utilization_pct=None, mig={**mig(3), "slices": 8})
+    (rejected,) = judge_gpu([(0, raw(too_many))], PartitionClock(), PRICES, RULES,
+                            NOW_MS).rejected
+    assert "mig.slices" in rejected[1].detail
+
+
+def test_a_mig_instance_has_no_utilization_gauge_rather_than_a_zero() -> None:
+    metrics = CostMetrics(CollectorRegistry())
+    message = raw(sample(gpu_uuid="MIG-a", utilization_pct=None, mig=mig(1)))
+    metrics.observe_gpu_samples(
+        judge_gpu([(0, message)], PartitionClock(), PRICES, RULES, NOW_MS).candidates)
+    assert metrics.registry.get_sample_value(
+        "llm_gpu_utilization_ratio",
+        {"node": "n1", "gpu_uuid": "MIG-a", "gpu_type": "nvidia-a100-80gb"}) is None
+    assert metrics.registry.get_sample_value("costflux_gpu_samples_total") == 1

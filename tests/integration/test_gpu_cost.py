@@ -54,7 +54,13 @@ GPUS = [
     # A model nobody sends requests to, at 0 % the whole time: charged to its own labels.
     ("node-b", "GPU-b1", "nvidia-t4", "reserved_1y",
      {"model": "mistral-7b", "team": "research", "namespace": "training"}, None, None),
+    # A 2-slice MIG instance with a process on it: no utilization, busy by occupancy.
+    ("node-c", "MIG-c0", "nvidia-a100-80gb", "spot",
+     {"model": "llama-2-70b", "team": "platform", "namespace": "inference", "pids": "400"},
+     None, None),
 ]
+#: MIG instances: uuid -> compute slices of the GPU's 7.
+MIG_SLICES = {"MIG-c0": 2}
 
 
 def recorded_utilizations() -> list[float]:
@@ -73,14 +79,33 @@ def gpu_samples() -> list[dict[str, Any]]:
             if last_ms is not None and end_ms > last_ms:
                 continue
             util = 0.0 if offset is None else utilizations[(step + offset) % len(utilizations)]
-            samples.append({
+            sample = {
                 "event_id": f"{uuid}-{end_ms}", "ts": end_ms / 1000, "interval_s": 10.0,
                 "node": node, "gpu_uuid": uuid, "gpu_index": index % 2,
                 "gpu_model": "recorded", "gpu_type": gpu_type, "pricing_tier": tier,
                 "utilization_pct": util, "memory_used_bytes": 1 << 30,
                 "memory_total_bytes": 80 << 30, "labels": labels,
-            })
+            }
+            if uuid in MIG_SLICES:
+                sample["utilization_pct"] = None
+                sample["mig"] = {"parent_gpu_uuid": "GPU-c", "profile": "2g.20gb",
+                                 "slices": MIG_SLICES[uuid], "slices_total": 7}
+            samples.append(sample)
     return samples
+
+
+def price_of(sample: dict[str, Any]) -> Decimal:
+    """$/hour of a sample's GPU, or of its share of the GPU for a MIG instance."""
+    price = Decimal(GPU_PRICES[sample["gpu_type"]][sample["pricing_tier"]])
+    mig = sample.get("mig")
+    return price if mig is None else price * mig["slices"] / mig["slices_total"]
+
+
+def is_idle(sample: dict[str, Any]) -> bool:
+    """Under 5 % utilization; a MIG instance (no utilization) when no process is on it."""
+    if sample["utilization_pct"] is None:
+        return "pids" not in sample["labels"]
+    return bool(sample["utilization_pct"] < 5)
 
 
 def expected_by_team(
@@ -102,13 +127,13 @@ def expected_by_team(
         start = end - 10_000
         labels = sample["labels"]
         model = labels.get("model") or labels.get("deployment")
-        price = Decimal(GPU_PRICES[sample["gpu_type"]][sample["pricing_tier"]])
+        price = price_of(sample)
         for hour in {start - start % HOUR_MS, (end - 1) - (end - 1) % HOUR_MS}:
             if not START_MS <= hour < START_MS + 2 * HOUR_MS:
                 continue  # the first interval starts 3 s before the queried span
             overlap = min(end, hour + HOUR_MS) - max(start, hour)
             entry = gpu_cost[(hour, model)]
-            entry[1 if sample["utilization_pct"] < 5 else 0] += Decimal(overlap) / HOUR_MS * price
+            entry[1 if is_idle(sample) else 0] += Decimal(overlap) / HOUR_MS * price
             entry[2] = labels.get("team") or "__unallocated__"
     for (hour, model), (busy, idle, own_team) in gpu_cost.items():
         users = tokens.get((hour, model))
@@ -187,14 +212,14 @@ def test_gpu_and_token_cost_per_team_equal_independent_recomputation(
     assert mistral["costAtTier"] == {"on_demand": 0.5, "spot": 0.15, "reserved_1y": 0.3}
 
     # Metrics: GPU cost counters sum to the served GPU cost; the silent GPU has no gauge.
-    gpu_total = sum(float(Decimal(GPU_PRICES[s["gpu_type"]][s["pricing_tier"]]) / 360)
-                    for s in samples)
+    gpu_total = sum(float(price_of(s) / 360) for s in samples)
     assert worker.metric("llm_gpu_cost_dollars_total") == pytest.approx(gpu_total, rel=1e-9)
     assert worker.metric("costflux_deadletter_total", reason="unknown_gpu_type") == 1
     assert worker.metric("costflux_duplicates_total") == 50
     status, text = worker.get("/metrics")
     assert 'gpu_uuid="GPU-a0"' in text and 'gpu_uuid="GPU-b1"' in text
     assert 'gpu_uuid="GPU-a1"' not in text
+    assert 'gpu_uuid="MIG-c0"' not in text  # no utilization measured: no gauge, not a 0
     # Cost per request and per token over the last hour the watermark closed (18:00-19:00).
     worker.wait_for(lambda: worker.metric("llm_cost_per_request_dollars") > 0, 60,
                     "publishing cost per request")
@@ -218,8 +243,7 @@ def _assert_cost_per_request(
             end = round(sample["ts"] * 1000)
             overlap = min(end, START_MS + HOUR_MS) - max(end - 10_000, START_MS)
             if overlap > 0:
-                price = Decimal(GPU_PRICES[sample["gpu_type"]][sample["pricing_tier"]])
-                gpu += Decimal(overlap) / HOUR_MS * price
+                gpu += Decimal(overlap) / HOUR_MS * price_of(sample)
         total = sum((event_cost(e) for e in used), Decimal(0)) + gpu
         assert worker.metric("llm_cost_per_request_dollars", model=model) == pytest.approx(
             float(total / len(used)), rel=1e-9

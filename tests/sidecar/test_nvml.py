@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from schemas.gpu import GpuSample
-from streams.nvml import EXIT_NO_NVML, NvmlSampler, RecordedNvml, SidecarOptions, pod_uid_of
+from streams.nvml import EXIT_NO_NVML, NvmlSampler, SidecarOptions, pod_uid_of
+from streams.nvml_recorded import RecordedNvml
 from streams.sidecar import publish_rounds
 from tests.paths import NVML_H100, REPO
 
