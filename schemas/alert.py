@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,3 +36,6 @@ class AlertEvent(BaseModel):
     summary: str
     starts_at: datetime
     ends_at: datetime | None = None
+    repeat: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="0 for the transition; n for the n-th reminder while firing"
+    )

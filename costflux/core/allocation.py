@@ -7,7 +7,6 @@ used the model in that window (``gpuCost``), its idle part shared or as an ``__i
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,12 +16,11 @@ from costflux.core.aggregate import DIMENSIONS, decode_dimensions
 from costflux.core.gpu import cost_units, price_of_rates, split_in_proportion, units_to_dollars
 from costflux.core.gpu_samples import GpuDims, decode_gpu_row_key, is_gpu_row
 from costflux.core.money import PICO_PER_DOLLAR
+from costflux.core.windows import duration_ms
 
 __all__ = ["AllocationOptions", "AllocationQueryError", "TimeRange", "allocate", "cover",
            "iso_window", "parse_aggregate", "parse_window"]
 
-_RELATIVE = re.compile(r"^(\d+)([mhdw])$")
-_UNIT_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
 UNALLOCATED = "__unallocated__"
 #: The row idle GPU cost goes to unless it is shared (OpenCost's shareIdle=false).
 IDLE = "__idle__"
@@ -44,10 +42,10 @@ def parse_window(text: str, now_ms: int, finest_s: int) -> TimeRange:
     """'24h', '7d', '90m', '2w' (ending at ``now_ms``), or 'start,end' in RFC 3339."""
     finest_ms = finest_s * 1000
     text = text.strip()
-    match = _RELATIVE.match(text)
-    if match:
+    length = duration_ms(text)
+    if length:
         end = _ceil(now_ms, finest_ms)
-        return TimeRange(end - int(match.group(1)) * _UNIT_MS[match.group(2)], end)
+        return TimeRange(end - length, end)
     parts = text.split(",")
     if len(parts) != 2:
         raise AllocationQueryError(

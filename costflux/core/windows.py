@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["PartitionMark", "global_watermark", "window_start"]
+__all__ = ["PartitionMark", "duration_ms", "global_watermark", "window_start"]
+
+
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
+
+
+def duration_ms(text: str) -> int | None:
+    """'90s', '30m', '1h', '7d', '2w' (or '0') in milliseconds; None if it is not one.
+
+    >>> duration_ms("30m"), duration_ms("0"), duration_ms("1.5h")
+    (1800000, 0, None)
+    """
+    text = text.strip()
+    if text == "0":
+        return 0
+    match = _DURATION.match(text)
+    return int(match.group(1)) * _UNIT_MS[match.group(2)] if match else None
 
 
 def window_start(ts_ms: int, size_ms: int) -> int:

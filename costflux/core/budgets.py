@@ -1,0 +1,207 @@
+"""Budgets: their periods in local time, spend to date, the seed's projection and status.
+
+The seed's BudgetManager: projected = spend / days elapsed x days in period; projected over
+the budget is WARNING, over 1.1 x the budget CRITICAL, else OK (equality is OK). Here the
+period is the budget's own (a 31-day month is 31 days, a DST day 23 or 25 hours), elapsed time
+is event time, and the comparisons are exact integer cross-multiplications, so 50,000 is OK
+and 50,000.000000000001 is not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal, NamedTuple
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from costflux.core.money import MoneyError, exact_pico, to_decimal
+
+__all__ = [
+    "SCOPE_KEYS",
+    "Budget",
+    "BudgetError",
+    "BudgetStatus",
+    "budget_status",
+    "parse_budgets_text",
+]
+
+Status = Literal["OK", "WARNING", "CRITICAL"]
+#: What a budget may be scoped by: the usage rows' dimensions.
+SCOPE_KEYS = ("model", "team", "project", "app", "namespace")
+_DAY_MS = 86_400_000
+
+
+class BudgetError(ValueError):
+    """The budgets file is invalid; the message names the field and the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    name: str
+    scope: Mapping[str, str]  # every key must match; {} is everything
+    period: str  # monthly | weekly | daily | custom
+    amount_pico: int
+    thresholds: tuple[int, ...] = ()  # % of the amount, each alerted once per period
+    reset_day: int = 1  # monthly: day of month (1-28); weekly: ISO weekday (1 = Monday)
+    timezone: str = "UTC"
+    custom_days: int = 0  # custom: the period's length in days ...
+    custom_start: date | None = None  # ... counted from this local date
+    project_after_ms: int = _DAY_MS  # before this much of a period, spend is the projection
+
+    def matches(self, dimensions: Mapping[str, str]) -> bool:
+        return all(dimensions.get(key) == value for key, value in self.scope.items())
+
+    def period_at(self, ts_ms: int) -> tuple[int, int]:
+        """The [start, end) of the period holding ``ts_ms``, in epoch ms, from local midnights."""
+        zone = ZoneInfo(self.timezone)
+        local = datetime.fromtimestamp(ts_ms // 1000, zone).date()
+        if self.period == "daily":
+            start = local
+            end = start + timedelta(days=1)
+        elif self.period == "weekly":
+            start = local - timedelta(days=(local.isoweekday() - self.reset_day) % 7)
+            end = start + timedelta(days=7)
+        elif self.period == "monthly":
+            start = date(local.year, local.month, self.reset_day)
+            if start > local:
+                start = date(*_add_month(local.year, local.month, -1), self.reset_day)
+            end = date(*_add_month(start.year, start.month, 1), self.reset_day)
+        else:
+            assert self.custom_start is not None
+            periods = (local - self.custom_start).days // self.custom_days
+            start = self.custom_start + timedelta(days=periods * self.custom_days)
+            end = start + timedelta(days=self.custom_days)
+        return _midnight_ms(start, zone), _midnight_ms(end, zone)
+
+
+class BudgetStatus(NamedTuple):
+    budget: Budget
+    period_start_ms: int
+    period_end_ms: int
+    spend_pico: int
+    projected_pico: int
+    status: Status
+    thresholds_reached: tuple[int, ...]
+
+
+def budget_status(budget: Budget, spend_pico: int, now_ms: int) -> BudgetStatus:
+    """Spend to date, projection and status of ``budget`` at event time ``now_ms``.
+
+    Elapsed time is ``now_ms`` minus the period start; until ``project_after_ms`` of the period
+    has passed, the projection is the spend itself (one early request must not project a
+    month of overspend).
+    """
+    start, end = budget.period_at(now_ms)
+    elapsed, length = min(now_ms, end) - start, end - start
+    if elapsed < budget.project_after_ms:
+        elapsed = length  # no extrapolation yet
+    amount = budget.amount_pico
+    # projected > amount  <=>  spend x length > amount x elapsed (no rounding anywhere)
+    if 10 * spend_pico * length > 11 * amount * elapsed:
+        status: Status = "CRITICAL"
+    elif spend_pico * length > amount * elapsed:
+        status = "WARNING"
+    else:
+        status = "OK"
+    reached = tuple(p for p in budget.thresholds if spend_pico * 100 >= amount * p)
+    return BudgetStatus(budget, start, end, spend_pico, spend_pico * length // elapsed, status,
+                        reached)
+
+
+def _add_month(year: int, month: int, months: int) -> tuple[int, int]:
+    index = year * 12 + month - 1 + months
+    return index // 12, index % 12 + 1
+
+
+def _midnight_ms(day: date, zone: ZoneInfo) -> int:
+    local = datetime(day.year, day.month, day.day, tzinfo=zone)
+    return int(local.astimezone(UTC).timestamp()) * 1000
+
+
+# --- the budgets file ---------------------------------------------------------------------
+
+_PERIODS = ("monthly", "weekly", "daily")
+
+
+def parse_budgets_text(text: str, source: str = "budgets.yaml") -> list[Budget]:
+    """Parse ``budgets: [{name, scope, period, amount, thresholds, ...}]``."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise BudgetError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("budgets"), list):
+        raise BudgetError(f"{source}: expected a top-level 'budgets:' list")
+    budgets = [_budget(entry, f"{source}: budgets[{i}]") for i, entry in
+               enumerate(document["budgets"])]
+    names = [b.name for b in budgets]
+    for name in names:
+        if names.count(name) > 1:
+            raise BudgetError(f"{source}: budget name {name!r} is used twice; names must be unique")
+    return budgets
+
+
+def _budget(entry: Any, where: str) -> Budget:
+    if not isinstance(entry, dict):
+        raise BudgetError(f"{where}: expected a mapping with name, scope, period and amount")
+    known = {"name", "scope", "period", "amount", "thresholds", "reset_day", "timezone",
+             "project_after_days"}
+    for key in entry:
+        if key not in known:
+            raise BudgetError(
+                f"{where}.{key}: unknown field; use one of {', '.join(sorted(known))}"
+            )
+    name = entry.get("name")
+    if not isinstance(name, str) or not name:
+        raise BudgetError(f"{where}.name: required, a non-empty string")
+    scope = entry.get("scope", {})
+    if not isinstance(scope, dict) or not all(isinstance(v, str) for v in scope.values()):
+        raise BudgetError(f"{where}.scope: expected a mapping of label to value, e.g. "
+                          "{team: ml-research}")
+    for key in scope:
+        if key not in SCOPE_KEYS:
+            raise BudgetError(f"{where}.scope.{key}: not a dimension costflux aggregates by; "
+                              f"use {', '.join(SCOPE_KEYS)}")
+    period, custom_days, custom_start = _period(entry.get("period"), f"{where}.period")
+    try:
+        amount = exact_pico(to_decimal(entry.get("amount")))
+    except MoneyError as exc:
+        raise BudgetError(f"{where}.amount: {exc}; write dollars, e.g. amount: 50000") from None
+    if amount <= 0:
+        raise BudgetError(f"{where}.amount: must be more than 0 dollars")
+    thresholds = entry.get("thresholds", [])
+    if not isinstance(thresholds, list) or not all(
+        isinstance(t, int) and not isinstance(t, bool) and 0 < t <= 1000 for t in thresholds
+    ):
+        raise BudgetError(f"{where}.thresholds: expected whole percentages, e.g. [50, 80, 100]")
+    reset_day = entry.get("reset_day", 1)
+    limit = 28 if period == "monthly" else 7
+    if not isinstance(reset_day, int) or not 1 <= reset_day <= limit:
+        raise BudgetError(f"{where}.reset_day: expected 1-{limit} for a {period} budget "
+                          "(28 at most, so that every month has it)")
+    timezone = entry.get("timezone", "UTC")
+    try:
+        ZoneInfo(str(timezone))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise BudgetError(f"{where}.timezone: {timezone!r} is not an IANA time zone such as "
+                          "Europe/Berlin") from None
+    after = entry.get("project_after_days", 1)
+    if not isinstance(after, int | float) or isinstance(after, bool) or after < 0:
+        raise BudgetError(f"{where}.project_after_days: expected a number of days, e.g. 1")
+    return Budget(name=name, scope=dict(scope), period=period, amount_pico=amount,
+                  thresholds=tuple(sorted(set(thresholds))), reset_day=reset_day,
+                  timezone=str(timezone), custom_days=custom_days, custom_start=custom_start,
+                  project_after_ms=round(after * _DAY_MS))
+
+
+def _period(value: Any, where: str) -> tuple[str, int, date | None]:
+    if value in _PERIODS:
+        return str(value), 0, None
+    if isinstance(value, dict) and set(value) == {"days", "starting"}:
+        days, starting = value["days"], value["starting"]
+        if isinstance(days, int) and days > 0 and isinstance(starting, date):
+            return "custom", days, starting
+    raise BudgetError(f"{where}: {value!r} is not monthly, weekly, daily or "
+                      "{days: N, starting: YYYY-MM-DD}")
