@@ -1,0 +1,125 @@
+"""Slack delivery against a real HTTP server on 127.0.0.1 that answers as scripted."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from costflux.core.slack import slack_message
+from schemas.alert import AlertEvent
+from streams.webhook import RetryPolicy, post_json
+
+FAST = RetryPolicy(attempts=3, base_s=0.01, cap_s=0.05, timeout_s=2.0)
+
+
+class Receiver:
+    """Answers each POST with the next scripted (status, headers); records what arrived."""
+
+    def __init__(self, script: list[tuple[int, dict[str, str]]]) -> None:
+        self.script = list(script)
+        self.received: list[tuple[float, bytes]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                status, headers = receiver.script.pop(0) if receiver.script else (200, {})
+                if status == 200:
+                    receiver.received.append((time.monotonic(), body))
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/T0/B0/s3cr3t"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver_for() -> Iterator[type[Receiver]]:
+    made: list[Receiver] = []
+
+    class Made(Receiver):
+        def __init__(self, script: list[tuple[int, dict[str, str]]]) -> None:
+            super().__init__(script)
+            made.append(self)
+
+    yield Made
+    for receiver in made:
+        receiver.close()
+
+
+def alert(team: str = "search") -> AlertEvent:
+    return AlertEvent(alert_id="a" * 32, rule="CostSpike", severity="warning", state="firing",
+                      labels={"team": team}, value=2.5, threshold=2.0,
+                      summary="Cost spike", starts_at=datetime(2026, 11, 23, 10, tzinfo=UTC))
+
+
+def test_429_with_retry_after_is_honoured_and_delivered_once(
+    receiver_for: type[Receiver],
+) -> None:
+    receiver = receiver_for([(429, {"Retry-After": "2"}), (200, {})])
+    started = time.monotonic()
+    delivery = post_json(receiver.url, slack_message(alert()), FAST)
+    assert (delivery.outcome, delivery.status, delivery.requests) == ("delivered", 200, 2)
+    ((arrived, _),) = receiver.received
+    assert arrived - started >= 2.0
+
+
+def test_5xx_and_refused_connections_are_retried_with_backoff_then_given_up(
+    receiver_for: type[Receiver],
+) -> None:
+    receiver = receiver_for([(503, {}), (500, {}), (200, {})])
+    delivery = post_json(receiver.url, {"text": "x"}, FAST)
+    assert (delivery.outcome, delivery.requests, len(receiver.received)) == ("delivered", 3, 1)
+    failing = receiver_for([(500, {})] * 5)
+    given_up = post_json(failing.url, {"text": "x"}, FAST)
+    assert (given_up.outcome, given_up.status, given_up.requests) == ("gave_up", 500, 3)
+    closed = receiver_for([])
+    url = closed.url
+    closed.close()
+    refused = post_json(url, {"text": "x"}, FAST)
+    assert (refused.outcome, refused.status) == ("gave_up", None)
+
+
+def test_a_permanent_4xx_is_rejected_without_a_retry_and_the_url_is_never_shown(
+    receiver_for: type[Receiver], caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    receiver = receiver_for([(404, {}), (200, {})])
+    delivery = post_json(receiver.url, {"text": "x"}, FAST)
+    assert (delivery.outcome, delivery.status, delivery.requests) == ("rejected", 404, 1)
+    assert receiver.received == []
+    assert "s3cr3t" not in repr(delivery) and "s3cr3t" not in caplog.text
+    with pytest.raises(ValueError, match="must start with https://") as raised:
+        post_json("file:///etc/s3cr3t", {})
+    assert "s3cr3t" not in str(raised.value)
+
+
+def test_label_values_arrive_escaped_for_slack(receiver_for: type[Receiver]) -> None:
+    receiver = receiver_for([])
+    post_json(receiver.url, slack_message(alert("<!channel> & <https://evil|x>")), FAST)
+    ((_, body),) = receiver.received
+    message = json.loads(body)
+    text = json.dumps(message)
+    assert "<!channel>" not in text and "<https://evil|x>" not in text
+    assert "&lt;!channel&gt; &amp; &lt;https://evil|x&gt;" in text
+    assert message["blocks"][0]["text"]["text"] == "FIRING: CostSpike (warning)"
