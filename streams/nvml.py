@@ -152,7 +152,7 @@ class NvmlSampler:
         api = self._api
         total = self._slices_total(parent, parent_uuid)
         samples = []
-        held: int | None = 0
+        held: list[int | None] = []  # each instance's slices; None where unreadable
         for slot in range(_call(api.nvmlDeviceGetMaxMigDeviceCount, parent)):
             try:
                 handle = api.nvmlDeviceGetMigDeviceHandleByIndex(parent, slot)
@@ -165,24 +165,21 @@ class NvmlSampler:
             except api.NVMLError as exc:
                 skipped.append(Skipped(index, f"MIG slot {slot}: {_call_name(exc)}: {exc}"))
                 attributes = self._optional(api.nvmlDeviceGetAttributes, handle)
-                if attributes is None or held is None:
-                    held = None
-                else:
-                    held += int(attributes.computeInstanceSliceCount)
+                held.append(None if attributes is None else
+                            int(attributes.computeInstanceSliceCount))
                 continue
             assert sample.mig is not None
-            if held is not None:
-                held += sample.mig.slices
+            held.append(sample.mig.slices)
             samples.append(sample)
-        if held is None:
+        if None in held:
             skipped.append(Skipped(index, "MIG: unallocated slices unknown this round"))
-        elif held < total:
+        elif (free := total - sum(s for s in held if s is not None)) > 0:
             samples.append(self._sample(
                 index, name, parent_uuid, now_ms,
                 utilization_pct=None, memory_used_bytes=0, memory_total_bytes=0,
                 power_watts=None, labels=dict(self._options.labels),
                 mig=MigInstance(parent_gpu_uuid=parent_uuid, profile=UNALLOCATED_PROFILE,
-                                slices=total - held, slices_total=total),
+                                slices=free, slices_total=total),
             ))
         return samples
 

@@ -109,7 +109,8 @@ class RecordedNvml:
         devices = self._field(handle, "mig_devices")
         if slot >= len(devices) or devices[slot] is None:
             raise self._error(6)  # NVML_ERROR_NOT_FOUND: no instance in this slot
-        return (int(handle), slot) if not isinstance(handle, tuple) else handle
+        assert isinstance(handle, int), "a MIG device has no MIG devices of its own"
+        return handle, slot
 
     def nvmlDeviceGetGpuInstanceProfileInfo(  # noqa: N802
         self, handle: Handle, profile: int

@@ -9,10 +9,9 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any, get_args
 
-import yaml
-
 from costflux.core.alerts import Rule, Severity
 from costflux.core.money import MoneyError, to_decimal
+from costflux.core.named_entries import named_entries
 from costflux.core.windows import duration_ms
 
 __all__ = ["DEFAULT_RULES", "SIGNALS", "RulesError", "parse_rules_text"]
@@ -67,32 +66,13 @@ _FIELDS = {"name", "signal", "op", "threshold", "for", "severity", "resolve_thre
 
 def parse_rules_text(text: str, source: str = "rules.yaml") -> tuple[Rule, ...]:
     """Parse a rules file; it replaces the defaults (copy the ones to keep)."""
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise RulesError(f"{source}: not valid YAML: {exc}") from None
-    if not isinstance(document, dict) or not isinstance(document.get("rules"), list):
-        raise RulesError(f"{source}: expected a top-level 'rules:' list")
-    rules = tuple(_parse_rule(r, f"{source}: rules[{i}]") for i, r in
-                  enumerate(document["rules"]))
-    names = [rule.name for rule in rules]
-    for name in names:
-        if names.count(name) > 1:
-            raise RulesError(f"{source}: rule name {name!r} is used twice; names must be unique")
-    return rules
+    return tuple(
+        _parse_rule(entry, where) for where, entry in named_entries(
+            text, source, "rules", _FIELDS, RulesError, "name, signal, op and threshold")
+    )
 
 
-def _parse_rule(entry: Any, where: str) -> Rule:
-    if not isinstance(entry, dict):
-        raise RulesError(f"{where}: expected a mapping with name, signal, op and threshold")
-    for key in entry:
-        if key not in _FIELDS:
-            raise RulesError(
-                f"{where}.{key}: unknown field; use one of {', '.join(sorted(_FIELDS))}"
-            )
-    name = entry.get("name")
-    if not isinstance(name, str) or not name:
-        raise RulesError(f"{where}.name: required, a non-empty string")
+def _parse_rule(entry: dict[str, Any], where: str) -> Rule:
     signal = entry.get("signal")
     if signal not in SIGNALS:
         raise RulesError(f"{where}.signal: {signal!r} is not one of {', '.join(SIGNALS)}")
@@ -107,14 +87,14 @@ def _parse_rule(entry: Any, where: str) -> Rule:
     if not isinstance(group_by, list) or any(g not in allowed for g in group_by):
         raise RulesError(f"{where}.group_by: {signal} can be grouped by {', '.join(allowed)}")
     return Rule(
-        name=name, signal=signal, op=op, severity=severity, group_by=tuple(group_by),
+        name=entry["name"], signal=signal, op=op, severity=severity, group_by=tuple(group_by),
         threshold=_number(entry.get("threshold"), f"{where}.threshold"),
         resolve_threshold=None if entry.get("resolve_threshold") is None else _number(
             entry["resolve_threshold"], f"{where}.resolve_threshold"),
         for_ms=_duration(entry.get("for", "0"), f"{where}.for"),
         repeat_ms=_duration(entry.get("repeat", "0"), f"{where}.repeat"),
         min_history_ms=_duration(entry.get("min_history", "0"), f"{where}.min_history"),
-        summary=str(entry.get("summary", name)),
+        summary=str(entry.get("summary", entry["name"])),
     )
 
 

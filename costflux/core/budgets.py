@@ -15,9 +15,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
-
 from costflux.core.money import MoneyError, exact_pico, to_decimal
+from costflux.core.named_entries import named_entries
 
 __all__ = [
     "SCOPE_KEYS",
@@ -124,38 +123,19 @@ def _midnight_ms(day: date, zone: ZoneInfo) -> int:
 # --- the budgets file ---------------------------------------------------------------------
 
 _PERIODS = ("monthly", "weekly", "daily")
+_FIELDS = ("name", "scope", "period", "amount", "thresholds", "reset_day", "timezone",
+           "project_after_days")
 
 
 def parse_budgets_text(text: str, source: str = "budgets.yaml") -> list[Budget]:
     """Parse ``budgets: [{name, scope, period, amount, thresholds, ...}]``."""
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise BudgetError(f"{source}: not valid YAML: {exc}") from None
-    if not isinstance(document, dict) or not isinstance(document.get("budgets"), list):
-        raise BudgetError(f"{source}: expected a top-level 'budgets:' list")
-    budgets = [_budget(entry, f"{source}: budgets[{i}]") for i, entry in
-               enumerate(document["budgets"])]
-    names = [b.name for b in budgets]
-    for name in names:
-        if names.count(name) > 1:
-            raise BudgetError(f"{source}: budget name {name!r} is used twice; names must be unique")
-    return budgets
+    return [
+        _budget(entry, where) for where, entry in named_entries(
+            text, source, "budgets", _FIELDS, BudgetError, "name, scope, period and amount")
+    ]
 
 
-def _budget(entry: Any, where: str) -> Budget:
-    if not isinstance(entry, dict):
-        raise BudgetError(f"{where}: expected a mapping with name, scope, period and amount")
-    known = {"name", "scope", "period", "amount", "thresholds", "reset_day", "timezone",
-             "project_after_days"}
-    for key in entry:
-        if key not in known:
-            raise BudgetError(
-                f"{where}.{key}: unknown field; use one of {', '.join(sorted(known))}"
-            )
-    name = entry.get("name")
-    if not isinstance(name, str) or not name:
-        raise BudgetError(f"{where}.name: required, a non-empty string")
+def _budget(entry: dict[str, Any], where: str) -> Budget:
     scope = entry.get("scope", {})
     if not isinstance(scope, dict) or not all(isinstance(v, str) for v in scope.values()):
         raise BudgetError(f"{where}.scope: expected a mapping of label to value, e.g. "
@@ -190,7 +170,7 @@ def _budget(entry: Any, where: str) -> Budget:
     after = entry.get("project_after_days", 1)
     if not isinstance(after, int | float) or isinstance(after, bool) or after < 0:
         raise BudgetError(f"{where}.project_after_days: expected a number of days, e.g. 1")
-    return Budget(name=name, scope=dict(scope), period=period, amount_pico=amount,
+    return Budget(name=entry["name"], scope=dict(scope), period=period, amount_pico=amount,
                   thresholds=tuple(sorted(set(thresholds))), reset_day=reset_day,
                   timezone=str(timezone), custom_days=custom_days, custom_start=custom_start,
                   project_after_ms=round(after * _DAY_MS))

@@ -10,7 +10,6 @@ largest GPU instance profile (7g.80gb) has 7 slices, and an empty slot answers N
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -139,7 +138,7 @@ def test_a_mig_gpu_without_readable_profiles_is_skipped_not_priced_whole() -> No
 
 
 def test_a_gpu_whose_mig_mode_is_unsupported_is_a_whole_gpu() -> None:
-    lines = copy.deepcopy(readings(rounds=1))
+    lines = readings(rounds=1)
     line = lines[1]
     line.update(mig_mode=NOT_SUPPORTED, utilization={"gpu": 37, "memory": 5})
     (samples,), skipped = sample_all(lines)
