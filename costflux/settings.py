@@ -119,6 +119,32 @@ class Settings(BaseSettings):
         False, description="share idle GPU cost among users (else an __idle__ row)"
     )
 
+    # --- alerting ---
+    rules_file: Path | None = Field(
+        None, description="alert rules YAML (rules: [...]); unset = the seeds' eight rules"
+    )
+    budgets_file: Path | None = Field(
+        None, description="budgets YAML (budgets: [...]); unset = no budgets"
+    )
+    eval_interval_s: int = Field(
+        60, gt=0, description="event-time step of rule evaluation (a multiple of the finest "
+        "window)"
+    )
+    eval_settle_s: float = Field(
+        1.0, ge=0, description="wall seconds a watermark must stand before its time is evaluated"
+    )
+    slack_webhook_url: SecretStr | None = Field(
+        None, description="Slack incoming webhook for `costflux notify` (a secret)"
+    )
+    slack_webhook_url_file: Path | None = Field(
+        None, description="file holding the webhook URL (a mounted Secret); used when the "
+        "URL itself is unset"
+    )
+    notify_min_interval_s: float = Field(
+        1.0, ge=0, description="least seconds between two posts to one webhook, across all "
+        "notifier instances (Slack allows about 1/s)"
+    )
+
     # --- HTTP / metrics ---
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)

@@ -27,6 +27,8 @@ class DeadLetterReason(StrEnum):
     OVERSIZED_LABELS = "oversized_labels"
     INVALID_VALUE = "invalid_value"
     LATE = "late"
+    WEBHOOK_REJECTED = "webhook_rejected"
+    WEBHOOK_UNAVAILABLE = "webhook_unavailable"
 
 
 class DeadLetterRecord(BaseModel):
