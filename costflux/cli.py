@@ -1,4 +1,4 @@
-"""The ``costflux`` command: worker, demo, replay, sidecar, schemas."""
+"""The ``costflux`` command: worker, demo, replay, sidecar, notify, schemas."""
 
 from __future__ import annotations
 
@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_sidecar_arguments(nvml)
     nvml.set_defaults(run=_run_sidecar_nvml)
+
+    notify = commands.add_parser(
+        "notify", help="post alert events to a Slack incoming webhook (until SIGTERM/Ctrl-C)"
+    )
+    notify.set_defaults(run=_run_notify)
 
     schemas = commands.add_parser("schemas", help="rewrite the JSON Schema files")
     schemas.set_defaults(run=_run_schemas)
@@ -129,6 +134,54 @@ def _run_sidecar_nvml(args: argparse.Namespace, settings: Settings) -> int:
         print(f"costflux sidecar: {exc}", file=sys.stderr)
         return 1
     return run_sidecar(args, producer_config(settings), settings.topic_gpu)
+
+
+def _run_notify(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+
+    import redis
+
+    from agents.notify import Notifier, NotifyOptions, webhook_url
+    from streams.kafka import KafkaSetupError, consumer_config, ensure_topics, producer_config
+
+    url = webhook_url(settings)  # first: a missing secret is a config error (exit 2)
+    _configure_logging(settings)
+    if settings.kafka_bootstrap is None or settings.redis_url is None:
+        # No embedded servers here: instances must share the broker and the Redis claims.
+        print("costflux notify: set COSTFLUX_KAFKA_BOOTSTRAP and COSTFLUX_REDIS_URL (shared "
+              "by every notifier instance)", file=sys.stderr)
+        return 2
+    try:
+        ensure_topics(settings, {settings.topic_alerts: settings.topic_partitions,
+                                 settings.topic_deadletter: settings.topic_partitions})
+    except KafkaSetupError as exc:
+        print(f"costflux notify: {exc}", file=sys.stderr)
+        return 1
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    client = redis.Redis.from_url(settings.redis_url, password=password)
+    options = NotifyOptions(
+        topic=settings.topic_alerts, deadletter_topic=settings.topic_deadletter,
+        namespace=settings.consumer_group, webhook_url=url,
+        min_interval_s=settings.notify_min_interval_s,
+    )
+    notifier = Notifier(options, consumer_config(settings, f"{settings.consumer_group}-notify"),
+                        producer_config(settings), client)
+
+    def stop(signum: int, _frame: object) -> None:
+        notifier.stop()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        notifier.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        client.close()
+    stats = notifier.stats
+    logging.getLogger("costflux.notify").info(
+        "notify stopped: %d delivered, %d duplicates skipped, %d dead-lettered",
+        stats.delivered, stats.duplicates, stats.deadlettered)
+    return 0
 
 
 def _run_schemas(args: argparse.Namespace, settings: Settings) -> int:

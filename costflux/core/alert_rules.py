@@ -30,6 +30,8 @@ SIGNALS: dict[str, tuple[str, tuple[str, ...]]] = {
     "cost_spike": ("last hour's cost / mean hourly cost of the previous 24 hours",
                    ("namespace", "team", "model", "project", "app")),
     "budget_projection": ("a budget's projected spend / its amount", ("budget",)),
+    "budget_spent_pct": ("a budget's spend to date, % of its amount (the threshold is each of "
+                         "the budget's own thresholds)", ("budget", "threshold")),
 }
 
 
@@ -58,6 +60,8 @@ DEFAULT_RULES: tuple[Rule, ...] = (
          summary="Budget projected to overrun", group_by=("budget",)),
     Rule("BudgetCritical", "budget_projection", ">", to_decimal("1.1"), 0, "critical",
          summary="Budget projected to overrun by more than 10%", group_by=("budget",)),
+    Rule("BudgetThreshold", "budget_spent_pct", ">=", to_decimal(0), 0, "info",
+         summary="Budget spend reached a threshold", group_by=("budget", "threshold")),
 )
 
 _FIELDS = {"name", "signal", "op", "threshold", "for", "severity", "resolve_threshold",
@@ -77,8 +81,8 @@ def _parse_rule(entry: dict[str, Any], where: str) -> Rule:
     if signal not in SIGNALS:
         raise RulesError(f"{where}.signal: {signal!r} is not one of {', '.join(SIGNALS)}")
     op = entry.get("op", ">")
-    if op not in (">", "<"):
-        raise RulesError(f"{where}.op: {op!r}; use '>' or '<'")
+    if op not in (">", "<", ">="):
+        raise RulesError(f"{where}.op: {op!r}; use '>', '<' or '>='")
     severity = entry.get("severity", "warning")
     if severity not in get_args(Severity):
         raise RulesError(f"{where}.severity: {severity!r}; use info, warning or critical")

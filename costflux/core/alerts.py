@@ -24,14 +24,14 @@ from schemas.alert import AlertEvent, alert_fingerprint
 __all__ = ["AlertState", "Notice", "Rule", "alert_event", "evaluate"]
 
 Severity = Literal["info", "warning", "critical"]
-Value = Fraction | Decimal | int
+Value = Fraction | Decimal | int | float
 
 
 @dataclass(frozen=True, slots=True)
 class Rule:
     name: str
     signal: str  # what it watches (see costflux.core.alert_rules.SIGNALS)
-    op: Literal[">", "<"]
+    op: Literal[">", "<", ">="]
     threshold: Decimal
     for_ms: int = 0
     severity: Severity = "warning"
@@ -45,6 +45,8 @@ class Rule:
         limit = self.threshold
         if firing and self.resolve_threshold is not None:
             limit = self.resolve_threshold
+        if self.op == ">=":
+            return value >= limit
         return value > limit if self.op == ">" else value < limit
 
 
@@ -57,6 +59,7 @@ class AlertState:
     last_sent_ms: int | None = None
     repeats: int = 0
     evaluated_ms: int | None = None  # the newest evaluation, to ignore older ones
+    last_value: float | None = None  # for showing an active alert; not used to decide
 
 
 class Notice(NamedTuple):

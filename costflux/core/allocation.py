@@ -13,13 +13,20 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from costflux.core.aggregate import DIMENSIONS, decode_dimensions
-from costflux.core.gpu import cost_units, price_of_rates, split_in_proportion, units_to_dollars
+from costflux.core.gpu import (
+    UNITS_PER_PICO,
+    cost_units,
+    price_of_rates,
+    split_in_proportion,
+    units_to_dollars,
+)
 from costflux.core.gpu_samples import GpuDims, decode_gpu_row_key, is_gpu_row
 from costflux.core.money import PICO_PER_DOLLAR
 from costflux.core.windows import duration_ms
 
-__all__ = ["AllocationOptions", "AllocationQueryError", "TimeRange", "allocate", "cover",
-           "iso_window", "parse_aggregate", "parse_window"]
+__all__ = ["IDLE", "IDLE_KEY", "UNALLOCATED", "AllocationOptions", "AllocationQueryError",
+           "GroupCost", "TimeRange", "allocate", "cover", "group_costs", "iso_window",
+           "parse_aggregate", "parse_window"]
 
 UNALLOCATED = "__unallocated__"
 #: The row idle GPU cost goes to unless it is shared (OpenCost's shareIdle=false).
@@ -123,7 +130,7 @@ GPU_WEIGHTS = tuple(_WEIGHT)
 
 
 @dataclass(slots=True)
-class _Group:
+class GroupCost:
     """One allocation row being summed: token cost in pico-dollars, GPU cost in GPU units."""
 
     token_pico: int = 0
@@ -133,6 +140,24 @@ class _Group:
     output_tokens: int = 0
     cached_input_tokens: int = 0
     requests: int = 0
+
+    @property
+    def total_units(self) -> int:
+        """Token, busy and idle GPU cost together, exactly, in GPU cost units."""
+        return self.token_pico * UNITS_PER_PICO + self.gpu_units + self.idle_units
+
+    def add(self, other: GroupCost) -> None:
+        self.token_pico += other.token_pico
+        self.gpu_units += other.gpu_units
+        self.idle_units += other.idle_units
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cached_input_tokens += other.cached_input_tokens
+        self.requests += other.requests
+
+
+#: The group of idle GPU cost that is not shared (its name in an answer is ``IDLE``).
+IDLE_KEY = (IDLE,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,11 +187,28 @@ def allocate(
     proportion to their weight (exactly: the parts sum to the whole); GPU time of a model
     nobody used in the window is charged to the GPU's own labels (team, namespace).
     """
-    groups: dict[str, _Group] = {}
+    window = iso_window(span)
+    return {
+        name: _allocation(name, group, window)
+        for name, group in sorted(
+            ("/".join(key), group) for key, group in group_costs(windows_rows, group_by, options)
+            .items()
+        )
+    }
 
-    def group_of(dims: Sequence[str]) -> _Group:
-        name = "/".join(dims[i] or UNALLOCATED for i in group_by)
-        return groups.setdefault(name, _Group())
+
+def group_costs(
+    windows_rows: Iterable[Mapping[str, list[int]]],
+    group_by: Sequence[int],
+    options: AllocationOptions = AllocationOptions(),
+) -> dict[tuple[str, ...], GroupCost]:
+    """Exact cost of every group (its values of ``group_by``, ``UNALLOCATED`` for empty ones);
+    unshared idle GPU cost is the ``IDLE_KEY`` group."""
+    groups: dict[tuple[str, ...], GroupCost] = {}
+
+    def group_of(dims: Sequence[str]) -> GroupCost:
+        key = tuple(dims[i] or UNALLOCATED for i in group_by)
+        return groups.setdefault(key, GroupCost())
 
     for rows in windows_rows:
         users_by_model: dict[str, list[tuple[str, list[int]]]] = {}
@@ -191,15 +233,14 @@ def allocate(
                 _share_among_users(gpu_rows, users, group_of, groups, options)
             else:
                 _charge_to_gpu_labels(gpu_rows, group_of, groups, options)
-    window = iso_window(span)
-    return {name: _allocation(name, group, window) for name, group in sorted(groups.items())}
+    return groups
 
 
 def _share_among_users(
     gpu_rows: list[tuple[GpuDims, list[int]]],
     users: list[tuple[str, list[int]]],
-    group_of: Callable[[Sequence[str]], _Group],
-    groups: dict[str, _Group],
+    group_of: Callable[[Sequence[str]], GroupCost],
+    groups: dict[tuple[str, ...], GroupCost],
     options: AllocationOptions,
 ) -> None:
     busy = sum(_busy_units(dims, sums) for dims, sums in gpu_rows)
@@ -213,20 +254,20 @@ def _share_among_users(
         for group, part in zip(user_groups, split_in_proportion(idle, weights), strict=True):
             group.idle_units += part
     else:
-        groups.setdefault(IDLE, _Group()).idle_units += idle
+        groups.setdefault(IDLE_KEY, GroupCost()).idle_units += idle
 
 
 def _charge_to_gpu_labels(
     gpu_rows: list[tuple[GpuDims, list[int]]],
-    group_of: Callable[[Sequence[str]], _Group],
-    groups: dict[str, _Group],
+    group_of: Callable[[Sequence[str]], GroupCost],
+    groups: dict[tuple[str, ...], GroupCost],
     options: AllocationOptions,
 ) -> None:
     for dims, sums in gpu_rows:
         _node, _type, _tier, namespace, model, team, _rates = dims
         group = group_of((model, team, "", "", namespace))  # in DIMENSIONS order
         group.gpu_units += _busy_units(dims, sums)
-        idle_group = group if options.share_idle else groups.setdefault(IDLE, _Group())
+        idle_group = group if options.share_idle else groups.setdefault(IDLE_KEY, GroupCost())
         idle_group.idle_units += _idle_units(dims, sums)
 
 
@@ -239,7 +280,7 @@ def _idle_units(dims: GpuDims, sums: list[int]) -> int:
     return cost_units(sums[2], price_of_rates(dims[6]), dims[2])
 
 
-def _allocation(name: str, group: _Group, window: dict[str, str]) -> dict[str, object]:
+def _allocation(name: str, group: GroupCost, window: dict[str, str]) -> dict[str, object]:
     token_cost = Decimal(group.token_pico) / PICO_PER_DOLLAR
     gpu_cost = units_to_dollars(group.gpu_units)
     idle_cost = units_to_dollars(group.idle_units)

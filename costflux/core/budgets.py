@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from fractions import Fraction
 from typing import Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -80,13 +81,13 @@ class BudgetStatus(NamedTuple):
     budget: Budget
     period_start_ms: int
     period_end_ms: int
-    spend_pico: int
+    spend_pico: int | Fraction  # GPU cost is finer than a pico-dollar: kept exact
     projected_pico: int
     status: Status
     thresholds_reached: tuple[int, ...]
 
 
-def budget_status(budget: Budget, spend_pico: int, now_ms: int) -> BudgetStatus:
+def budget_status(budget: Budget, spend_pico: int | Fraction, now_ms: int) -> BudgetStatus:
     """Spend to date, projection and status of ``budget`` at event time ``now_ms``.
 
     Elapsed time is ``now_ms`` minus the period start; until ``project_after_ms`` of the period
@@ -106,8 +107,8 @@ def budget_status(budget: Budget, spend_pico: int, now_ms: int) -> BudgetStatus:
     else:
         status = "OK"
     reached = tuple(p for p in budget.thresholds if spend_pico * 100 >= amount * p)
-    return BudgetStatus(budget, start, end, spend_pico, spend_pico * length // elapsed, status,
-                        reached)
+    return BudgetStatus(budget, start, end, spend_pico, int(spend_pico * length // elapsed),
+                        status, reached)
 
 
 def _add_month(year: int, month: int, months: int) -> tuple[int, int]:

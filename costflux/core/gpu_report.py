@@ -6,7 +6,7 @@ on-demand, all spot or all reserved (the input for savings advice).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 
 from costflux.core.allocation import UNALLOCATED, AllocationQueryError, TimeRange, iso_window
@@ -14,7 +14,7 @@ from costflux.core.gpu import cost_units, price_of_rates, units_to_dollars
 from costflux.core.gpu_samples import GPU_DIMENSIONS, decode_gpu_row_key, is_gpu_row
 from costflux.core.pricing import TIERS
 
-__all__ = ["gpu_report", "parse_gpu_aggregate"]
+__all__ = ["gpu_report", "gpu_sums", "parse_gpu_aggregate"]
 
 _GROUPABLE = GPU_DIMENSIONS[:-1]  # every dimension but the rates
 _MS_PER_HOUR = Decimal(3_600_000)
@@ -37,7 +37,20 @@ def gpu_report(
     windows_rows: Iterable[Mapping[str, list[int]]], group_by: list[int], span: TimeRange
 ) -> dict[str, dict[str, object]]:
     """GPU time and cost of every covering window, grouped by GPU dimensions."""
-    groups: dict[str, list[int]] = {}  # gpu_ms, busy_ms, idle_ms, cost, idle cost, by tier...
+    groups = gpu_sums(windows_rows, group_by)
+    window = iso_window(span)
+    return {
+        name: _report(name, sums, window)
+        for name, sums in sorted(("/".join(key), sums) for key, sums in groups.items())
+    }
+
+
+def gpu_sums(
+    windows_rows: Iterable[Mapping[str, list[int]]], group_by: Sequence[int]
+) -> dict[tuple[str, ...], list[int]]:
+    """Per group: gpu_ms, busy_ms, idle_ms, cost and idle cost (GPU cost units), then the cost
+    at each tier it ran at, then what its GPU time would cost at every tier."""
+    groups: dict[tuple[str, ...], list[int]] = {}
     for rows in windows_rows:
         for row_key, row_sums in rows.items():
             if not is_gpu_row(row_key):
@@ -45,16 +58,15 @@ def gpu_report(
             gpu_ms, busy_ms, idle_ms = row_sums
             dims = decode_gpu_row_key(row_key)
             tier, price = dims[2], price_of_rates(dims[6])
-            name = "/".join(dims[i] or UNALLOCATED for i in group_by)
-            sums = groups.setdefault(name, [0] * (5 + 2 * len(TIERS)))
+            key = tuple(dims[i] or UNALLOCATED for i in group_by)
+            sums = groups.setdefault(key, [0] * (5 + 2 * len(TIERS)))
             cost = cost_units(gpu_ms, price, tier)
             added = [gpu_ms, busy_ms, idle_ms, cost, cost_units(idle_ms, price, tier)]
             added += [cost if other == tier else 0 for other in TIERS]
             added += [cost_units(gpu_ms, price, other) for other in TIERS]
             for index, value in enumerate(added):
                 sums[index] += value
-    window = iso_window(span)
-    return {name: _report(name, sums, window) for name, sums in sorted(groups.items())}
+    return groups
 
 
 def _report(name: str, sums: list[int], window: dict[str, str]) -> dict[str, object]:
