@@ -165,7 +165,8 @@ class Detection:
             percent = Fraction(status.spend_pico * 100, amount)
             for threshold in status.budget.thresholds:
                 if threshold >= rule.threshold:  # the rule's threshold: the least that alerts
-                    values[(name, str(threshold))] = (replace(rule, threshold=Decimal(threshold)), percent)
+                    applied = replace(rule, threshold=Decimal(threshold))
+                    values[(name, str(threshold))] = (applied, percent)
         return values
 
     def _evaluate(
