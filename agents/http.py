@@ -8,6 +8,7 @@ from typing import Any
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from agents.alerts_view import AlertsView
 from agents.metrics import CostMetrics
 from agents.serving import ServingView
 from costflux.core.allocation import (
@@ -20,6 +21,7 @@ from costflux.core.allocation import (
     parse_window,
 )
 from costflux.core.gpu_report import gpu_report, parse_gpu_aggregate
+from schemas._types import from_epoch_ms
 
 __all__ = ["register_http"]
 
@@ -33,6 +35,7 @@ def register_http(
     window_sizes_s: tuple[int, ...],
     readiness: Callable[[], tuple[bool, str]],
     gpu_defaults: AllocationOptions,
+    alerts: AlertsView,
 ) -> None:
     """Add the worker's HTTP endpoints to ``app``'s web server."""
     finest_s = min(window_sizes_s)
@@ -85,6 +88,21 @@ def register_http(
             return web.json({"code": 400, "message": str(exc)}, status=400)
         data = gpu_report(rows, group_by, span)
         return web.json({"code": 200, "data": [data] if data else []})
+
+
+    @app.page("/api/budgets")
+    async def budgets(web: faust.web.View, request: faust.web.Request) -> Any:
+        return web.json({"code": 200, "data": await alerts.budgets(),
+                         "evaluatedAt": _iso_or_none(await alerts.evaluated_ms())})
+
+    @app.page("/api/alerts")
+    async def active_alerts(web: faust.web.View, request: faust.web.Request) -> Any:
+        return web.json({"code": 200, "data": await alerts.alerts(),
+                         "evaluatedAt": _iso_or_none(await alerts.evaluated_ms())})
+
+
+def _iso_or_none(ms: int | None) -> str | None:
+    return None if ms is None else from_epoch_ms(ms).isoformat()
 
 
 def _flag(text: str | None, default: bool) -> bool:

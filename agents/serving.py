@@ -71,6 +71,11 @@ class ServingView:
         value = await self._client.get(self._event_time_key())
         return int(value) if value else None
 
+    async def earliest_window_ms(self, size_s: int) -> int | None:
+        """The start of the oldest window of ``size_s`` still held."""
+        oldest = await self._client.zrange(self._index_key(size_s), 0, 0)
+        return int(oldest[0]) if oldest else None  # type: ignore[arg-type]
+
     async def read_windows(self, tiles: list[tuple[int, int]]) -> list[dict[str, list[int]]]:
         """Rows of each (size_s, start_ms) window; absent windows read as empty."""
         async with self._client.pipeline(transaction=False) as pipe:

@@ -130,6 +130,10 @@ class Settings(BaseSettings):
         60, gt=0, description="event-time step of rule evaluation (a multiple of the finest "
         "window)"
     )
+    eval_backfill_s: int = Field(
+        86400, ge=0, description="a detector without state starts at the oldest window, at "
+        "most this far behind the watermark (older alerts are not replayed)"
+    )
     eval_settle_s: float = Field(
         1.0, ge=0, description="wall seconds a watermark must stand before its time is evaluated"
     )

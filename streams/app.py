@@ -15,10 +15,14 @@ import mode
 import redis
 import redis.asyncio as aioredis
 
+from agents.alert_metrics import AlertMetrics
+from agents.alerts_view import AlertsView
 from agents.cost import CostAgentOptions, CostCombiner
+from agents.detector import Detector, DetectorOptions
 from agents.http import register_http
 from agents.metrics import CostMetrics
 from agents.serving import ServingView
+from costflux.alerting_source import detection_from
 from costflux.core.allocation import AllocationOptions
 from costflux.core.ingest import IngestRules
 from costflux.pricing_source import PricingSource
@@ -77,6 +81,7 @@ class Worker:
     ingest: IngestLoop
     gpu_ingest: IngestLoop
     combiner: CostCombiner
+    detector: Detector
     metrics: CostMetrics
     pricing: PricingSource
 
@@ -85,6 +90,7 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
     """Wire a worker from settings: topics, clients, the ingest loop, agents and HTTP."""
     namespace = settings.consumer_group
     partitions = settings.topic_partitions
+    detection = detection_from(settings)  # first: a bad rules or budgets file stops here
     ensure_topics(
         settings,
         {
@@ -93,6 +99,7 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
             settings.topic_partials: partitions,
             settings.topic_deadletter: partitions,
             settings.topic_alerts: partitions,
+            ticks_topic(settings): 1,
         },
     )
     data_dir = settings.data_dir or Path(tempfile.mkdtemp(prefix="costflux-"))
@@ -166,6 +173,14 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
         view,
         metrics,
     )
+    alerts_view = AlertsView(async_redis, namespace)
+    detector = Detector(
+        app, detection, DetectorOptions(
+            ticks_topic(settings), settings.topic_alerts, settings.eval_settle_s,
+            settings.eval_backfill_s * 1000, min(settings.window_sizes)),
+        lambda: combiner.global_watermark_ms, view, alerts_view,
+        AlertMetrics(metrics.registry, settings.metric_label_cap, settings.metric_label_allow),
+    )
     app.add_dependency(IngestService([ingest, gpu_ingest]))
 
     async def reload_pricing() -> None:
@@ -184,8 +199,14 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
     register_http(
         app, metrics, view, tuple(settings.window_sizes), readiness,
         AllocationOptions(settings.gpu_share_idle, settings.gpu_allocation_weight),
+        alerts_view,
     )
-    return Worker(app, ingest, gpu_ingest, combiner, metrics, pricing)
+    return Worker(app, ingest, gpu_ingest, combiner, detector, metrics, pricing)
+
+
+def ticks_topic(settings: Settings) -> str:
+    """The detector's internal topic, one per deployment (named like Faust's own topics)."""
+    return f"{settings.consumer_group}-detect-ticks"
 
 
 def _redis_url(settings: Settings) -> str:

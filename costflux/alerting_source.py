@@ -1,0 +1,51 @@
+"""The rules and budgets files, read at the process edge into a Detection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from costflux.core.alert_rules import DEFAULT_RULES, RulesError, parse_rules_text
+from costflux.core.alerts import Rule
+from costflux.core.allocation import AllocationOptions
+from costflux.core.budgets import Budget, BudgetError, parse_budgets_text
+from costflux.core.detect import Detection, DetectOptions
+from costflux.settings import ConfigError, Settings
+
+__all__ = ["detection_from"]
+
+
+def detection_from(settings: Settings) -> Detection:
+    """Rules (the seeds' defaults unless a file is given), budgets and the evaluation step."""
+    finest = min(settings.window_sizes)
+    if settings.eval_interval_s % finest:
+        raise ConfigError(
+            f"COSTFLUX_EVAL_INTERVAL_S: {settings.eval_interval_s}s is not a multiple of the "
+            f"finest window ({finest}s); use e.g. {finest}"
+        )
+    rules: tuple[Rule, ...] = DEFAULT_RULES
+    budgets: list[Budget] = []
+    try:
+        if settings.rules_file is not None:
+            rules = parse_rules_text(_read(settings.rules_file, "COSTFLUX_RULES_FILE"),
+                                     str(settings.rules_file))
+        if settings.budgets_file is not None:
+            budgets = parse_budgets_text(_read(settings.budgets_file, "COSTFLUX_BUDGETS_FILE"),
+                                         str(settings.budgets_file))
+    except (RulesError, BudgetError) as exc:  # their messages name the file and the field
+        raise ConfigError(str(exc)) from None
+    options = DetectOptions(
+        window_sizes_s=tuple(settings.window_sizes),
+        step_ms=settings.eval_interval_s * 1000,
+        allocation=AllocationOptions(settings.gpu_share_idle, settings.gpu_allocation_weight),
+    )
+    return Detection(rules, budgets, options)
+
+
+def _read(path: Path, setting: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{setting}={path}: cannot read it ({exc.strerror})") from None
+
+
+
