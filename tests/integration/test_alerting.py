@@ -119,37 +119,99 @@ budgets:
     amount: 50000
     thresholds: [50, 80, 100]
 """
+BUDGET_RULES = """
+rules:
+  - {name: BudgetWarning, signal: budget_projection, op: ">", threshold: 1}
+  - {name: BudgetCritical, signal: budget_projection, op: ">", threshold: 1.1,
+     severity: critical}
+  - {name: BudgetThreshold, signal: budget_spent_pct, op: ">=", threshold: 0, severity: info}
+"""
+#: One dollar per 1K input tokens: a dollar amount is a whole number of tokens.
+PRICING = "model_costs:\n  dollar-model: {input_tokens: 1, output_tokens: 1}\n"
+DAY_MS = 86_400_000
+PICO = 10**12
+
+
+def dollars(event_id: str, ts_ms: int, team: str, amount: int) -> dict[str, Any]:
+    return {"event_id": event_id, "ts": ts_ms / 1000, "model": "dollar-model",
+            "input_tokens": amount * 1000, "output_tokens": 0, "labels": {"team": team}}
 
 
 def test_the_seeds_budget_example_through_the_stream(
     settings_for: Callable[..., Settings], start_worker: Callable[[Settings], WorkerProcess],
     tmp_path: Path, redis_url: str,
 ) -> None:
-    budgets = tmp_path / "budgets.yaml"
-    budgets.write_text(BUDGETS)
-    # A 30-day month that has ended: last month if it had 30 days, else the one before.
+    for name, text in (("budgets.yaml", BUDGETS), ("rules.yaml", BUDGET_RULES),
+                       ("pricing.yaml", PRICING)):
+        (tmp_path / name).write_text(text)
+    settings = settings_for(
+        **FAST_DETECTION, eval_interval_s=3600, budgets_file=tmp_path / "budgets.yaml",
+        rules_file=tmp_path / "rules.yaml", pricing_file=tmp_path / "pricing.yaml")
     month = _thirty_day_month_before(datetime.now(UTC))
-    settings = settings_for(**FAST_DETECTION, budgets_file=budgets)
-    day15 = month + 15 * 86_400_000
-    # $25,000 over days 1-15, a day's spend in its last minute (never ahead of the pace of
-    # $50,000 a month): gpt-4 at $0.03 per 1K tokens, $1,666 = 55,533,333 tokens + 10 more.
-    spend = [gpt4(f"d{d}", month + (d + 1) * 86_400_000 - MINUTE_MS, "ml-research",
-                  input_tokens=(1_676 if d == 14 else 1_666) * 100_000_000 // 3)
-             for d in range(15)]
-    # ($1,666 and $1,676 are not multiples of $0.03 per 1K: the tokens round down, so the
-    # spend is a little under; two top-up requests make day 15's total exactly $25,000.)
-    spent = sum(e["input_tokens"] for e in spend) * 3
-    assert 25_000 * 100_000_000 - spent < 3 * 100_000
-    spend.append(gpt4("top-up", day15 - 30_000, "ml-research",
-                      input_tokens=(25_000 * 100_000_000 - spent) // 3))
-    warning = [gpt4("w", day15 + 1000, "ml-research", input_tokens=2_000 * 100_000_000 // 3 + 1)]
-    critical = [gpt4("c", day15 + MINUTE_MS + 1000, "ml-research",
-                     input_tokens=1_000 * 100_000_000 // 3)]
-    clock = [gpt4(f"clock{k}", day15 + k * MINUTE_MS, "other", input_tokens=1)
-             for k in (1, 2, 3)]
-    # ...
-    del warning, critical, clock, redis_url
-    pytest.skip("in progress")
+    day15 = month + 15 * DAY_MS  # the end of day 15
+
+    def clock(at_ms: int) -> dict[str, Any]:
+        """A $0 request of another team: moves event time to just past ``at_ms``."""
+        return {**dollars(f"clock-{at_ms}", at_ms + 1, "other", 0), "input_tokens": 1}
+
+    # $25,000 by the end of day 15, never ahead of the pace of $50,000 a month: $1,600 in
+    # each of days 1-14 (in its last minute), $2,600 on day 15.
+    phases = [
+        [dollars(f"d{d}", month + (d + 1) * DAY_MS - MINUTE_MS, "ml-research",
+                 2_600 if d == 14 else 1_600) for d in range(15)] + [clock(day15)],
+        [dollars("w", day15 + 1000, "ml-research", 2_000), clock(day15 + HOUR_MS)],
+        [dollars("c", day15 + HOUR_MS + 1000, "ml-research", 1_000),
+         clock(day15 + 2 * HOUR_MS)],
+        [clock(month + 30 * DAY_MS)],  # October 1st: the next period
+    ]
+    spend = (25_000, 27_000, 28_000, 0)
+    at = (day15, day15 + HOUR_MS, day15 + 2 * HOUR_MS, month + 30 * DAY_MS)
+    # The seed's projection, by hand: spend / elapsed x 30 days; > budget WARNING, > 1.1x
+    # CRITICAL (25,000 -> 50,000 OK; 27,000 -> ~53,851 WARNING; 28,000 -> ~55,692 CRITICAL).
+    reader = AlertsReader(settings)
+    worker = start_worker(settings)
+    gateway = redis.Redis.from_url(redis_url)
+    try:
+        worker.wait_ready()
+        for events, dollars_spent, t in zip(phases, spend, at, strict=True):
+            produce(settings, events)
+            worker.wait_for(lambda t=t: _evaluated_to(worker) >= t, 60, f"evaluating {t}")
+            (budget,) = worker.get("/api/budgets")[1]["data"]
+            elapsed = (t - month) if dollars_spent else 30 * DAY_MS
+            projected = dollars_spent * PICO * 30 * DAY_MS // elapsed
+            want = ("CRITICAL" if 10 * projected > 11 * 50_000 * PICO else
+                    "WARNING" if projected > 50_000 * PICO else "OK")
+            assert (budget["spend"], budget["projected"], budget["status"]) == (
+                f"{dollars_spent}.000000000000", _dollars(projected), want)
+            # A gateway's check: the team's worst budget status, one GET.
+            key = f"{settings.consumer_group}:budget_status:team=ml-research"
+            assert gateway.get(key) == want.encode()
+        assert [worker.get("/api/budgets")[1]["data"][0][k] for k in ("status", "periodStart")
+                ] == ["OK", datetime.fromtimestamp((month + 30 * DAY_MS) / 1000, UTC).isoformat()]
+        alerts = reader.read_until(lambda got: len(got) >= 6, 30, worker)
+    finally:
+        gateway.close()
+        reader.close()
+    # Critical resolves at the first hour its projection is back to 1.1x: 28,000 x 720 h /
+    # h <= 55,000 -> h >= 366.5; warning at 28,000 x 720 / h <= 50,000 -> h >= 403.2.
+    assert [(a["rule"], a["state"], a["labels"], _ms(a["ends_at"] or a["starts_at"]) - month)
+            for a in alerts] == [
+        ("BudgetThreshold", "firing", {"budget": "ml-research-monthly", "threshold": "50"},
+         15 * DAY_MS),
+        ("BudgetWarning", "firing", {"budget": "ml-research-monthly"}, 15 * DAY_MS + HOUR_MS),
+        ("BudgetCritical", "firing", {"budget": "ml-research-monthly"},
+         15 * DAY_MS + 2 * HOUR_MS),
+        ("BudgetCritical", "resolved", {"budget": "ml-research-monthly"}, 367 * HOUR_MS),
+        ("BudgetWarning", "resolved", {"budget": "ml-research-monthly"}, 404 * HOUR_MS),
+        ("BudgetThreshold", "resolved", {"budget": "ml-research-monthly", "threshold": "50"},
+         30 * DAY_MS),
+    ]
+    assert worker.metric("llm_budget_status", budget="ml-research-monthly") == 0
+    assert worker.metric("llm_budget_limit_dollars", budget="ml-research-monthly") == 50_000
+
+
+def _dollars(pico: int) -> str:
+    return f"{pico // PICO}.{pico % PICO:012d}"
 
 
 def _thirty_day_month_before(now: datetime) -> int:

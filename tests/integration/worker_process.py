@@ -23,7 +23,8 @@ _ENV_FIELDS = (
     "kafka_bootstrap", "redis_url", "topic_usage", "topic_gpu", "topic_alerts",
     "topic_deadletter", "topic_partials", "consumer_group", "http_port", "data_dir",
     "topic_partitions", "allowed_lateness_s", "partition_idle_s", "dedup_horizon_s",
-    "state_retention_s", "pricing_file", "ingest_flush_s",
+    "state_retention_s", "pricing_file", "ingest_flush_s", "rules_file", "budgets_file",
+    "eval_interval_s", "eval_settle_s", "eval_backfill_s",
 )
 
 
