@@ -121,7 +121,7 @@ def test_the_defaults_are_the_seeds_rules() -> None:
     by_name = {r.name: r for r in DEFAULT_RULES}
     assert set(by_name) == {"HighLLMCostPerRequest", "LowGPUUtilization", "HighIdleCost",
                             "HighDailyCost", "GPUIdleWaste", "CostSpike", "BudgetWarning",
-                            "BudgetCritical"}
+                            "BudgetCritical", "BudgetThreshold"}  # the last: thresholds [50..]
     cost = by_name["HighLLMCostPerRequest"]
     assert (cost.op, cost.threshold, cost.for_ms) == (">", Decimal("0.1"), 30 * MINUTE)
     assert (by_name["LowGPUUtilization"].op, by_name["LowGPUUtilization"].for_ms) == ("<",
