@@ -381,11 +381,28 @@ def test_kubernetes_secrets_come_from_a_secret() -> None:
     assert {"COSTFLUX_KAFKA_SASL_PASSWORD", "COSTFLUX_REDIS_PASSWORD"} <= secrets
     example = _k8s_object("Secret")
     for name in secrets:
+        if name.endswith("_FILE"):  # a path to the Secret mounted as a file: checked below
+            continue
         assert "value" not in env[name], f"{name} has a literal value"
         ref = env[name]["valueFrom"]["secretKeyRef"]
         # The example Secret documents every key the Deployment needs.
         assert ref["name"] == example["metadata"]["name"], name
         assert ref["key"] in example["stringData"], name
+
+
+def test_the_webhook_url_file_is_the_secret_mounted() -> None:
+    notify = _k8s_object("Deployment", "costflux-notify")
+    pod = notify["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["notify"]
+    env = {var["name"]: var for var in container["env"]}
+    path = Path(env["COSTFLUX_SLACK_WEBHOOK_URL_FILE"]["value"])
+    (mount,) = [m for m in container["volumeMounts"] if path.parent == Path(m["mountPath"])]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    example = _k8s_object("Secret")
+    assert volume["secret"]["secretName"] == example["metadata"]["name"]
+    (item,) = volume["secret"]["items"]
+    assert item["path"] == path.name and item["key"] in example["stringData"]
 
 
 def test_example_secret_holds_only_placeholders() -> None:
@@ -481,7 +498,7 @@ def test_daemonset_runs_the_nvml_sidecar_on_every_gpu_node() -> None:
     from costflux.cli import _parser
 
     daemonset = _k8s_object("DaemonSet", "costflux-nvml-sidecar")
-    deployment = _k8s_object("Deployment")
+    deployment = _k8s_object("Deployment", "llm-cost-tracker")
     pod = daemonset["spec"]["template"]
     spec = pod["spec"]
     labels = pod["metadata"]["labels"]
@@ -586,7 +603,7 @@ def test_daemonset_sidecar_stamps_its_node_and_pod_labels_on_samples(
 
 
 def test_service_and_servicemonitor_reach_the_metrics_port() -> None:
-    pod_labels = _k8s_object("Deployment")["spec"]["template"]["metadata"]["labels"]
+    pod_labels = _k8s_object("Deployment", "llm-cost-tracker")["spec"]["template"]["metadata"]["labels"]
     service = _k8s_object("Service")
     assert service["spec"]["selector"].items() <= pod_labels.items()
     assert any(port["name"] == "metrics" for port in service["spec"]["ports"])
