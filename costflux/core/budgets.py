@@ -16,10 +16,13 @@ from fractions import Fraction
 from typing import Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import yaml
+
 from costflux.core.money import MoneyError, exact_pico, to_decimal
 from costflux.core.named_entries import named_entries
 
 __all__ = [
+    "COST_CENTER",
     "SCOPE_KEYS",
     "Budget",
     "BudgetError",
@@ -29,8 +32,9 @@ __all__ = [
 ]
 
 Status = Literal["OK", "WARNING", "CRITICAL"]
-#: What a budget may be scoped by: the usage rows' dimensions.
+#: What a budget may be scoped by: the usage rows' dimensions, or a cost center of the file.
 SCOPE_KEYS = ("model", "team", "project", "app", "namespace")
+COST_CENTER = "cost_center"
 _DAY_MS = 86_400_000
 
 
@@ -50,9 +54,14 @@ class Budget:
     custom_days: int = 0  # custom: the period's length in days ...
     custom_start: date | None = None  # ... counted from this local date
     project_after_ms: int = _DAY_MS  # before this much of a period, spend is the projection
+    members: tuple[Mapping[str, str], ...] = ()  # scope.cost_center: any of these scopes
 
     def matches(self, dimensions: Mapping[str, str]) -> bool:
-        return all(dimensions.get(key) == value for key, value in self.scope.items())
+        return all(dimensions.get(key) == value for key, value in self.scope.items()
+                   if key != COST_CENTER) and (
+            not self.members
+            or any(all(dimensions.get(k) == v for k, v in member.items())
+                   for member in self.members))
 
     def period_at(self, ts_ms: int) -> tuple[int, int]:
         """The [start, end) of the period holding ``ts_ms``, in epoch ms, from local midnights."""
@@ -129,22 +138,50 @@ _FIELDS = ("name", "scope", "period", "amount", "thresholds", "reset_day", "time
 
 
 def parse_budgets_text(text: str, source: str = "budgets.yaml") -> list[Budget]:
-    """Parse ``budgets: [{name, scope, period, amount, thresholds, ...}]``."""
-    return [
-        _budget(entry, where) for where, entry in named_entries(
-            text, source, "budgets", _FIELDS, BudgetError, "name, scope, period and amount")
-    ]
+    """Parse ``budgets: [{name, scope, period, amount, thresholds, ...}]`` and the optional
+    ``cost_centers: {name: [scope, ...]}`` that ``scope: {cost_center: name}`` refers to (a
+    cost center is the teams, projects... it pays for: a usage row of any of them is its)."""
+    entries = named_entries(text, source, "budgets", _FIELDS, BudgetError,
+                            "name, scope, period and amount")
+    centers = _cost_centers(yaml.safe_load(text).get(COST_CENTER + "s", {}), source)
+    return [_budget(entry, where, centers) for where, entry in entries]
 
 
-def _budget(entry: dict[str, Any], where: str) -> Budget:
-    scope = entry.get("scope", {})
+def _cost_centers(value: Any, source: str) -> dict[str, tuple[dict[str, str], ...]]:
+    where = f"{source}: cost_centers"
+    if not isinstance(value, dict):
+        raise BudgetError(f"{where}: expected a mapping of name to a list of scopes, e.g. "
+                          "{cc-4410: [{team: ml-research}, {project: rag}]}")
+    centers = {}
+    for name, members in value.items():
+        if not isinstance(members, list) or not members:
+            raise BudgetError(f"{where}.{name}: expected a non-empty list of scopes")
+        centers[str(name)] = tuple(_scope(m, f"{where}.{name}", allow_center=False)
+                                   for m in members)
+    return centers
+
+
+def _scope(scope: Any, where: str, allow_center: bool) -> dict[str, str]:
     if not isinstance(scope, dict) or not all(isinstance(v, str) for v in scope.values()):
-        raise BudgetError(f"{where}.scope: expected a mapping of label to value, e.g. "
+        raise BudgetError(f"{where}: expected a mapping of label to value, e.g. "
                           "{team: ml-research}")
+    allowed = (*SCOPE_KEYS, COST_CENTER) if allow_center else SCOPE_KEYS
     for key in scope:
-        if key not in SCOPE_KEYS:
-            raise BudgetError(f"{where}.scope.{key}: not a dimension costflux aggregates by; "
-                              f"use {', '.join(SCOPE_KEYS)}")
+        if key not in allowed:
+            raise BudgetError(f"{where}.{key}: not a dimension costflux aggregates by; "
+                              f"use {', '.join(allowed)}")
+    return dict(scope)
+
+
+def _budget(entry: dict[str, Any], where: str,
+            centers: Mapping[str, tuple[dict[str, str], ...]]) -> Budget:
+    scope = _scope(entry.get("scope", {}), f"{where}.scope", allow_center=True)
+    members: tuple[dict[str, str], ...] = ()
+    if COST_CENTER in scope:
+        if scope[COST_CENTER] not in centers:
+            raise BudgetError(f"{where}.scope.cost_center: {scope[COST_CENTER]!r} is not under "
+                              "the file's top-level cost_centers: (name: [scopes])")
+        members = centers[scope[COST_CENTER]]
     period, custom_days, custom_start = _period(entry.get("period"), f"{where}.period")
     try:
         amount = exact_pico(to_decimal(entry.get("amount")))
@@ -171,7 +208,8 @@ def _budget(entry: dict[str, Any], where: str) -> Budget:
     after = entry.get("project_after_days", 1)
     if not isinstance(after, int | float) or isinstance(after, bool) or after < 0:
         raise BudgetError(f"{where}.project_after_days: expected a number of days, e.g. 1")
-    return Budget(name=entry["name"], scope=dict(scope), period=period, amount_pico=amount,
+    return Budget(name=entry["name"], scope=scope, members=members, period=period,
+                  amount_pico=amount,
                   thresholds=tuple(sorted(set(thresholds))), reset_day=reset_day,
                   timezone=str(timezone), custom_days=custom_days, custom_start=custom_start,
                   project_after_ms=round(after * _DAY_MS))

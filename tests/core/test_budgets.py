@@ -110,6 +110,26 @@ def test_scope_matches_on_every_key() -> None:
     assert not budget.matches({"team": "search"})
 
 
+def test_a_cost_center_budget_covers_the_scopes_the_file_lists() -> None:
+    (budget,) = parse_budgets_text("""
+cost_centers:
+  cc-4410: [{team: ml-research}, {project: rag, namespace: prod}]
+budgets:
+  - {name: cc, scope: {cost_center: cc-4410, model: gpt-4}, period: monthly, amount: 10}
+""")
+    assert budget.matches({"team": "ml-research", "model": "gpt-4"})
+    assert budget.matches({"team": "search", "project": "rag", "namespace": "prod",
+                           "model": "gpt-4"})
+    assert not budget.matches({"team": "search", "project": "rag", "namespace": "dev",
+                               "model": "gpt-4"})
+    assert not budget.matches({"team": "ml-research", "model": "llama-2-7b"})
+    with pytest.raises(BudgetError, match=r"scope.cost_center: 'cc-9' is not under"):
+        parse_budgets_text("budgets: [{name: b, scope: {cost_center: cc-9}, period: daily, "
+                           "amount: 1}]")
+    with pytest.raises(BudgetError, match=r"cost_centers.cc-1.cluster: not a dimension"):
+        parse_budgets_text("cost_centers: {cc-1: [{cluster: a}]}\nbudgets: []")
+
+
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
