@@ -141,10 +141,10 @@ def _run_notify(args: argparse.Namespace, settings: Settings) -> int:
 
     import redis
 
-    from agents.notify import Notifier, NotifyOptions, webhook_url
+    from agents.notify import Notifier, NotifyOptions
     from streams.kafka import KafkaSetupError, consumer_config, ensure_topics, producer_config
 
-    url = webhook_url(settings)  # first: a missing secret is a config error (exit 2)
+    url = settings.slack_webhook()  # first: a missing secret is a config error (exit 2)
     _configure_logging(settings)
     if settings.kafka_bootstrap is None or settings.redis_url is None:
         # No embedded servers here: instances must share the broker and the Redis claims.
@@ -170,17 +170,20 @@ def _run_notify(args: argparse.Namespace, settings: Settings) -> int:
     def stop(signum: int, _frame: object) -> None:
         notifier.stop()
 
+    log = logging.getLogger("costflux.notify")
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         notifier.run()
+    except Exception:  # Redis or Kafka gone: exit non-zero so the orchestrator restarts it
+        log.exception("notify stopped on an error")
+        return 1
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         client.close()
     stats = notifier.stats
-    logging.getLogger("costflux.notify").info(
-        "notify stopped: %d delivered, %d duplicates skipped, %d dead-lettered",
-        stats.delivered, stats.duplicates, stats.deadlettered)
+    log.info("notify stopped: %d delivered, %d duplicates skipped, %d dead-lettered",
+             stats.delivered, stats.duplicates, stats.deadlettered)
     return 0
 
 

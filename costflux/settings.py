@@ -201,6 +201,25 @@ class Settings(BaseSettings):
     def embedded_redis(self) -> bool:
         return self.redis_url is None
 
+    def slack_webhook(self) -> str:
+        """The webhook URL: the setting, else the file's content; errors never show it."""
+        if self.slack_webhook_url is not None:
+            url, name = self.slack_webhook_url.get_secret_value().strip(), "URL"
+        elif self.slack_webhook_url_file is not None:
+            path, name = self.slack_webhook_url_file, "URL_FILE"
+            try:
+                url = path.read_text(encoding="utf-8").strip()  # a mounted Secret ends in \n
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"COSTFLUX_SLACK_WEBHOOK_URL_FILE={path}: cannot read it "
+                                  f"({type(exc).__name__})") from None
+        else:
+            raise ConfigError("no Slack webhook: set COSTFLUX_SLACK_WEBHOOK_URL, or COSTFLUX_"
+                              "SLACK_WEBHOOK_URL_FILE to a file holding it (a mounted Secret)")
+        if not url.startswith(("https://", "http://")):
+            raise ConfigError(f"COSTFLUX_SLACK_WEBHOOK_{name}: not an https:// URL (the value "
+                              "is not shown: it is a secret)")
+        return url
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -1,6 +1,8 @@
 """Post JSON to a webhook (Slack's incoming webhooks) with the retries a good client owes it.
 
-- 429: wait what ``Retry-After`` says (capped), then try again; it is not a failure.
+- 429: wait what ``Retry-After`` says (capped), then try again; it is not a failure. A
+  caller sharing the webhook's rate limit with other processes may stretch that wait
+  (``on_retry_after``), so its retry lands in a slot of the shared schedule.
 - 5xx, timeouts, refused connections: exponential backoff with full jitter, a bounded number
   of attempts, then give up (the caller keeps the alert for its next attempt).
 - any other 4xx: permanent (a revoked or mistyped webhook); no retry loop: the caller sends
@@ -54,8 +56,13 @@ def post_json(
     policy: RetryPolicy = RetryPolicy(),
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
+    on_retry_after: Callable[[float], float] | None = None,
 ) -> Delivery:
-    """POST ``payload`` as JSON until it is delivered, rejected, or the attempts run out."""
+    """POST ``payload`` as JSON until it is delivered, rejected, or the attempts run out.
+
+    ``on_retry_after(wait)`` is told each 429's wait and returns the wait to use instead
+    (never less than ``wait``): the notifier pushes its instances' shared slot past it.
+    """
     if not url.startswith(("https://", "http://")):
         raise ValueError("webhook URL: must start with https:// (the URL itself is not shown)")
     rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
@@ -67,7 +74,10 @@ def post_json(
         if status is not None and 200 <= status < 300:
             return Delivery("delivered", status, "ok", requests)
         if status == 429:
-            sleep(min(retry_after if retry_after is not None else 1.0, policy.max_retry_after_s))
+            wait = min(retry_after if retry_after is not None else 1.0, policy.max_retry_after_s)
+            if on_retry_after is not None:
+                wait = max(wait, on_retry_after(wait))
+            sleep(wait)
             continue
         if status is not None and 400 <= status < 500:
             return Delivery("rejected", status, detail, requests)

@@ -603,7 +603,8 @@ def test_daemonset_sidecar_stamps_its_node_and_pod_labels_on_samples(
 
 
 def test_service_and_servicemonitor_reach_the_metrics_port() -> None:
-    pod_labels = _k8s_object("Deployment", "llm-cost-tracker")["spec"]["template"]["metadata"]["labels"]
+    worker = _k8s_object("Deployment", "llm-cost-tracker")
+    pod_labels = worker["spec"]["template"]["metadata"]["labels"]
     service = _k8s_object("Service")
     assert service["spec"]["selector"].items() <= pod_labels.items()
     assert any(port["name"] == "metrics" for port in service["spec"]["ports"])

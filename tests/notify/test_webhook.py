@@ -4,73 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
-from collections.abc import Iterator
-from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from costflux.core.slack import slack_message
-from schemas.alert import AlertEvent
 from streams.webhook import RetryPolicy, post_json
+from tests.notify.receiver import Receiver, make_alert
 
 FAST = RetryPolicy(attempts=3, base_s=0.01, cap_s=0.05, timeout_s=2.0)
-
-
-class Receiver:
-    """Answers each POST with the next scripted (status, headers); records what arrived."""
-
-    def __init__(self, script: list[tuple[int, dict[str, str]]]) -> None:
-        self.script = list(script)
-        self.received: list[tuple[float, bytes]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                status, headers = receiver.script.pop(0) if receiver.script else (200, {})
-                if status == 200:
-                    receiver.received.append((time.monotonic(), body))
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/T0/B0/s3cr3t"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver_for() -> Iterator[type[Receiver]]:
-    made: list[Receiver] = []
-
-    class Made(Receiver):
-        def __init__(self, script: list[tuple[int, dict[str, str]]]) -> None:
-            super().__init__(script)
-            made.append(self)
-
-    yield Made
-    for receiver in made:
-        receiver.close()
-
-
-def alert(team: str = "search") -> AlertEvent:
-    return AlertEvent(alert_id="a" * 32, rule="CostSpike", severity="warning", state="firing",
-                      labels={"team": team}, value=2.5, threshold=2.0,
-                      summary="Cost spike", starts_at=datetime(2026, 11, 23, 10, tzinfo=UTC))
 
 
 def test_429_with_retry_after_is_honoured_and_delivered_once(
@@ -78,7 +20,7 @@ def test_429_with_retry_after_is_honoured_and_delivered_once(
 ) -> None:
     receiver = receiver_for([(429, {"Retry-After": "2"}), (200, {})])
     started = time.monotonic()
-    delivery = post_json(receiver.url, slack_message(alert()), FAST)
+    delivery = post_json(receiver.url, slack_message(make_alert()), FAST)
     assert (delivery.outcome, delivery.status, delivery.requests) == ("delivered", 200, 2)
     ((arrived, _),) = receiver.received
     assert arrived - started >= 2.0
@@ -116,10 +58,18 @@ def test_a_permanent_4xx_is_rejected_without_a_retry_and_the_url_is_never_shown(
 
 def test_label_values_arrive_escaped_for_slack(receiver_for: type[Receiver]) -> None:
     receiver = receiver_for([])
-    post_json(receiver.url, slack_message(alert("<!channel> & <https://evil|x>")), FAST)
+    post_json(receiver.url, slack_message(make_alert("<!channel> & <https://evil|x>")), FAST)
     ((_, body),) = receiver.received
     message = json.loads(body)
     text = json.dumps(message)
     assert "<!channel>" not in text and "<https://evil|x>" not in text
     assert "&lt;!channel&gt; &amp; &lt;https://evil|x&gt;" in text
     assert message["blocks"][0]["text"]["text"] == "FIRING: CostSpike (warning)"
+
+
+def test_a_caller_may_stretch_the_wait_after_a_429(receiver_for: type[Receiver]) -> None:
+    receiver = receiver_for([(429, {"Retry-After": "1"}), (200, {})])
+    waits: list[float] = []
+    delivery = post_json(receiver.url, {"text": "x"}, FAST, sleep=waits.append,
+                         on_retry_after=lambda wait: wait + 0.5)
+    assert (delivery.outcome, waits) == ("delivered", [1.5])
