@@ -47,9 +47,11 @@ _TRACE_SPAN = "2023-11-16T18:00:00Z,2023-11-16T20:00:00Z"
 
 def bundled_trace_path() -> Path:
     """The Azure LLM inference trace (conversation sample) shipped in the package."""
-    return Path(str(resources.files("costflux").joinpath(
-        "data/azure_llm_inference_2023/AzureLLMInferenceTrace_conv.csv"
-    )))
+    return _bundled("azure_llm_inference_2023/AzureLLMInferenceTrace_conv.csv")
+
+
+def _bundled(name: str) -> Path:
+    return Path(str(resources.files("costflux").joinpath("data", name)))
 
 
 def run_demo(
@@ -77,6 +79,7 @@ def run_demo(
                           "&aggregate=model,label:team")
             console.print(f"  GPU cost:   {base}/model/gpu?window={_TRACE_SPAN}"
                           "&aggregate=model  (simulated GPUs serving the Llama models)")
+            console.print(f"  budgets:    {base}/api/budgets   alerts: {base}/api/alerts")
             for target, name in ((_replay, "demo-replay"), (_replay_gpus, "demo-gpus")):
                 threading.Thread(
                     target=target, args=(live, speed, limit), name=name, daemon=True
@@ -108,6 +111,8 @@ def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]
         "COSTFLUX_HTTP_HOST": "127.0.0.1",
         "COSTFLUX_LOG_LEVEL": "info",
     })
+    if settings.budgets_file is None:
+        env["COSTFLUX_BUDGETS_FILE"] = str(_bundled("demo_budgets.yaml"))
     # The worker logs to a file so that the terminal holds only the live table.
     with log_path.open("ab") as log:
         return subprocess.Popen(
@@ -160,9 +165,7 @@ def _replay_gpus(settings: Settings, speed: float, limit: int | None) -> None:
 
 
 def _fetch(base: str) -> list[dict[str, Any]]:
-    url = f"{base}/model/allocation?window={_TRACE_SPAN}&aggregate=model,label:team"
-    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback only
-        body = json.load(response)
+    body = _get(f"{base}/model/allocation?window={_TRACE_SPAN}&aggregate=model,label:team")
     return [row for group in body.get("data", []) for row in group.values()]
 
 
@@ -210,12 +213,34 @@ def _show(
             except (urllib.error.URLError, OSError):
                 rows = []
             if show_table:
-                live_view.update(_table(rows), refresh=True)
+                table = _table(rows)
+                table.caption = _alerting_line(base)
+                live_view.update(table, refresh=True)
             time.sleep(1.0)
     if not show_table:
         rows = _fetch(base)
         console.print(f"requests={sum(int(r['requests']) for r in rows)} "
                       f"cost=${sum(float(r['totalCost']) for r in rows):.6f}")
+        console.print(_alerting_line(base))
+
+
+def _alerting_line(base: str) -> str:
+    """Budgets' status and the firing alerts, in one line."""
+    try:
+        budgets = _get(f"{base}/api/budgets")["data"]
+        alerts = _get(f"{base}/api/alerts")["data"]
+    except (urllib.error.URLError, OSError, ValueError):
+        return "budgets: -"
+    shown = ", ".join(f"{b['name']} {b['status']} (${float(b['spend']):,.2f} of "
+                      f"${float(b['limit']):,.0f})" for b in budgets)
+    firing = ", ".join(sorted({a["rule"] for a in alerts})) or "none"
+    return f"budgets: {shown or '-'}; alerts firing: {len(alerts)} ({firing})"
+
+
+def _get(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback only
+        body: dict[str, Any] = json.load(response)
+    return body
 
 
 def _stop(worker: subprocess.Popen[bytes]) -> None:

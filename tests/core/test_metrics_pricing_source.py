@@ -64,3 +64,27 @@ def test_bundled_prices_are_the_seed_and_a_missing_file_is_a_clear_error(tmp_pat
     assert PricingSource(None).current().models == {"llama-2-70b", "llama-2-7b", "gpt-4"}
     with pytest.raises(PricingError, match="cannot read the price file"):
         PricingSource(tmp_path / "absent.yaml")
+
+
+def test_alert_metrics_show_budgets_and_spike_ratios_and_drop_gone_ones() -> None:
+    from fractions import Fraction
+
+    from agents.alert_metrics import AlertMetrics
+    from costflux.core.budgets import budget_status, parse_budgets_text
+
+    registry = CollectorRegistry()
+    metrics = AlertMetrics(registry, label_cap=2, allowed={})
+    (budget,) = parse_budgets_text(
+        "budgets: [{name: b, scope: {team: x}, period: daily, amount: 100}]")
+    metrics.set_budgets([budget_status(budget, 150 * 10**12, 1_800_000_000_000)])
+    value = registry.get_sample_value
+    assert value("llm_budget_spend_dollars", {"budget": "b"}) == 150
+    assert value("llm_budget_limit_dollars", {"budget": "b"}) == 100
+    assert value("llm_budget_status", {"budget": "b"}) == 2  # spent 1.5x: CRITICAL
+    spike = {"namespace": "prod", "team": "x", "model": "m"}
+    metrics.set_spike_ratios([(spike, Fraction(5, 2))])
+    assert value("llm_cost_spike_ratio", spike) == 2.5
+    metrics.set_spike_ratios([])
+    metrics.set_budgets([])
+    assert value("llm_cost_spike_ratio", spike) is None
+    assert value("llm_budget_status", {"budget": "b"}) is None

@@ -166,6 +166,8 @@ def test_the_seeds_budget_example_through_the_stream(
     ]
     spend = (25_000, 27_000, 28_000, 0)
     at = (day15, day15 + HOUR_MS, day15 + 2 * HOUR_MS, month + 30 * DAY_MS)
+    active = ({"BudgetThreshold"}, {"BudgetThreshold", "BudgetWarning"},
+              {"BudgetThreshold", "BudgetWarning", "BudgetCritical"}, set())
     # The seed's projection, by hand: spend / elapsed x 30 days; > budget WARNING, > 1.1x
     # CRITICAL (25,000 -> 50,000 OK; 27,000 -> ~53,851 WARNING; 28,000 -> ~55,692 CRITICAL).
     reader = AlertsReader(settings)
@@ -173,7 +175,7 @@ def test_the_seeds_budget_example_through_the_stream(
     gateway = redis.Redis.from_url(redis_url)
     try:
         worker.wait_ready()
-        for events, dollars_spent, t in zip(phases, spend, at, strict=True):
+        for events, dollars_spent, t, firing in zip(phases, spend, at, active, strict=True):
             produce(settings, events)
             worker.wait_for(lambda t=t: _evaluated_to(worker) >= t, 60, f"evaluating {t}")
             (budget,) = worker.get("/api/budgets")[1]["data"]
@@ -186,6 +188,7 @@ def test_the_seeds_budget_example_through_the_stream(
             # A gateway's check: the team's worst budget status, one GET.
             key = f"{settings.consumer_group}:budget_status:team=ml-research"
             assert gateway.get(key) == want.encode()
+            assert {a["rule"] for a in worker.get("/api/alerts")[1]["data"]} == firing
         assert [worker.get("/api/budgets")[1]["data"][0][k] for k in ("status", "periodStart")
                 ] == ["OK", datetime.fromtimestamp((month + 30 * DAY_MS) / 1000, UTC).isoformat()]
         alerts = reader.read_until(lambda got: len(got) >= 6, 30, worker)
