@@ -111,6 +111,44 @@ def test_a_planted_spike_alerts_once_firing_once_resolved_and_never_in_cold_star
     assert worker.get("/api/alerts")[1]["data"] == []
 
 
+@pytest.mark.fault
+def test_a_worker_killed_after_firing_resumes_and_resolves_the_same_alert(
+    settings_for: Callable[..., Settings], start_worker: Callable[[Settings], WorkerProcess],
+) -> None:
+    settings = settings_for(**FAST_DETECTION)
+    now = int(time.time() * 1000)
+    start = now - now % HOUR_MS - 36 * HOUR_MS
+    events = [gpt4(f"r{h}-{m}", start + h * HOUR_MS + m * 6 * MINUTE_MS + 1000, "search")
+              for h in range(30) for m in range(9 if h == 20 else 3)]
+    before = [e for e in events if e["ts"] * 1000 < start + 21 * HOUR_MS + 30 * MINUTE_MS]
+    after = events[len(before):] + [gpt4("clock", start + 31 * HOUR_MS, "other", 1)]
+    reader = AlertsReader(settings)
+    worker = start_worker(settings)
+    try:
+        produce(settings, before)
+        worker.wait_ready()
+        reader.read_until(lambda got: any(a["state"] == "firing" for a in got), 120, worker)
+        worker.kill()  # SIGKILL: no commit, no changelog flush beyond what was sent
+        restarted = start_worker(settings)
+        produce(settings, after)
+        restarted.wait_ready()
+        reader.read_until(lambda got: any(a["state"] == "resolved" for a in got), 120,
+                          restarted)
+        restarted.wait_for(lambda: _evaluated_to(restarted) >= start + 31 * HOUR_MS, 60,
+                           "evaluating to the last event")
+        time.sleep(1.0)
+        alerts = reader.read_until(lambda got: True, 5, restarted)
+    finally:
+        reader.close()
+    # At least once on Kafka, but a re-sent notice is the same notice (same id, state,
+    # repeat, times): the notifier's claim makes it one message. Exactly these two.
+    distinct = {orjson.dumps(a, option=orjson.OPT_SORT_KEYS) for a in alerts}
+    assert sorted((a["rule"], a["state"], _ms(a["starts_at"]) - start)
+                  for a in map(orjson.loads, distinct)) == [
+        ("CostSpike", "firing", 21 * HOUR_MS), ("CostSpike", "resolved", 21 * HOUR_MS)]
+    assert len({a["alert_id"] for a in alerts}) == 1
+
+
 BUDGETS = """
 budgets:
   - name: ml-research-monthly
