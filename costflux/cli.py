@@ -1,4 +1,4 @@
-"""The ``costflux`` command: worker, demo, replay, sidecar, notify, schemas."""
+"""The ``costflux`` command: worker, demo, replay, sidecar, notify, pricing, schemas."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from costflux.pricing_cli import add_pricing_commands
     from streams.replay import add_replay_arguments
     from streams.sidecar import add_sidecar_arguments
 
@@ -66,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
         "notify", help="post alert events to a Slack incoming webhook (until SIGTERM/Ctrl-C)"
     )
     notify.set_defaults(run=_run_notify)
+
+    add_pricing_commands(commands)
 
     schemas = commands.add_parser("schemas", help="rewrite the JSON Schema files")
     schemas.set_defaults(run=_run_schemas)

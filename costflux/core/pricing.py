@@ -9,16 +9,21 @@ Shape (the seed's, unchanged)::
 
 Extensions, all optional, per model: ``cached_input_tokens`` ($/1K; default = the input price),
 the $/1M spelling ``input_per_1m`` / ``output_per_1m`` / ``cached_input_per_1m`` (instead of the
-$/1K keys), and ``changes``: a list of ``{effective_from: <RFC 3339>, <price keys>…}`` so an event
-is priced at the price in force at its event time. Per GPU type the same ``changes`` list is
-accepted. A Kubernetes ConfigMap manifest holding ``pricing.yaml`` in ``data`` is read too.
+$/1K keys), ``tiers``: long-context prices, a list of ``{above_tokens: <n>, <price keys>…}``
+(a request whose prompt, cached tokens included, exceeds ``above_tokens`` is priced entirely at
+that tier, the largest such; keys a tier leaves out are the model's own prices), and
+``changes``: a list of ``{effective_from: <RFC 3339>, <price keys>…, tiers?}`` so an event is
+priced at the price in force at its event time (a change without ``tiers`` keeps the earlier
+tiers). An entry with only ``changes`` is unpriced before its first change. Per GPU type the
+same ``changes`` list is accepted. A Kubernetes ConfigMap manifest holding ``pricing.yaml`` in
+``data`` is read too.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Context, Decimal
 from typing import Any, TypeVar
@@ -28,12 +33,14 @@ import yaml
 from costflux.core.money import MoneyError, exact_pico, to_decimal
 from schemas._types import epoch_ms
 
-__all__ = ["GpuPrice", "ModelPrice", "PriceBook", "PricingError", "parse_pricing_text"]
+__all__ = [
+    "GpuPrice", "ModelPrice", "ModelTier", "PriceBook", "PricingError", "parse_pricing_text",
+]
 
 TIERS = ("on_demand", "spot", "reserved_1y")
 _PER_1K = {"input_tokens": "input", "output_tokens": "output", "cached_input_tokens": "cached"}
 _PER_1M = {"input_per_1m": "input", "output_per_1m": "output", "cached_input_per_1m": "cached"}
-_MODEL_KEYS = set(_PER_1K) | set(_PER_1M) | {"changes"}
+_NOT_PRICES = ("changes", "effective_from", "tiers", "above_tokens")
 _BEGINNING = -(2**62)
 _END_OF_TIME = 2**62
 _EXACT = Context(prec=200)
@@ -44,19 +51,41 @@ class PricingError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class ModelPrice:
-    """Per-token prices in pico-dollars."""
+class ModelTier:
+    """Per-token prices in pico-dollars for requests whose prompt exceeds ``above_tokens``."""
 
+    above_tokens: int
     input: int
     output: int
     cached_input: int
 
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    """Per-token prices in pico-dollars; ``tiers`` in ascending ``above_tokens`` order."""
+
+    input: int
+    output: int
+    cached_input: int
+    tiers: tuple[ModelTier, ...] = ()
+
     def cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int) -> int:
-        """Cost in pico-dollars; cached tokens are the part of the input served from cache."""
+        """Cost in pico-dollars; cached tokens are the part of the input served from cache.
+
+        A long-context tier prices the whole request, as providers (and LiteLLM) bill it:
+        the prompt size, cached tokens included, picks the rate for every token.
+        """
+        rates: ModelPrice | ModelTier = self
+        # Hot path: one truth test when the model has no tiers (most), no iterator.
+        tiers = self.tiers
+        if tiers and input_tokens > tiers[0].above_tokens:
+            for rates in reversed(tiers):  # stops at tiers[0] at the latest
+                if input_tokens > rates.above_tokens:
+                    break
         return (
-            (input_tokens - cached_input_tokens) * self.input
-            + cached_input_tokens * self.cached_input
-            + output_tokens * self.output
+            (input_tokens - cached_input_tokens) * rates.input
+            + cached_input_tokens * rates.cached_input
+            + output_tokens * rates.output
         )
 
 
@@ -248,12 +277,13 @@ def _price_field(value: Any, path: tuple[str | int, ...], per_tokens: int, fail:
         raise fail(path, str(exc)) from None
 
 
-def _model_price(
-    spec: Mapping[str, Any], base: ModelPrice | None, path: tuple[str | int, ...], fail: _Fail
-) -> ModelPrice:
+def _price_values(
+    spec: Mapping[str, Any], path: tuple[str | int, ...], fail: _Fail
+) -> dict[str, int]:
+    """The model price keys of ``spec`` (an entry, a change or a tier) in pico-dollars/token."""
     values: dict[str, int] = {}
     for key, raw in spec.items():
-        if key in ("changes", "effective_from"):
+        if key in _NOT_PRICES:
             continue
         if key in _PER_1K:
             target, per = _PER_1K[key], 1000
@@ -268,6 +298,13 @@ def _model_price(
         if target in values:
             raise fail((*path, key), f"the {target} price is given twice ($/1K and $/1M)")
         values[target] = _price_field(raw, (*path, key), per, fail)
+    return values
+
+
+def _model_price(
+    spec: Mapping[str, Any], base: ModelPrice | None, path: tuple[str | int, ...], fail: _Fail
+) -> ModelPrice:
+    values = _price_values(spec, path, fail)
     input_price = values.get("input", base.input if base else None)
     output_price = values.get("output", base.output if base else None)
     if input_price is None:
@@ -275,7 +312,34 @@ def _model_price(
     if output_price is None:
         raise fail(path, "missing output_tokens (the output price in $/1K tokens)")
     cached = values.get("cached", base.cached_input if base and "input" not in values else None)
-    return ModelPrice(input_price, output_price, input_price if cached is None else cached)
+    price = ModelPrice(input_price, output_price, input_price if cached is None else cached)
+    if "tiers" in spec:
+        return replace(price, tiers=_tiers(spec["tiers"], price, (*path, "tiers"), fail))
+    return replace(price, tiers=base.tiers) if base else price
+
+
+def _tiers(
+    raw: Any, base: ModelPrice, path: tuple[str | int, ...], fail: _Fail
+) -> tuple[ModelTier, ...]:
+    """Long-context tiers, ascending; a price a tier leaves out is the model's own."""
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        raise fail(path, "expected a list of {above_tokens: <prompt tokens>, <prices>}")
+    tiers: list[ModelTier] = []
+    for index, spec in enumerate(raw):
+        above = spec.get("above_tokens")
+        # bool is an int subclass: `above_tokens: yes` is a typo, not a boundary of 1 token.
+        if isinstance(above, bool) or not isinstance(above, int) or above <= 0:
+            raise fail((*path, index), "above_tokens must be a positive whole number of tokens")
+        if tiers and above <= tiers[-1].above_tokens:
+            raise fail((*path, index, "above_tokens"), "tiers must be in ascending above_tokens")
+        values = _price_values(spec, (*path, index), fail)
+        tiers.append(ModelTier(
+            above,
+            values.get("input", base.input),
+            values.get("output", base.output),
+            values.get("cached", base.cached_input),
+        ))
+    return tuple(tiers)
 
 
 def _changes(
@@ -325,8 +389,12 @@ def _parse_timelines(
         path: tuple[str | int, ...] = (section_name, name)
         if not isinstance(spec, dict):
             raise fail(path, f"expected {shape}")
-        timeline = [(_BEGINNING, parse_price(spec, None, path, fail))]
-        for starts, change_path, change in _changes(spec, path, fail):
-            timeline.append((starts, parse_price(change, timeline[-1][1], change_path, fail)))
+        changes = _changes(spec, path, fail)
+        # Only dated changes: unpriced before the first (e.g. an import with a start date).
+        dated_only = changes and not set(spec) - {"changes"}
+        timeline = [] if dated_only else [(_BEGINNING, parse_price(spec, None, path, fail))]
+        for starts, change_path, change in changes:
+            base = timeline[-1][1] if timeline else None
+            timeline.append((starts, parse_price(change, base, change_path, fail)))
         timelines[str(name)] = timeline
     return timelines
