@@ -13,7 +13,7 @@ owner's newer totals.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -24,12 +24,15 @@ __all__ = ["ServingView"]
 
 # KEYS: rows hash, versions hash, windows zset, event-time key.
 # ARGV: shard, version, start, ttl, window end, then row key/value pairs.
+# The index forgets windows whose rows have expired (start older than ttl before this one).
 _WRITE_SHARD = """
 local current = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '-1')
 if current >= tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[3])
+local expired_before = tonumber(ARGV[3]) - 1000 * tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('(%d', expired_before))
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 local newest = tonumber(redis.call('GET', KEYS[4]) or '0')
@@ -41,10 +44,12 @@ return 1
 class ServingView:
     """Reads and writes window totals in Redis."""
 
-    def __init__(self, client: aioredis.Redis, namespace: str, retention_s: int) -> None:
+    def __init__(
+        self, client: aioredis.Redis, namespace: str, retention_s: Callable[[int], int]
+    ) -> None:
         self._client = client
         self._ns = namespace
-        self._retention_s = retention_s
+        self._retention_s = retention_s  # window size in s -> how long its rows are kept
         self._write = client.register_script(_WRITE_SHARD)
 
     async def write_shards(
@@ -54,7 +59,8 @@ class ServingView:
         async with self._client.pipeline(transaction=False) as pipe:
             for key, state in shards:
                 version = sum(state["applied"].values())
-                args: list[Any] = [key.bucket, version, key.start_ms, self._retention_s,
+                args: list[Any] = [key.bucket, version, key.start_ms,
+                                   self._retention_s(key.size_s),
                                    _finest_end(key, finest_s)]
                 for row_key, sums in state["rows"].items():
                     args.extend((row_key, ",".join(map(str, sums))))

@@ -108,6 +108,14 @@ class Settings(BaseSettings):
         8, ge=1, le=256, description="state shards per window (spread over workers)"
     )
 
+    serving_retention_days: int = Field(
+        62, ge=2, description="days the Redis view keeps hourly (and larger) windows"
+    )
+    serving_finest_retention_days: int = Field(
+        35, ge=2, description="days the Redis view keeps the finest windows (the largest "
+        "share of its memory; queries and budgets reaching further back read them as empty)"
+    )
+
     # --- GPU cost ---
     gpu_idle_threshold_pct: float = Field(
         5.0, ge=0, le=100, description="a GPU sample under this utilization (%) is idle time"

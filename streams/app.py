@@ -7,6 +7,7 @@ import gc
 import logging
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +34,6 @@ from streams.kafka import consumer_config, ensure_topics, faust_broker_options, 
 __all__ = ["Worker", "build_worker"]
 
 log = logging.getLogger(__name__)
-
-SERVING_RETENTION_S = 35 * 86400
 
 
 class IngestService(mode.Service):
@@ -121,7 +120,7 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
     redis_password = settings.redis_password.get_secret_value() if settings.redis_password else None
     sync_redis = redis.Redis.from_url(_redis_url(settings), password=redis_password)
     async_redis = aioredis.Redis.from_url(_redis_url(settings), password=redis_password)
-    view = ServingView(async_redis, namespace, SERVING_RETENTION_S)
+    view = ServingView(async_redis, namespace, serving_retention(settings))
     rules = IngestRules(
         window_sizes_s=tuple(settings.window_sizes),
         allowed_lateness_ms=settings.allowed_lateness_s * 1000,
@@ -202,6 +201,19 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
         alerts_view,
     )
     return Worker(app, ingest, gpu_ingest, combiner, detector, metrics, pricing)
+
+
+def serving_retention(settings: Settings) -> Callable[[int], int]:
+    """How long the serving view keeps a window size: hourly and larger roll-ups long (the
+    allocation API's 30d, month and lastmonth), the finer windows as configured."""
+    finest = min(settings.window_sizes)
+
+    def retention_s(size_s: int) -> int:
+        days = settings.serving_finest_retention_days if size_s == finest and size_s < 3600 \
+            else settings.serving_retention_days
+        return days * 86400
+
+    return retention_s
 
 
 def ticks_topic(settings: Settings) -> str:
