@@ -1,4 +1,4 @@
-"""The ``costflux`` command: worker, demo, replay, sidecar, notify, pricing, schemas."""
+"""The ``costflux`` command: worker, demo, replay, sidecar, notify, pricing, report, schemas."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     from costflux.pricing_cli import add_pricing_commands
+    from costflux.report_cli import add_report_command
     from streams.replay import add_replay_arguments
     from streams.sidecar import add_sidecar_arguments
 
@@ -69,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     notify.set_defaults(run=_run_notify)
 
     add_pricing_commands(commands)
+    add_report_command(commands)
 
     schemas = commands.add_parser("schemas", help="rewrite the JSON Schema files")
     schemas.set_defaults(run=_run_schemas)
