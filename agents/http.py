@@ -18,7 +18,9 @@ from costflux.core.allocation import (
     allocate,
     cover,
     parse_aggregate,
+    parse_step,
     parse_window,
+    split_steps,
 )
 from costflux.core.gpu_report import gpu_report, parse_gpu_aggregate
 from schemas._types import from_epoch_ms
@@ -54,30 +56,53 @@ def register_http(
         ready, why = readiness()
         return web.json({"ready": ready, "detail": why}, status=200 if ready else 503)
 
+    async def window_of(request: faust.web.Request) -> TimeRange:
+        now_ms = await view.newest_event_time_ms() or 0  # event time: "now" is the newest event
+        return parse_window(request.query.get("window", "24h"), now_ms, finest_s)
+
+    async def read_spans(spans: list[TimeRange]) -> list[list[dict[str, list[int]]]]:
+        """The rows of the windows tiling each span, one list per span."""
+        tiles = [cover(span, window_sizes_s) for span in spans]
+        if sum(len(t) for t in tiles) > 20_000:
+            raise AllocationQueryError("window too long for one query")
+        rows = await view.read_windows([tile for span_tiles in tiles for tile in span_tiles])
+        per_span, position = [], 0
+        for span_tiles in tiles:
+            per_span.append(rows[position:position + len(span_tiles)])
+            position += len(span_tiles)
+        return per_span
+
     async def covered(
         web: faust.web.View, request: faust.web.Request
     ) -> tuple[TimeRange, list[dict[str, list[int]]]]:
-        now_ms = await view.newest_event_time_ms() or 0
-        span = parse_window(request.query.get("window", "24h"), now_ms, finest_s)
-        tiles = cover(span, window_sizes_s)
-        if len(tiles) > 20_000:
-            raise AllocationQueryError("window too long for one query")
-        return span, await view.read_windows(tiles)
+        span = await window_of(request)
+        return span, (await read_spans([span]))[0]
 
     @app.page("/model/allocation")
     async def allocation(web: faust.web.View, request: faust.web.Request) -> Any:
+        """Kubecost's /model/allocation: one set for the window, or one per ``step``
+        (``accumulate=true`` sums the steps into one set)."""
         query = request.query
         try:
             group_by = parse_aggregate(query.get("aggregate", "namespace"))
             options = AllocationOptions(
-                share_idle=_flag(query.get("shareIdle"), gpu_defaults.share_idle),
+                share_idle=_flag("shareIdle", query.get("shareIdle"), gpu_defaults.share_idle),
                 weight=query.get("gpuWeight", gpu_defaults.weight),
             )
-            span, rows = await covered(web, request)
+            step_ms = parse_step(query.get("step"), finest_s)
+            accumulate = _flag("accumulate", query.get("accumulate"), False)
+            span = await window_of(request)
+            if step_ms is None or accumulate:
+                rows = (await read_spans([span]))[0]
+                data = allocate(rows, group_by, span, options)
+                return web.json({"code": 200, "data": [data] if data else []})
+            steps = split_steps(span, step_ms)
+            step_rows = await read_spans(steps)
         except AllocationQueryError as exc:
             return web.json({"code": 400, "message": str(exc)}, status=400)
-        data = allocate(rows, group_by, span, options)
-        return web.json({"code": 200, "data": [data] if data else []})
+        sets = [allocate(rows, group_by, step, options)
+                for step, rows in zip(steps, step_rows, strict=True)]
+        return web.json({"code": 200, "data": sets})
 
     @app.page("/model/gpu")
     async def gpu(web: faust.web.View, request: faust.web.Request) -> Any:
@@ -105,11 +130,11 @@ def _iso_or_none(ms: int | None) -> str | None:
     return None if ms is None else from_epoch_ms(ms).isoformat()
 
 
-def _flag(text: str | None, default: bool) -> bool:
+def _flag(name: str, text: str | None, default: bool) -> bool:
     if text is None:
         return default
     if text.lower() in ("true", "1", "yes"):
         return True
     if text.lower() in ("false", "0", "no"):
         return False
-    raise AllocationQueryError(f"shareIdle must be true or false, not {text!r}")
+    raise AllocationQueryError(f"{name} must be true or false, not {text!r}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from costflux.core.aggregate import DIMENSIONS, decode_dimensions
@@ -24,9 +24,10 @@ from costflux.core.gpu_samples import GpuDims, decode_gpu_row_key, is_gpu_row
 from costflux.core.money import PICO_PER_DOLLAR
 from costflux.core.windows import duration_ms
 
-__all__ = ["IDLE", "IDLE_KEY", "UNALLOCATED", "AllocationOptions", "AllocationQueryError",
-           "GroupCost", "TimeRange", "allocate", "cover", "group_costs", "iso_window",
-           "parse_aggregate", "parse_window"]
+__all__ = ["IDLE", "IDLE_KEY", "MAX_STEPS", "UNALLOCATED", "WINDOW_KEYWORDS",
+           "AllocationOptions", "AllocationQueryError", "GroupCost", "TimeRange", "allocate",
+           "cover", "group_costs", "iso_window", "parse_aggregate", "parse_step", "parse_window",
+           "split_steps"]
 
 UNALLOCATED = "__unallocated__"
 #: The row idle GPU cost goes to unless it is shared (OpenCost's shareIdle=false).
@@ -45,23 +46,90 @@ class TimeRange:
     end_ms: int
 
 
+#: Kubecost's window keywords: UTC calendar days, weeks (from Sunday) and months.
+WINDOW_KEYWORDS = ("today", "yesterday", "week", "lastweek", "month", "lastmonth")
+#: The most allocation sets one stepped query may answer with.
+MAX_STEPS = 1000
+_DAY_MS = 86_400_000
+_WINDOW_FORMS = (
+    f"window must be one of {', '.join(WINDOW_KEYWORDS)}; a duration such as 24h, 7d or 90m; "
+    "or 'start,end' in RFC 3339 (e.g. 2024-05-01T00:00:00Z,2024-05-02T00:00:00Z) "
+    "or in Unix seconds"
+)
+
+
 def parse_window(text: str, now_ms: int, finest_s: int) -> TimeRange:
-    """'24h', '7d', '90m', '2w' (ending at ``now_ms``), or 'start,end' in RFC 3339."""
+    """A keyword, a duration ('24h', '7d', '90m', '2w'), or 'start,end' (RFC 3339 or Unix s).
+
+    Relative windows end where the finest window holding ``now_ms`` ends, so the newest event
+    is always inside; keywords are UTC calendar ranges as in Kubecost: ``today`` from midnight,
+    ``yesterday`` the whole previous day, ``week`` from Sunday 00:00, ``lastweek`` the whole
+    previous Sunday-to-Sunday week, ``month`` from the 1st, ``lastmonth`` the whole previous
+    month. Every range is widened to the finest window (start floored, end ceiled).
+    """
     finest_ms = finest_s * 1000
     text = text.strip()
+    end_now = now_ms - now_ms % finest_ms + finest_ms
+    if text.lower() in WINDOW_KEYWORDS:
+        start, end = _calendar_range(text.lower(), now_ms, end_now)
+        return TimeRange(start - start % finest_ms, _ceil(end, finest_ms))
     length = duration_ms(text)
     if length:
-        end = _ceil(now_ms, finest_ms)
-        return TimeRange(end - length, end)
+        return TimeRange(end_now - length, end_now)
     parts = text.split(",")
     if len(parts) != 2:
-        raise AllocationQueryError(
-            "window must be a duration such as 24h or 7d, or 'start,end' in RFC 3339"
-        )
+        raise AllocationQueryError(f"invalid window {text!r}: {_WINDOW_FORMS}")
     start, end = (_parse_instant(p) for p in parts)
     if end <= start:
         raise AllocationQueryError("window end must be after its start")
     return TimeRange(start - start % finest_ms, _ceil(end, finest_ms))
+
+
+def _calendar_range(keyword: str, now_ms: int, end_now: int) -> tuple[int, int]:
+    midnight = now_ms - now_ms % _DAY_MS
+    today = datetime.fromtimestamp(midnight / 1000, tz=UTC)
+    sunday = midnight - (today.weekday() + 1) % 7 * _DAY_MS  # weekday(): Monday is 0
+    first = today.replace(day=1)
+    month_start = int(first.timestamp()) * 1000
+    previous = (first - timedelta(days=1)).replace(day=1)
+    ranges = {
+        "today": (midnight, end_now),
+        "yesterday": (midnight - _DAY_MS, midnight),
+        "week": (sunday, end_now),
+        "lastweek": (sunday - 7 * _DAY_MS, sunday),
+        "month": (month_start, end_now),
+        "lastmonth": (int(previous.timestamp()) * 1000, month_start),
+    }
+    return ranges[keyword]
+
+
+def parse_step(text: str | None, finest_s: int) -> int | None:
+    """The ``step`` parameter in milliseconds (None when absent): a duration that is a whole
+    number of the finest window."""
+    if text is None or not text.strip():
+        return None
+    finest_ms = finest_s * 1000
+    step = duration_ms(text)
+    if not step or step % finest_ms:
+        raise AllocationQueryError(
+            f"invalid step {text!r}: step must be a duration such as 1h or 1d that is a whole "
+            f"number of the finest window ({finest_s}s)"
+        )
+    return step
+
+
+def split_steps(span: TimeRange, step_ms: int) -> list[TimeRange]:
+    """``span`` cut at the multiples of ``step_ms`` since the epoch (UTC hours, days...), as
+    Kubecost's sets are: the first and last steps are clipped to the span."""
+    first = span.start_ms - span.start_ms % step_ms
+    if _ceil(span.end_ms, step_ms) - first > MAX_STEPS * step_ms:
+        raise AllocationQueryError(
+            f"window and step give more than {MAX_STEPS} steps; use a larger step"
+        )
+    return [
+        TimeRange(max(begin, span.start_ms), min(begin + step_ms, span.end_ms))
+        for begin in range(first, span.end_ms, step_ms)
+    ]
 
 
 def _ceil(ms: int, step: int) -> int:
@@ -69,11 +137,13 @@ def _ceil(ms: int, step: int) -> int:
 
 
 def _parse_instant(text: str) -> int:
+    if text.strip().isdigit():
+        return int(text) * 1000  # Unix seconds, as Kubecost accepts
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
         raise AllocationQueryError(
-            f"{text!r} is not RFC 3339 (e.g. 2024-05-01T00:00:00Z)"
+            f"invalid window: {text.strip()!r} is not RFC 3339 (e.g. 2024-05-01T00:00:00Z)"
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
@@ -99,13 +169,24 @@ def cover(span: TimeRange, sizes_s: Iterable[int]) -> list[tuple[int, int]]:
     return tiles
 
 
+#: Kubecost aggregations that costflux's rows do not carry (they are keyed by DIMENSIONS).
+_UNTRACKED = ("cluster", "node", "deployment", "controller", "controllerKind", "service",
+              "pod", "container", "statefulset", "daemonset", "job")
+
+
 def parse_aggregate(text: str) -> list[int]:
     """'model', 'namespace', 'label:team', comma separated -> indexes into DIMENSIONS."""
     indexes = []
+    valid = ", ".join(["model", "namespace", "label:team", "label:project", "label:app"])
     for part in (p.strip() for p in text.split(",")):
         name = part.removeprefix("label:")
+        if part in _UNTRACKED:
+            raise AllocationQueryError(
+                f"cannot aggregate by {part!r}: costflux does not record {part} for LLM usage "
+                f"(its cost rows are keyed by model, team, project, app and namespace); "
+                f"use one of: {valid}"
+            )
         if name not in DIMENSIONS:
-            valid = ", ".join(["model", "namespace", "label:team", "label:project", "label:app"])
             raise AllocationQueryError(f"cannot aggregate by {part!r}; use one of: {valid}")
         indexes.append(DIMENSIONS.index(name))
     return indexes

@@ -12,12 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from costflux.core.allocation import (
+    MAX_STEPS,
     AllocationQueryError,
     TimeRange,
     allocate,
     cover,
     parse_aggregate,
+    parse_step,
     parse_window,
+    split_steps,
 )
 from costflux.core.windows import PartitionMark, global_watermark, window_start
 
@@ -158,7 +161,8 @@ def test_parse_window(text: str, start: int, end: int) -> None:
         "24x",
         "h",
         "-1h",
-        "yesterday",
+        "tomorrow",
+        "lastyear",
         "a,b",
         "2024-05-01T00:00:00Z",
         "2024-05-01T00:00:00Z,2024-05-01T00:00:00Z",
@@ -169,6 +173,121 @@ def test_parse_window(text: str, start: int, end: int) -> None:
 def test_parse_window_refuses_with_a_hint(text: str) -> None:
     with pytest.raises(AllocationQueryError, match=r"24h|RFC 3339|after its start"):
         parse_window(text, MAY_1, 60)
+
+
+def test_parse_window_error_names_the_parameter_and_every_form() -> None:
+    with pytest.raises(AllocationQueryError) as caught:
+        parse_window("fortnight", MAY_1, 60)
+    message = str(caught.value)
+    for form in ("window", "'fortnight'", "today", "yesterday", "week", "lastweek", "month",
+                 "lastmonth", "24h", "RFC 3339", "Unix seconds"):
+        assert form in message
+
+
+# Thursday 2024-05-16 13:12:34.567 UTC: relative windows end at 13:13 (minute windows).
+THURSDAY = utc_ms(2024, 5, 16, 13, 12, 34) + 567
+THURSDAY_END = utc_ms(2024, 5, 16, 13, 13, 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "now", "start", "end"),
+    [
+        ("today", THURSDAY, utc_ms(2024, 5, 16, 0, 0, 0), THURSDAY_END),
+        ("yesterday", THURSDAY, utc_ms(2024, 5, 15, 0, 0, 0), utc_ms(2024, 5, 16, 0, 0, 0)),
+        ("week", THURSDAY, utc_ms(2024, 5, 12, 0, 0, 0), THURSDAY_END),  # from Sunday
+        ("lastweek", THURSDAY, utc_ms(2024, 5, 5, 0, 0, 0), utc_ms(2024, 5, 12, 0, 0, 0)),
+        ("month", THURSDAY, utc_ms(2024, 5, 1, 0, 0, 0), THURSDAY_END),
+        ("lastmonth", THURSDAY, utc_ms(2024, 4, 1, 0, 0, 0), utc_ms(2024, 5, 1, 0, 0, 0)),
+        (" LastWeek ", THURSDAY, utc_ms(2024, 5, 5, 0, 0, 0), utc_ms(2024, 5, 12, 0, 0, 0)),
+        # On Sunday at midnight the week has just begun; its first event is inside.
+        ("week", utc_ms(2024, 5, 12, 0, 0, 0), utc_ms(2024, 5, 12, 0, 0, 0),
+         utc_ms(2024, 5, 12, 0, 1, 0)),
+        ("lastweek", utc_ms(2024, 5, 12, 0, 0, 0), utc_ms(2024, 5, 5, 0, 0, 0),
+         utc_ms(2024, 5, 12, 0, 0, 0)),
+        # Saturday is still the week that began the Sunday before.
+        ("week", utc_ms(2024, 5, 18, 23, 59, 0), utc_ms(2024, 5, 12, 0, 0, 0),
+         utc_ms(2024, 5, 19, 0, 0, 0)),
+        ("today", utc_ms(2024, 5, 16, 0, 0, 0), utc_ms(2024, 5, 16, 0, 0, 0),
+         utc_ms(2024, 5, 16, 0, 1, 0)),
+        ("yesterday", utc_ms(2024, 3, 1, 8, 0, 0), utc_ms(2024, 2, 29, 0, 0, 0),
+         utc_ms(2024, 3, 1, 0, 0, 0)),  # leap day
+        ("lastmonth", utc_ms(2024, 3, 31, 8, 0, 0), utc_ms(2024, 2, 1, 0, 0, 0),
+         utc_ms(2024, 3, 1, 0, 0, 0)),
+        ("lastmonth", utc_ms(2024, 1, 10, 8, 0, 0), utc_ms(2023, 12, 1, 0, 0, 0),
+         utc_ms(2024, 1, 1, 0, 0, 0)),  # across the year
+        ("month", utc_ms(2024, 1, 1, 0, 0, 0), utc_ms(2024, 1, 1, 0, 0, 0),
+         utc_ms(2024, 1, 1, 0, 1, 0)),
+        # A newest event exactly on a window boundary is inside relative windows.
+        ("1h", MAY_1, MAY_1 - HOUR_MS + MINUTE_MS, MAY_1 + MINUTE_MS),
+        ("1586822400,1586908800", THURSDAY, utc_ms(2020, 4, 14, 0, 0, 0),
+         utc_ms(2020, 4, 15, 0, 0, 0)),  # Unix seconds, as Kubecost accepts
+    ],
+)
+def test_parse_window_keywords_are_utc_calendar_ranges(
+    text: str, now: int, start: int, end: int
+) -> None:
+    assert parse_window(text, now, 60) == TimeRange(start, end)
+
+
+def test_parse_window_keywords_widen_to_the_finest_window() -> None:
+    assert parse_window("today", THURSDAY, 3600) == TimeRange(
+        utc_ms(2024, 5, 16, 0, 0, 0), utc_ms(2024, 5, 16, 14, 0, 0)
+    )
+
+
+# --- step ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "finest_s", "step"),
+    [(None, 60, None), ("", 60, None), ("1h", 60, HOUR_MS), ("1d", 3600, DAY_MS),
+     ("90m", 60, 90 * MINUTE_MS), ("2w", 86400, 14 * DAY_MS)],
+)
+def test_parse_step(text: str | None, finest_s: int, step: int | None) -> None:
+    assert parse_step(text, finest_s) == step
+
+
+@pytest.mark.parametrize(("text", "finest_s"),
+                         [("0", 60), ("x", 60), ("1.5h", 60), ("90s", 60), ("30m", 3600)])
+def test_parse_step_refuses_with_a_hint(text: str, finest_s: int) -> None:
+    with pytest.raises(AllocationQueryError, match=r"invalid step .*1h.*finest window"):
+        parse_step(text, finest_s)
+
+
+def test_split_steps_cuts_at_utc_multiples_of_the_step_and_clips_the_ends() -> None:
+    span = TimeRange(MAY_1 + 10 * HOUR_MS + 30 * MINUTE_MS, MAY_1 + 13 * HOUR_MS + 15 * MINUTE_MS)
+    assert split_steps(span, HOUR_MS) == [
+        TimeRange(MAY_1 + 10 * HOUR_MS + 30 * MINUTE_MS, MAY_1 + 11 * HOUR_MS),
+        TimeRange(MAY_1 + 11 * HOUR_MS, MAY_1 + 12 * HOUR_MS),
+        TimeRange(MAY_1 + 12 * HOUR_MS, MAY_1 + 13 * HOUR_MS),
+        TimeRange(MAY_1 + 13 * HOUR_MS, MAY_1 + 13 * HOUR_MS + 15 * MINUTE_MS),
+    ]
+    assert split_steps(TimeRange(MAY_1, MAY_1 + 2 * HOUR_MS), HOUR_MS) == [
+        TimeRange(MAY_1, MAY_1 + HOUR_MS), TimeRange(MAY_1 + HOUR_MS, MAY_1 + 2 * HOUR_MS)
+    ]
+    lastweek = parse_window("lastweek", THURSDAY, 60)
+    days = split_steps(lastweek, DAY_MS)
+    assert [d.start_ms for d in days] == [utc_ms(2024, 5, d, 0, 0, 0) for d in range(5, 12)]
+    assert split_steps(lastweek, 30 * DAY_MS) == [lastweek]  # a step longer than the window
+
+
+@settings(max_examples=100)
+@given(st.integers(min_value=-3000, max_value=3000), st.integers(min_value=1, max_value=MAX_STEPS),
+       st.sampled_from([MINUTE_MS, 7 * MINUTE_MS, HOUR_MS, DAY_MS]))
+def test_split_steps_tile_the_span(start_minutes: int, minutes: int, step: int) -> None:
+    span = TimeRange(MAY_1 + start_minutes * MINUTE_MS,
+                     MAY_1 + (start_minutes + minutes) * MINUTE_MS)
+    steps = split_steps(span, step)
+    assert steps[0].start_ms == span.start_ms and steps[-1].end_ms == span.end_ms
+    for before, after in zip(steps, steps[1:], strict=False):
+        assert before.end_ms == after.start_ms and after.start_ms % step == 0
+    assert all(0 < s.end_ms - s.start_ms <= step for s in steps)
+
+
+def test_split_steps_caps_the_number_of_sets() -> None:
+    assert len(split_steps(TimeRange(MAY_1, MAY_1 + MAX_STEPS * HOUR_MS), HOUR_MS)) == MAX_STEPS
+    with pytest.raises(AllocationQueryError, match=f"more than {MAX_STEPS} steps"):
+        split_steps(TimeRange(MAY_1, MAY_1 + MAX_STEPS * HOUR_MS + MINUTE_MS), HOUR_MS)
 
 
 # --- cover ---------------------------------------------------------------------------------
@@ -252,13 +371,21 @@ def test_parse_aggregate(text: str, indexes: list[int]) -> None:
     assert parse_aggregate(text) == indexes
 
 
-@pytest.mark.parametrize("text", ["pod", "label:owner", "", "model,", "cluster,model"])
+@pytest.mark.parametrize(
+    "text", ["pod", "label:owner", "", "model,", "cluster,model", "deployment", "model,cluster"]
+)
 def test_parse_aggregate_error_lists_the_valid_values(text: str) -> None:
     with pytest.raises(AllocationQueryError) as caught:
         parse_aggregate(text)
     message = str(caught.value)
     for valid in ("model", "namespace", "label:team", "label:project", "label:app"):
         assert valid in message
+
+
+@pytest.mark.parametrize("text", ["deployment", "cluster", "model,deployment"])
+def test_parse_aggregate_says_kubernetes_dimensions_are_not_recorded(text: str) -> None:
+    with pytest.raises(AllocationQueryError, match=r"does not record (deployment|cluster)"):
+        parse_aggregate(text)
 
 
 # --- allocate ------------------------------------------------------------------------------
@@ -329,3 +456,44 @@ def test_allocate_reports_empty_dimension_as_unallocated() -> None:
     assert result["search"]["totalCostExact"] == "3.123456789012"
     assert result["ads"]["requests"] == 5
     assert allocate([], [0], SPAN) == {}
+
+
+
+def window_store(events: list[tuple[int, str, list[int]]]) -> dict[tuple[int, int], Any]:
+    """Rows of every window of every size, as the worker keeps them: each event in each size."""
+    store: dict[tuple[int, int], dict[str, list[int]]] = {}
+    for ts, key, sums in events:
+        for size_s in SIZES_S:
+            rows = store.setdefault((size_s, window_start(ts, size_s * 1000)), {})
+            rows[key] = [a + b for a, b in zip(rows.get(key, [0] * 5), sums, strict=True)]
+    return store
+
+
+def test_steps_summed_equal_the_accumulated_window() -> None:
+    events = [
+        (MAY_1 + 5 * MINUTE_MS, row_key("gpt-4", "search"), [3_000_000_000_000, 100, 10, 5, 2]),
+        (MAY_1 + 5 * HOUR_MS, row_key("gpt-4", ""), [1, 1, 0, 0, 1]),
+        (MAY_1 + 23 * HOUR_MS, row_key("llama", "ads"), [250_000_000_000, 1000, 500, 0, 4]),
+        (MAY_1 + DAY_MS + 30_000, row_key("gpt-4", "search"), [123_456_789_012, 7, 3, 1, 1]),
+        (MAY_1 + DAY_MS + HOUR_MS, row_key("gpt-4", "ads"), [7, 1, 1, 0, 1]),
+    ]
+    store = window_store(events)
+    span = TimeRange(MAY_1, MAY_1 + DAY_MS + HOUR_MS + MINUTE_MS)
+
+    def rows_of(part: TimeRange) -> list[dict[str, list[int]]]:
+        return [store.get(tile, {}) for tile in cover(part, SIZES_S)]
+
+    accumulated = allocate(rows_of(span), [1], span)
+    for step in (HOUR_MS, DAY_MS, 7 * MINUTE_MS):
+        sets = [allocate(rows_of(part), [1], part) for part in split_steps(span, step)]
+        summed: dict[str, Decimal] = {}
+        for step_set in sets:
+            for name, row in step_set.items():
+                summed[name] = summed.get(name, Decimal(0)) + Decimal(row["totalCostExact"])
+        assert summed == {n: Decimal(r["totalCostExact"]) for n, r in accumulated.items()}
+    hourly = [allocate(rows_of(part), [1], part) for part in split_steps(span, HOUR_MS)]
+    assert len(hourly) == 26 and sum(1 for s in hourly if s) == 5  # one per event
+    assert hourly[-1] == {"ads": hourly[-1]["ads"]}
+    assert hourly[-1]["ads"]["totalCostExact"] == "0.000000000007"
+    assert hourly[-1]["ads"]["window"] == {"start": "2024-05-02T01:00:00Z",
+                                           "end": "2024-05-02T01:01:00Z"}

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from costflux.settings import Settings
+from tests.integration.expected import azure_rows
+from tests.integration.test_pipeline import produce_trace, wait_for_requests
 from tests.integration.worker_process import WorkerProcess
 
 
@@ -23,3 +25,15 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]
     yield start
     for worker in workers:
         worker.stop()
+
+
+@pytest.fixture
+def azure_worker(
+    settings_for: Callable[..., Settings], start_worker: Callable[[Settings], WorkerProcess],
+) -> WorkerProcess:
+    """A worker that has served the whole bundled Azure trace."""
+    worker = start_worker(settings_for())
+    worker.wait_ready()
+    produce_trace(worker.settings, limit=None, speed=0)
+    wait_for_requests(worker, len(azure_rows()))
+    return worker

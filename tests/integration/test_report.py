@@ -4,30 +4,22 @@ independent recomputation of the trace (csv module + Decimal prices written out 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from decimal import ROUND_HALF_EVEN, Decimal
 
 import pytest
 
 from costflux.cli import main
-from costflux.settings import Settings
-from tests.integration.expected import azure_rows, totals_by
-from tests.integration.test_pipeline import TRACE_SPAN, produce_trace, wait_for_requests
+from tests.integration.expected import azure_rows, totals_by, totals_by_window
+from tests.integration.test_pipeline import TRACE_SPAN
 from tests.integration.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
 
-def test_reports_by_team_and_model_equal_the_recomputation(
-    settings_for: Callable[..., Settings], start_worker: Callable[[Settings], WorkerProcess],
-    capsys: pytest.CaptureFixture[str],
+def test_reports_by_team_model_and_time_of_day_equal_the_recomputation(
+    azure_worker: WorkerProcess, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    settings = settings_for()
-    produce_trace(settings, limit=None, speed=0)
-    events = azure_rows()
-    worker = start_worker(settings)
-    worker.wait_ready()
-    wait_for_requests(worker, len(events))
+    worker, events = azure_worker, azure_rows()
     for dimension in ("team", "model"):
         assert main(["report", "--window", TRACE_SPAN, "--by", dimension, "--format", "json",
                      "--url", worker.base]) == 0
@@ -44,6 +36,14 @@ def test_reports_by_team_and_model_equal_the_recomputation(
                  "--url", worker.base]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "| Team | Cost | Percentage |" and lines[-1].startswith("| Total | $")
+    # The trace spans 18:00-20:00 UTC; with peak hours 19-24 the 19:00 hour is peak.
+    assert main(["report", "--window", TRACE_SPAN, "--by", "time_of_day", "--format", "json",
+                 "--peak-hours", "19-24", "--url", worker.base]) == 0
+    by_hour = totals_by_window(events, 3600)
+    peak = sum(cost for start, cost in by_hour.items() if (start // 3_600_000) % 24 >= 19)
+    report = json.loads(capsys.readouterr().out)
+    assert {row["time_of_day"]: Decimal(row["cost"]) for row in report["rows"]} == {
+        "peak": peak, "off-peak": sum(by_hour.values()) - peak}
 
 
 def test_report_without_a_worker_says_what_to_start(capsys: pytest.CaptureFixture[str]) -> None:
