@@ -116,10 +116,14 @@ class Detector:
             if number % 50 == 49:
                 await asyncio.sleep(0)  # a long catch-up must not starve the other agents
         if last is not None:
-            states = {key.decode(): AlertState(**value) for key, value in self.table.items()
-                      if key != _EVALUATED}
-            await self._view.write(last.budgets, self._detection.active(states), tick_ms)
+            await self._view.write(last.budgets, self._detection.active(self._states()),
+                                   tick_ms)
             self._metrics.set_budgets(last.budgets)
+
+    def _states(self) -> dict[str, AlertState]:
+        """The rule instances' states, as the table holds them (only active ones are kept)."""
+        return {key.decode(): AlertState(**value) for key, value in self.table.items()
+                if key != _EVALUATED}
 
     async def _first_step(self, tick_ms: int) -> int:
         """Where a detector without state starts: after the oldest window held (so a replay
@@ -135,11 +139,7 @@ class Detector:
             # Windows before the watermark are final: read each once, keep it while needed.
             self._tiles.update(zip(missing, await self._windows.read_windows(missing),
                                    strict=True))
-        states = {}
-        for key, value in self.table.items():
-            if key != _EVALUATED:
-                states[key.decode()] = AlertState(**value)
-        result = self._detection.step(t_ms, self._tiles, states)
+        result = self._detection.step(t_ms, self._tiles, self._states())
         for event in result.events:
             delivery = await self._alerts.send(key=event.alert_id.encode(),
                                                value=event.model_dump_json().encode())

@@ -94,6 +94,7 @@ class BudgetStatus(NamedTuple):
     projected_pico: int
     status: Status
     thresholds_reached: tuple[int, ...]
+    projection_ratio: Fraction  # projected / amount, exactly (what the status compares)
 
 
 def budget_status(budget: Budget, spend_pico: int | Fraction, now_ms: int) -> BudgetStatus:
@@ -117,7 +118,7 @@ def budget_status(budget: Budget, spend_pico: int | Fraction, now_ms: int) -> Bu
         status = "OK"
     reached = tuple(p for p in budget.thresholds if spend_pico * 100 >= amount * p)
     return BudgetStatus(budget, start, end, spend_pico, int(spend_pico * length // elapsed),
-                        status, reached)
+                        status, reached, Fraction(spend_pico * length, elapsed * amount))
 
 
 def _add_month(year: int, month: int, months: int) -> tuple[int, int]:

@@ -22,12 +22,12 @@ from costflux.core.allocation import AllocationOptions, group_costs
 from costflux.core.budgets import Budget, BudgetStatus, budget_status
 from costflux.core.gpu import UNITS_PER_PICO
 from costflux.core.signals import (
-    DAY_MS,
     SPANS,
     LabelValues,
     Rows,
     Tile,
     Tiles,
+    fully_loaded,
     hourly_signal,
     span_tiles,
     spike_hours,
@@ -37,7 +37,7 @@ from costflux.core.spike import HOUR_MS
 from schemas._types import from_epoch_ms
 from schemas.alert import AlertEvent
 
-__all__ = ["BUDGET_SIGNALS", "DAY_MS", "DetectOptions", "Detection", "StepResult",
+__all__ = ["BUDGET_SIGNALS", "DetectOptions", "Detection", "StepResult",
            "instance_key", "instance_of"]
 
 BUDGET_SIGNALS = ("budget_projection", "budget_spent_pct")
@@ -132,14 +132,12 @@ class Detection:
     def _values(
         self, rule: Rule, t_ms: int, tiles: Tiles, statuses: Mapping[str, BudgetStatus],
         result: StepResult,
-    ) -> dict[LabelValues, tuple[Rule, Fraction]] | None:
-        """Per labels (in ``rule.group_by`` order, or budget[, threshold]): the rule to apply
-        and the value."""
+    ) -> dict[LabelValues, Fraction] | None:
+        """Per labels (in ``rule.group_by`` order, or budget[, threshold]): the value."""
         signal = rule.signal
         if signal in SPANS:
             rows = _rows(tiles, self._span(t_ms - SPANS[signal], t_ms))
-            found = window_signal(signal, rule.group_by, rows, self.options.allocation)
-            return {key: (rule, value) for key, value in found.items()}
+            return window_signal(signal, rule.group_by, rows, self.options.allocation)
         if signal == "cost_spike":
             if t_ms % HOUR_MS:
                 return None
@@ -151,26 +149,20 @@ class Detection:
                                    self.options.allocation)
             result.spike_ratios = [(dict(zip(rule.group_by, key, strict=True)), ratio)
                                    for key, ratio in sorted(ratios.items())]
-            return {key: (rule, value) for key, value in ratios.items()}
-        values: dict[LabelValues, tuple[Rule, Fraction]] = {}
+            return ratios
+        values: dict[LabelValues, Fraction] = {}
         for name, status in statuses.items():
-            amount = status.budget.amount_pico
             if signal == "budget_projection":
-                elapsed = min(t_ms, status.period_end_ms) - status.period_start_ms
-                length = status.period_end_ms - status.period_start_ms
-                if elapsed < status.budget.project_after_ms:
-                    elapsed = length
-                values[(name,)] = (rule, Fraction(status.spend_pico * length, elapsed * amount))
+                values[(name,)] = status.projection_ratio
                 continue
-            percent = Fraction(status.spend_pico * 100, amount)
+            percent = Fraction(status.spend_pico * 100, status.budget.amount_pico)
             for threshold in status.budget.thresholds:
                 if threshold >= rule.threshold:  # the rule's threshold: the least that alerts
-                    applied = replace(rule, threshold=Decimal(threshold))
-                    values[(name, str(threshold))] = (applied, percent)
+                    values[(name, str(threshold))] = percent
         return values
 
     def _evaluate(
-        self, rule: Rule, values: Mapping[LabelValues, tuple[Rule, Fraction]], t_ms: int,
+        self, rule: Rule, values: Mapping[LabelValues, Fraction], t_ms: int,
         states: Mapping[str, AlertState], result: StepResult,
     ) -> None:
         group_by = _label_names(rule)
@@ -181,9 +173,8 @@ class Detection:
         for key in sorted(set(instances) | set(known)):
             labels = instance_of(key)[1]
             label_values = instances.get(key) or tuple(labels[g] for g in group_by)
-            applied, value = values.get(label_values, (rule, None))
-            if rule.signal == "budget_spent_pct" and value is None:
-                applied = replace(rule, threshold=Decimal(labels["threshold"]))
+            value = values.get(label_values)
+            applied = _instance_rule(rule, labels)
             before = states.get(key, AlertState())
             after, notice = evaluate(applied, before, value, t_ms)
             if value is not None and after.firing_since_ms is not None:
@@ -211,11 +202,9 @@ class Detection:
             rule = rules.get(name)
             if rule is None or state.firing_since_ms is None:
                 continue
-            if rule.signal == "budget_spent_pct":
-                rule = replace(rule, threshold=Decimal(labels["threshold"]))
             notice = Notice("firing", state.last_value, state.firing_since_ms, None,
                             state.repeats)
-            shown.append(self._event(rule, labels, notice))
+            shown.append(self._event(_instance_rule(rule, labels), labels, notice))
         return shown
 
     # --- budgets --------------------------------------------------------------------------
@@ -235,6 +224,13 @@ class Detection:
         return statuses
 
 
+def _instance_rule(rule: Rule, labels: Mapping[str, str]) -> Rule:
+    """The rule as one instance applies it: a budget threshold alert's own threshold."""
+    if rule.signal == "budget_spent_pct":
+        return replace(rule, threshold=Decimal(labels["threshold"]))
+    return rule
+
+
 def _label_names(rule: Rule) -> tuple[str, ...]:
     if rule.signal == "budget_projection":
         return ("budget",)
@@ -251,7 +247,7 @@ def _spend(budget: Budget, rows: list[Rows], options: AllocationOptions) -> int:
     """The budget's fully loaded spend in these windows, in GPU cost units."""
     if not rows:
         return 0
-    costs = group_costs(rows, range(len(DIMENSIONS)), AllocationOptions(True, options.weight))
+    costs = group_costs(rows, range(len(DIMENSIONS)), fully_loaded(options))
     return sum(cost.total_units for key, cost in costs.items()
                if budget.matches(dict(zip(DIMENSIONS, key, strict=True))))
 

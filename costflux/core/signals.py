@@ -20,8 +20,8 @@ from costflux.core.gpu_samples import GPU_DIMENSIONS
 from costflux.core.money import PICO_PER_DOLLAR
 from costflux.core.spike import BASELINE_HOURS, HOUR_MS, spike_ratio
 
-__all__ = ["DAY_MS", "UNITS_PER_DOLLAR", "LabelValues", "Rows", "Tile", "Tiles", "hourly_signal",
-           "span_tiles", "spike_hours", "window_signal"]
+__all__ = ["DAY_MS", "SPANS", "UNITS_PER_DOLLAR", "LabelValues", "Rows", "Tile", "Tiles",
+           "fully_loaded", "hourly_signal", "span_tiles", "spike_hours", "window_signal"]
 
 Tile = tuple[int, int]  # (window size in s, window start in ms), as the serving view keys it
 Rows = Mapping[str, list[int]]
@@ -30,7 +30,6 @@ LabelValues = tuple[str, ...]  # a group's values of the rule's group_by, in ord
 
 DAY_MS = 24 * HOUR_MS
 UNITS_PER_DOLLAR = UNITS_PER_PICO * PICO_PER_DOLLAR
-FULLY_LOADED = AllocationOptions(share_idle=True)
 
 #: Signals over a sliding span ending at t: signal -> span length.
 SPANS = {
@@ -40,6 +39,11 @@ SPANS = {
     "gpu_idle_waste": HOUR_MS,
     "daily_cost": DAY_MS,
 }
+
+
+def fully_loaded(options: AllocationOptions) -> AllocationOptions:
+    """The same GPU-cost split, with idle time charged to the model's users."""
+    return AllocationOptions(share_idle=True, weight=options.weight)
 
 
 def span_tiles(start_ms: int, end_ms: int, sizes_s: Sequence[int]) -> list[Tile]:
@@ -52,7 +56,7 @@ def window_signal(
     """Value of a sliding-span signal per group, from the rows of the windows covering it."""
     if signal in ("cost_per_request", "daily_cost"):
         costs = group_costs(rows, [DIMENSIONS.index(g) for g in group_by],
-                            AllocationOptions(True, options.weight))
+                            fully_loaded(options))
         if signal == "daily_cost":
             return {key: Fraction(c.total_units, UNITS_PER_DOLLAR) for key, c in costs.items()}
         return {key: Fraction(c.total_units, UNITS_PER_DOLLAR * c.requests)
@@ -87,8 +91,7 @@ def hourly_signal(
     indexes = [DIMENSIONS.index(g) for g in group_by]
     hourly: dict[LabelValues, dict[int, int]] = {}
     for hour in spike_hours(t_ms):
-        for key, cost in group_costs(hour_rows(hour), indexes,
-                                     AllocationOptions(True, options.weight)).items():
+        for key, cost in group_costs(hour_rows(hour), indexes, fully_loaded(options)).items():
             if cost.total_units:
                 hourly.setdefault(key, {})[hour] = cost.total_units
     ratios = {}
@@ -98,10 +101,3 @@ def hourly_signal(
             ratios[key] = ratio
     return ratios
 
-
-def labels_of(group_by: Sequence[str], key: LabelValues) -> dict[str, str]:
-    return dict(zip(group_by, key, strict=True))
-
-
-def group_label_values(labels: Mapping[str, str], group_by: Sequence[str]) -> LabelValues:
-    return tuple(labels[g] for g in group_by)
