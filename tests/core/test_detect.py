@@ -17,6 +17,7 @@ from costflux.core.detect import Detection, DetectOptions
 from costflux.core.signals import Tile
 from costflux.core.spike import HOUR_MS
 from schemas.alert import AlertEvent
+from tests.core.test_budgets import ISSUE_EXAMPLE
 
 MINUTE = 60_000
 PICO = 10**12
@@ -89,18 +90,8 @@ def test_a_new_group_in_its_first_hours_is_not_a_spike() -> None:
     assert run.sent == []  # each hour doubles the mean, but history is under 6 hours
 
 
-BUDGET = """
-budgets:
-  - name: ml-research-monthly
-    scope: {team: ml-research}
-    period: monthly
-    amount: 50000
-    thresholds: [50, 80, 100]
-"""
-
-
 def test_the_seeds_budget_example_through_steps_then_rollover() -> None:
-    (budget,) = parse_budgets_text(BUDGET)
+    (budget,) = parse_budgets_text(ISSUE_EXAMPLE)
     start, day15 = ms(2026, 11, 1), ms(2026, 11, 16)  # 30-day month; end of day 15
     # $25,000 over days 1-15, never ahead of the pace of $50,000 a month (a day's spend lands
     # in its last minute), then $2,000 in the next minute and $1,000 in the one after.
@@ -142,7 +133,7 @@ def test_the_seeds_budget_example_through_steps_then_rollover() -> None:
 
 
 def test_budget_spend_is_the_same_for_a_detector_started_mid_month() -> None:
-    (budget,) = parse_budgets_text(BUDGET)
+    (budget,) = parse_budgets_text(ISSUE_EXAMPLE)
     start = ms(2026, 11, 1)
     events = [(start + k * 7 * MINUTE + 13_000, "ml-research", 123_456_789 * (k % 5 + 1), 1)
               for k in range(2000)]

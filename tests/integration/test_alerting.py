@@ -20,6 +20,7 @@ from confluent_kafka import Consumer
 from costflux.settings import Settings
 from streams.kafka import consumer_config, ensure_topics, producer_config
 from streams.producer import UsageProducer
+from tests.core.test_budgets import ISSUE_EXAMPLE
 from tests.integration.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -75,26 +76,36 @@ class AlertsReader:
         self.consumer.close()
 
 
+def planted_spike() -> tuple[int, list[dict[str, Any]]]:
+    """36 hours ago: 30 hours of three $0.03 requests an hour, nine in hour 20 (3x the mean:
+    a spike), then a $0 request of another team at hour 31 that moves event time past it."""
+    now = int(time.time() * 1000)
+    start = now - now % HOUR_MS - 36 * HOUR_MS
+    events = [gpt4(f"r{h}-{m}", start + h * HOUR_MS + m * 6 * MINUTE_MS + 1000, "search")
+              for h in range(30) for m in range(9 if h == 20 else 3)]
+    return start, [*events, gpt4("clock", start + 31 * HOUR_MS, "other", input_tokens=1)]
+
+
+def alerts_until_evaluated(reader: AlertsReader, worker: WorkerProcess,
+                           end_ms: int) -> list[dict[str, Any]]:
+    """Every alert event, once the worker has evaluated up to ``end_ms`` and a second more."""
+    worker.wait_for(lambda: _evaluated_to(worker) >= end_ms, 60, "evaluating to the last event")
+    time.sleep(1.0)
+    return reader.read_until(lambda got: True, 5, worker)
+
+
 def test_a_planted_spike_alerts_once_firing_once_resolved_and_never_in_cold_start(
     settings_for: Callable[..., Settings], start_worker: Callable[[Settings], WorkerProcess],
 ) -> None:
     settings = settings_for(**FAST_DETECTION)  # the seeds' eight default rules
-    now = int(time.time() * 1000)
-    start = now - now % HOUR_MS - 36 * HOUR_MS
-    # 30 hours of three $0.03 requests an hour; hour 20 has nine (3x the mean: a spike).
-    events = [gpt4(f"r{h}-{m}", start + h * HOUR_MS + m * 6 * MINUTE_MS + 1000, "search")
-              for h in range(30) for m in range(9 if h == 20 else 3)]
-    events.append(gpt4("clock", start + 31 * HOUR_MS, "other", input_tokens=1))
+    start, events = planted_spike()
     reader = AlertsReader(settings)
     worker = start_worker(settings)
     try:
         produce(settings, events)
         worker.wait_ready()
         reader.read_until(lambda got: len(got) >= 2, 120, worker)
-        worker.wait_for(lambda: _evaluated_to(worker) >= start + 31 * HOUR_MS, 60,
-                        "evaluating to the last event")
-        time.sleep(1.0)
-        alerts = reader.read_until(lambda got: True, 5, worker)
+        alerts = alerts_until_evaluated(reader, worker, start + 31 * HOUR_MS)
     finally:
         reader.close()
     # The hour from 20:00 closes at 21:00: $0.27 against a mean of $0.09 -> 3 > 2, firing;
@@ -116,12 +127,9 @@ def test_a_worker_killed_after_firing_resumes_and_resolves_the_same_alert(
     settings_for: Callable[..., Settings], start_worker: Callable[[Settings], WorkerProcess],
 ) -> None:
     settings = settings_for(**FAST_DETECTION)
-    now = int(time.time() * 1000)
-    start = now - now % HOUR_MS - 36 * HOUR_MS
-    events = [gpt4(f"r{h}-{m}", start + h * HOUR_MS + m * 6 * MINUTE_MS + 1000, "search")
-              for h in range(30) for m in range(9 if h == 20 else 3)]
+    start, events = planted_spike()
     before = [e for e in events if e["ts"] * 1000 < start + 21 * HOUR_MS + 30 * MINUTE_MS]
-    after = events[len(before):] + [gpt4("clock", start + 31 * HOUR_MS, "other", 1)]
+    after = events[len(before):]
     reader = AlertsReader(settings)
     worker = start_worker(settings)
     try:
@@ -134,10 +142,7 @@ def test_a_worker_killed_after_firing_resumes_and_resolves_the_same_alert(
         restarted.wait_ready()
         reader.read_until(lambda got: any(a["state"] == "resolved" for a in got), 120,
                           restarted)
-        restarted.wait_for(lambda: _evaluated_to(restarted) >= start + 31 * HOUR_MS, 60,
-                           "evaluating to the last event")
-        time.sleep(1.0)
-        alerts = reader.read_until(lambda got: True, 5, restarted)
+        alerts = alerts_until_evaluated(reader, restarted, start + 31 * HOUR_MS)
     finally:
         reader.close()
     # At least once on Kafka, but a re-sent notice is the same notice (same id, state,
@@ -149,14 +154,6 @@ def test_a_worker_killed_after_firing_resumes_and_resolves_the_same_alert(
     assert len({a["alert_id"] for a in alerts}) == 1
 
 
-BUDGETS = """
-budgets:
-  - name: ml-research-monthly
-    scope: {team: ml-research}
-    period: monthly
-    amount: 50000
-    thresholds: [50, 80, 100]
-"""
 BUDGET_RULES = """
 rules:
   - {name: BudgetWarning, signal: budget_projection, op: ">", threshold: 1}
@@ -179,7 +176,7 @@ def test_the_seeds_budget_example_through_the_stream(
     settings_for: Callable[..., Settings], start_worker: Callable[[Settings], WorkerProcess],
     tmp_path: Path, redis_url: str,
 ) -> None:
-    for name, text in (("budgets.yaml", BUDGETS), ("rules.yaml", BUDGET_RULES),
+    for name, text in (("budgets.yaml", ISSUE_EXAMPLE), ("rules.yaml", BUDGET_RULES),
                        ("pricing.yaml", PRICING)):
         (tmp_path / name).write_text(text)
     settings = settings_for(
