@@ -1,8 +1,10 @@
-"""HTTP on the worker: /metrics, /healthz, /readyz, allocation and GPU cost (Faust's web server)."""
+"""HTTP on the worker: /metrics, /healthz, /readyz, allocation, GPU cost, budgets, alerts and
+savings advice (Faust's web server)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -11,6 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from agents.alerts_view import AlertsView
 from agents.metrics import CostMetrics
 from agents.serving import ServingView
+from costflux.core.advice import Assumptions, advise, measurable
+from costflux.core.advice_report import advice_answer
 from costflux.core.allocation import (
     AllocationOptions,
     AllocationQueryError,
@@ -23,11 +27,14 @@ from costflux.core.allocation import (
     split_steps,
 )
 from costflux.core.gpu_report import gpu_report, parse_gpu_aggregate
+from costflux.core.overheads import with_other_costs
+from costflux.core.pricing import ModelPrice, OtherCost
 from schemas._types import from_epoch_ms
 
-__all__ = ["register_http"]
+__all__ = ["AdviceInputs", "register_http"]
 
 _EXPOSITION_TYPE = CONTENT_TYPE_LATEST.split("; charset")[0]
+_HOUR_MS = 3_600_000
 
 
 def register_http(
@@ -38,6 +45,9 @@ def register_http(
     readiness: Callable[[], tuple[bool, str]],
     gpu_defaults: AllocationOptions,
     alerts: AlertsView,
+    *,
+    advice: AdviceInputs,
+    other_costs: Callable[[], Mapping[str, OtherCost]],
 ) -> None:
     """Add the worker's HTTP endpoints to ``app``'s web server."""
     finest_s = min(window_sizes_s)
@@ -94,13 +104,15 @@ def register_http(
             span = await window_of(request)
             if step_ms is None or accumulate:
                 rows = (await read_spans([span]))[0]
-                data = allocate(rows, group_by, span, options)
+                data = with_other_costs(allocate(rows, group_by, span, options), span,
+                                        other_costs())
                 return web.json({"code": 200, "data": [data] if data else []})
             steps = split_steps(span, step_ms)
             step_rows = await read_spans(steps)
         except AllocationQueryError as exc:
             return web.json({"code": 400, "message": str(exc)}, status=400)
-        sets = [allocate(rows, group_by, step, options)
+        components = other_costs()  # each step is charged its own part of the month
+        sets = [with_other_costs(allocate(rows, group_by, step, options), step, components)
                 for step, rows in zip(steps, step_rows, strict=True)]
         return web.json({"code": 200, "data": sets})
 
@@ -124,6 +136,30 @@ def register_http(
     async def active_alerts(web: faust.web.View, request: faust.web.Request) -> Any:
         return web.json({"code": 200, "data": await alerts.alerts(),
                          "evaluatedAt": _iso_or_none(await alerts.evaluated_ms())})
+
+    @app.page("/api/advice")
+    async def savings_advice(web: faust.web.View, request: faust.web.Request) -> Any:
+        """Estimated monthly savings and the ROI table, from the window's hourly rows."""
+        newest = await view.newest_event_time_ms()
+        try:
+            span = parse_window(request.query.get("window", "7d"), newest or 0, finest_s)
+            held = measurable(span, await view.earliest_window_ms(finest_s), newest, finest_s)
+            hours = split_steps(held, _HOUR_MS) if held else []
+            rows = await read_spans(hours)
+        except AllocationQueryError as exc:
+            return web.json({"code": 400, "message": str(exc)}, status=400)
+        result = advise(list(zip(hours, rows, strict=True)),
+                        lambda model: advice.model_price(model, span.end_ms - 1),
+                        advice.assumptions)
+        return web.json({"code": 200, "data": advice_answer(result)})
+
+
+@dataclass(frozen=True, slots=True)
+class AdviceInputs:
+    """What savings advice needs besides window rows: its assumptions and current prices."""
+
+    assumptions: Assumptions
+    model_price: Callable[[str, int], ModelPrice | None]  # (model, event time ms)
 
 
 def _iso_or_none(ms: int | None) -> str | None:

@@ -199,8 +199,11 @@ class CostMetrics:
         self._unit_cost_models = shown
 
     def count_row(self, dims: tuple[str, ...], sums: list[int]) -> None:
-        """Add one applied aggregate row: dims in DIMENSIONS order, sums in SUM_FIELDS order."""
-        model, team, _project, _app, namespace = dims
+        """Add one applied aggregate row: dims in DIMENSIONS order, sums in SUM_FIELDS order.
+
+        Only model, team and namespace become labels (the rest would multiply the series).
+        """
+        model, team, namespace = dims[0], dims[1], dims[4]
         children = self._children.get((model, team, namespace))
         if children is None:
             children = self._children_for(model, team, namespace)

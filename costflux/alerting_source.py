@@ -1,9 +1,11 @@
-"""The rules and budgets files, read at the process edge into a Detection."""
+"""The rules, budgets and advice files, read at the process edge."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from costflux.core.advice import Assumptions
+from costflux.core.advice_config import AdviceConfigError, parse_assumptions_text
 from costflux.core.alert_rules import DEFAULT_RULES, RulesError, parse_rules_text
 from costflux.core.alerts import Rule
 from costflux.core.allocation import AllocationOptions
@@ -11,7 +13,7 @@ from costflux.core.budgets import Budget, BudgetError, parse_budgets_text
 from costflux.core.detect import Detection, DetectOptions
 from costflux.settings import ConfigError, Settings
 
-__all__ = ["detection_from"]
+__all__ = ["advice_assumptions_from", "detection_from"]
 
 
 def detection_from(settings: Settings) -> Detection:
@@ -39,6 +41,17 @@ def detection_from(settings: Settings) -> Detection:
         allocation=AllocationOptions(settings.gpu_share_idle, settings.gpu_allocation_weight),
     )
     return Detection(rules, budgets, options)
+
+
+def advice_assumptions_from(settings: Settings) -> Assumptions:
+    """The savings advice's assumptions: the defaults, or the advice file's."""
+    if settings.advice_file is None:
+        return Assumptions()
+    try:
+        return parse_assumptions_text(_read(settings.advice_file, "COSTFLUX_ADVICE_FILE"),
+                                      str(settings.advice_file))
+    except AdviceConfigError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _read(path: Path, setting: str) -> str:

@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from costflux.core.advice_report import render_advice
 from costflux.embedded import embedded_stack, free_port
 from costflux.settings import Settings
 
@@ -40,6 +41,10 @@ DEMO_LABELS = {
     "project": ("assistant", "summarizer"),
     "app": ("web", "api", "batch"),
     "namespace": ("ml-prod", "ml-staging"),
+    # As long as DEMO_MODELS, so row i's deployment serves row i's model.
+    "deployment": tuple(f"{model}-prod" for model in DEMO_MODELS),
+    # Two clusters, 3:2, rotating on 5 rows: every cluster sees every model, team, namespace.
+    "cluster": ("us-east-1", "us-east-1", "us-east-1", "eu-west-1", "eu-west-1"),
 }
 DEMO_ASSIGNMENT = (DEMO_MODELS, DEMO_LABELS)
 _TRACE_SPAN = "2023-11-16T18:00:00Z,2023-11-16T20:00:00Z"
@@ -77,9 +82,13 @@ def run_demo(
             console.print(f"  metrics:    {base}/metrics")
             console.print(f"  allocation: {base}/model/allocation?window={_TRACE_SPAN}"
                           "&aggregate=model,label:team")
+            console.print(f"  by cluster: {base}/model/allocation?window={_TRACE_SPAN}"
+                          "&aggregate=cluster,deployment")
             console.print(f"  GPU cost:   {base}/model/gpu?window={_TRACE_SPAN}"
                           "&aggregate=model  (simulated GPUs serving the Llama models)")
             console.print(f"  budgets:    {base}/api/budgets   alerts: {base}/api/alerts")
+            console.print(f"  advice:     {base}/api/advice?window={_TRACE_SPAN}  or "
+                          f"costflux advise --window {_TRACE_SPAN}")
             for target, name in ((_replay, "demo-replay"), (_replay_gpus, "demo-gpus")):
                 threading.Thread(
                     target=target, args=(live, speed, limit), name=name, daemon=True
@@ -222,6 +231,16 @@ def _show(
         console.print(f"requests={sum(int(r['requests']) for r in rows)} "
                       f"cost=${sum(float(r['totalCost']) for r in rows):.6f}")
         console.print(_alerting_line(base))
+    console.print(_advice_text(base), markup=False, highlight=False, soft_wrap=True)
+
+
+def _advice_text(base: str) -> str:
+    """The savings advice and ROI table for the trace's span, as ``costflux advise`` prints."""
+    try:
+        data = _get(f"{base}/api/advice?window={_TRACE_SPAN}")["data"]
+    except (urllib.error.URLError, OSError, ValueError):
+        return "advice: -"
+    return render_advice(data, "table")
 
 
 def _alerting_line(base: str) -> str:

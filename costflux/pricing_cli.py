@@ -96,5 +96,6 @@ def _header(args: argparse.Namespace, catalogue: dict[str, Any]) -> list[str]:
 
 def _run_check(args: argparse.Namespace, settings: Settings) -> int:
     book = load_pricing_file(args.file)  # a PricingError is reported by main, exit 2
-    print(f"{args.file}: ok: {len(book.models)} models, {len(book.gpu_types)} GPU types")
+    others = f", other costs: {', '.join(book.other_costs)}" if book.other_costs else ""
+    print(f"{args.file}: ok: {len(book.models)} models, {len(book.gpu_types)} GPU types{others}")
     return 0

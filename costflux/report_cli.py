@@ -7,13 +7,9 @@ is the API's exact figures grouped and rendered here, so it equals what the API 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 from typing import Any
 
+from costflux.api_client import get_data, print_from_worker
 from costflux.core.report import FORMATS, PeakHours, by_time_of_day, render, report_rows
 from costflux.settings import Settings
 
@@ -21,7 +17,8 @@ __all__ = ["add_report_command"]
 
 #: --by value -> the allocation API's aggregate parameter (time_of_day: hourly sets instead).
 DIMENSIONS = {"model": "model", "team": "label:team", "project": "label:project",
-              "app": "label:app", "namespace": "namespace"}
+              "app": "label:app", "namespace": "namespace", "deployment": "deployment",
+              "cluster": "cluster"}
 
 
 def add_report_command(commands: Any) -> None:
@@ -39,33 +36,20 @@ def add_report_command(commands: Any) -> None:
 
 
 def _run_report(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        if args.by == "time_of_day":
-            peak = PeakHours.parse(args.peak_hours, args.timezone)
-            sets = _allocation(args.url, window=args.window, aggregate="model", step="1h")
-            rows = by_time_of_day(sets, peak)
-        else:
-            sets = _allocation(args.url, window=args.window, aggregate=DIMENSIONS[args.by])
-            rows = report_rows(a for s in sets for a in s.values())
-    except (ValueError, LookupError) as exc:
-        print(f"costflux report: {exc}", file=sys.stderr)
-        return 2
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"costflux report: cannot read {args.url} ({exc}); is a worker or "
-              "`costflux demo` running?", file=sys.stderr)
-        return 1
-    sys.stdout.write(render(rows, args.by, args.form, args.window))
-    return 0
+    return print_from_worker("report", args.url, lambda: _report_text(args))
+
+
+def _report_text(args: argparse.Namespace) -> str:
+    if args.by == "time_of_day":
+        peak = PeakHours.parse(args.peak_hours, args.timezone)
+        sets = _allocation(args.url, window=args.window, aggregate="model", step="1h")
+        rows = by_time_of_day(sets, peak)
+    else:
+        sets = _allocation(args.url, window=args.window, aggregate=DIMENSIONS[args.by])
+        rows = report_rows(a for s in sets for a in s.values())
+    return render(rows, args.by, args.form, args.window)
 
 
 def _allocation(base: str, **params: str) -> list[dict[str, dict[str, Any]]]:
-    url = f"{base.rstrip('/')}/model/allocation?{urllib.parse.urlencode(params)}"
-    if not url.startswith(("http://", "https://")):
-        raise ValueError(f"--url {base!r}: expected http://host:port")
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - checked above
-            body = json.load(response)
-    except urllib.error.HTTPError as error:  # the API's 400 says what is wrong
-        raise ValueError(json.load(error).get("message", str(error))) from None
-    data: list[dict[str, dict[str, Any]]] = body["data"]
+    data: list[dict[str, dict[str, Any]]] = get_data(base, "/model/allocation", **params)
     return data

@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     gpu_share_idle: bool = Field(
         False, description="share idle GPU cost among users (else an __idle__ row)"
     )
+    advice_file: Path | None = Field(
+        None, description="savings advice assumptions YAML (target_utilization_pct, routes...);"
+        " unset = the defaults in the README"
+    )
 
     # --- alerting ---
     rules_file: Path | None = Field(

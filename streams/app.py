@@ -20,10 +20,10 @@ from agents.alert_metrics import AlertMetrics
 from agents.alerts_view import AlertsView
 from agents.cost import CostAgentOptions, CostCombiner
 from agents.detector import Detector, DetectorOptions
-from agents.http import register_http
+from agents.http import AdviceInputs, register_http
 from agents.metrics import CostMetrics
 from agents.serving import ServingView
-from costflux.alerting_source import detection_from
+from costflux.alerting_source import advice_assumptions_from, detection_from
 from costflux.core.allocation import AllocationOptions
 from costflux.core.ingest import IngestRules
 from costflux.pricing_source import PricingSource
@@ -90,6 +90,7 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
     namespace = settings.consumer_group
     partitions = settings.topic_partitions
     detection = detection_from(settings)  # first: a bad rules or budgets file stops here
+    assumptions = advice_assumptions_from(settings)
     ensure_topics(
         settings,
         {
@@ -199,6 +200,9 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
         app, metrics, view, tuple(settings.window_sizes), readiness,
         AllocationOptions(settings.gpu_share_idle, settings.gpu_allocation_weight),
         alerts_view,
+        advice=AdviceInputs(assumptions,
+                            lambda model, ts_ms: pricing.current().model_price(model, ts_ms)),
+        other_costs=lambda: pricing.current().other_costs,  # re-read: prices reload live
     )
     return Worker(app, ingest, gpu_ingest, combiner, detector, metrics, pricing)
 

@@ -25,14 +25,18 @@ __all__ = [
     "partials_of",
 ]
 
-#: The dimensions every cost row is keyed by: the model and four labels.
-DIMENSIONS = ("model", "team", "project", "app", "namespace")
-#: The integer sums every row carries, in this order.
+#: The dimensions every cost row is keyed by: the model, four labels, the deployment (the
+#: event's own field, else its ``deployment`` label) and the ``cluster`` label. Rows written
+#: before deployment and cluster existed have the first five only (see decode_dimensions).
+DIMENSIONS = ("model", "team", "project", "app", "namespace", "deployment", "cluster")
+#: The integer sums every row carries, in this order. Rows written before a field was added
+#: are shorter: a reader takes a missing sum as 0.
 SUM_FIELDS = (
-    "cost_pico", "input_tokens", "output_tokens", "cached_input_tokens", "requests", "gpu_ms"
+    "cost_pico", "input_tokens", "output_tokens", "cached_input_tokens", "requests", "gpu_ms",
+    "cache_saving_pico",
 )
 
-DimKey = tuple[str, str, str, str, str]
+DimKey = tuple[str, str, str, str, str, str, str]
 Rows = dict[str, list[int]]
 
 
@@ -64,8 +68,13 @@ def encode_dimensions(dims: DimKey) -> str:
 
 
 def decode_dimensions(row_key: str) -> DimKey:
-    model, team, project, app, namespace = orjson.loads(row_key)
-    return (model, team, project, app, namespace)
+    """The dimensions of a row key; a key written before deployment and cluster existed (five
+    values) reads them as "", so a rolling upgrade keeps old rows readable."""
+    values = orjson.loads(row_key)
+    if len(values) < len(DIMENSIONS):
+        values += [""] * (len(DIMENSIONS) - len(values))
+    model, team, project, app, namespace, deployment, cluster = values
+    return (model, team, project, app, namespace, deployment, cluster)
 
 
 def bucket_of(row_key: str, buckets: int) -> int:
@@ -87,17 +96,20 @@ class PartitionAggregate:
 
     def add_all(self, rows: Iterable[Sequence[Any]]) -> None:
         """Add rows shaped like ``ingest.Candidate``: (_, _, ts_ms, dims, cost, in, out, cached,
-        gpu_ms).
+        gpu_ms, cache_saving).
 
         One loop over all rows with its lookups hoisted: this runs once per counted event.
         """
         finest_ms = self._finest_ms
         sums_by_key = self._sums
-        for _, _, ts_ms, dims, cost_pico, input_tokens, output_tokens, cached, gpu_ms in rows:
+        for (_, _, ts_ms, dims, cost_pico, input_tokens, output_tokens, cached, gpu_ms,
+             saving) in rows:
             key = (ts_ms - ts_ms % finest_ms, dims)
             sums = sums_by_key.get(key)
             if sums is None:
-                sums_by_key[key] = [cost_pico, input_tokens, output_tokens, cached, 1, gpu_ms]
+                sums_by_key[key] = [
+                    cost_pico, input_tokens, output_tokens, cached, 1, gpu_ms, saving
+                ]
             else:
                 sums[0] += cost_pico
                 sums[1] += input_tokens
@@ -105,6 +117,7 @@ class PartitionAggregate:
                 sums[3] += cached
                 sums[4] += 1
                 sums[5] += gpu_ms
+                sums[6] += saving
 
     def partials(self, window_sizes_s: Iterable[int], buckets: int) -> dict[PartialKey, Rows]:
         """Rows per window shard, for every window size (larger ones summed from the finest)."""

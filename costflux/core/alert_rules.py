@@ -9,6 +9,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any, get_args
 
+from costflux.core.aggregate import DIMENSIONS
 from costflux.core.alerts import Rule, Severity
 from costflux.core.money import MoneyError, to_decimal
 from costflux.core.named_entries import named_entries
@@ -23,12 +24,11 @@ SIGNALS: dict[str, tuple[str, tuple[str, ...]]] = {
                         ("node", "gpu_type", "model", "namespace")),
     "idle_cost_1h": ("$ of idle GPU time in the last hour",
                      ("node", "gpu_type", "model", "namespace", "team")),
-    "daily_cost": ("$ spent in the last 24 hours", ("model", "team", "project", "app",
-                                                     "namespace")),
+    "daily_cost": ("$ spent in the last 24 hours", DIMENSIONS),
     "gpu_idle_waste": ("utilization % of GPUs that cost money in the last hour",
                        ("node", "gpu_type", "model", "namespace")),
     "cost_spike": ("last hour's cost / mean hourly cost of the previous 24 hours",
-                   ("namespace", "team", "model", "project", "app")),
+                   ("namespace", "team", "model", "project", "app", "deployment", "cluster")),
     "budget_projection": ("a budget's projected spend / its amount", ("budget",)),
     "budget_spent_pct": ("a budget's spend to date, % of its amount (the threshold is each of "
                          "the budget's own thresholds)", ("budget", "threshold")),

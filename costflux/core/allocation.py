@@ -26,8 +26,8 @@ from costflux.core.windows import duration_ms
 
 __all__ = ["IDLE", "IDLE_KEY", "MAX_STEPS", "UNALLOCATED", "WINDOW_KEYWORDS",
            "AllocationOptions", "AllocationQueryError", "GroupCost", "TimeRange", "allocate",
-           "cover", "group_costs", "iso_window", "parse_aggregate", "parse_step", "parse_window",
-           "split_steps"]
+           "cover", "empty_allocation", "group_costs", "iso_window", "parse_aggregate",
+           "parse_step", "parse_window", "split_steps"]
 
 UNALLOCATED = "__unallocated__"
 #: The row idle GPU cost goes to unless it is shared (OpenCost's shareIdle=false).
@@ -170,21 +170,24 @@ def cover(span: TimeRange, sizes_s: Iterable[int]) -> list[tuple[int, int]]:
 
 
 #: Kubecost aggregations that costflux's rows do not carry (they are keyed by DIMENSIONS).
-_UNTRACKED = ("cluster", "node", "deployment", "controller", "controllerKind", "service",
-              "pod", "container", "statefulset", "daemonset", "job")
+_UNTRACKED = ("node", "controller", "controllerKind", "service", "pod", "container",
+              "statefulset", "daemonset", "job")
+#: The aggregate values, as the error messages list them (``label:`` works for any dimension).
+_AGGREGATES = ("model", "namespace", "deployment", "cluster", "label:team", "label:project",
+               "label:app")
 
 
 def parse_aggregate(text: str) -> list[int]:
-    """'model', 'namespace', 'label:team', comma separated -> indexes into DIMENSIONS."""
+    """'model', 'deployment', 'label:team', comma separated -> indexes into DIMENSIONS."""
     indexes = []
-    valid = ", ".join(["model", "namespace", "label:team", "label:project", "label:app"])
+    valid = ", ".join(_AGGREGATES)
     for part in (p.strip() for p in text.split(",")):
         name = part.removeprefix("label:")
         if part in _UNTRACKED:
             raise AllocationQueryError(
                 f"cannot aggregate by {part!r}: costflux does not record {part} for LLM usage "
-                f"(its cost rows are keyed by model, team, project, app and namespace); "
-                f"use one of: {valid}"
+                f"(its cost rows are keyed by {', '.join(DIMENSIONS[:-1])} and "
+                f"{DIMENSIONS[-1]}); use one of: {valid}"
             )
         if name not in DIMENSIONS:
             raise AllocationQueryError(f"cannot aggregate by {part!r}; use one of: {valid}")
@@ -204,6 +207,10 @@ def _gpu_ms(sums: list[int]) -> int:
     return sums[5] if len(sums) > 5 else 0  # rows written before gpu_ms existed have none
 
 
+def _cache_saving(sums: list[int]) -> int:
+    return sums[6] if len(sums) > 6 else 0  # rows written before cache savings have none
+
+
 _WEIGHT: dict[str, Callable[[list[int]], int]] = {
     "tokens": _tokens, "requests": _requests, "gpu_seconds": _gpu_ms,
 }
@@ -221,6 +228,7 @@ class GroupCost:
     output_tokens: int = 0
     cached_input_tokens: int = 0
     requests: int = 0
+    cache_saving_pico: int = 0  # what the prompt cache saved on the token cost
 
     @property
     def total_units(self) -> int:
@@ -235,6 +243,7 @@ class GroupCost:
         self.output_tokens += other.output_tokens
         self.cached_input_tokens += other.cached_input_tokens
         self.requests += other.requests
+        self.cache_saving_pico += other.cache_saving_pico
 
 
 #: The group of idle GPU cost that is not shared (its name in an answer is ``IDLE``).
@@ -278,6 +287,11 @@ def allocate(
     }
 
 
+def empty_allocation(name: str, span: TimeRange) -> dict[str, object]:
+    """A row of ``allocate``'s shape with no usage (for costs that fall to no group)."""
+    return _allocation(name, GroupCost(), iso_window(span))
+
+
 def group_costs(
     windows_rows: Iterable[Mapping[str, list[int]]],
     group_by: Sequence[int],
@@ -308,6 +322,7 @@ def group_costs(
             group.output_tokens += output_tokens
             group.cached_input_tokens += cached
             group.requests += requests
+            group.cache_saving_pico += _cache_saving(sums)
         for model, gpu_rows in gpu_by_model.items():
             users = users_by_model.get(model) if model else None
             if users:
@@ -346,7 +361,7 @@ def _charge_to_gpu_labels(
 ) -> None:
     for dims, sums in gpu_rows:
         _node, _type, _tier, namespace, model, team, _rates = dims
-        group = group_of((model, team, "", "", namespace))  # in DIMENSIONS order
+        group = group_of((model, team, "", "", namespace, "", ""))  # in DIMENSIONS order
         group.gpu_units += _busy_units(dims, sums)
         idle_group = group if options.share_idle else groups.setdefault(IDLE_KEY, GroupCost())
         idle_group.idle_units += _idle_units(dims, sums)
@@ -363,6 +378,7 @@ def _idle_units(dims: GpuDims, sums: list[int]) -> int:
 
 def _allocation(name: str, group: GroupCost, window: dict[str, str]) -> dict[str, object]:
     token_cost = Decimal(group.token_pico) / PICO_PER_DOLLAR
+    cache_savings = Decimal(group.cache_saving_pico) / PICO_PER_DOLLAR
     gpu_cost = units_to_dollars(group.gpu_units)
     idle_cost = units_to_dollars(group.idle_units)
     total = token_cost + gpu_cost + idle_cost
@@ -381,6 +397,8 @@ def _allocation(name: str, group: GroupCost, window: dict[str, str]) -> dict[str
         "outputTokens": group.output_tokens,
         "cachedInputTokens": group.cached_input_tokens,
         "requests": group.requests,
+        "cacheSavings": float(cache_savings),
+        "cacheSavingsExact": _exact(cache_savings),
         "costPerRequest": float(total / group.requests) if group.requests else 0.0,
         "costPerToken": float(total / tokens) if tokens else 0.0,
     }

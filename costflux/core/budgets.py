@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from costflux.core.aggregate import DIMENSIONS
 from costflux.core.money import MoneyError, exact_pico, to_decimal
 from costflux.core.named_entries import named_entries
 
@@ -33,7 +34,7 @@ __all__ = [
 
 Status = Literal["OK", "WARNING", "CRITICAL"]
 #: What a budget may be scoped by: the usage rows' dimensions, or a cost center of the file.
-SCOPE_KEYS = ("model", "team", "project", "app", "namespace")
+SCOPE_KEYS = DIMENSIONS
 COST_CENTER = "cost_center"
 _DAY_MS = 86_400_000
 

@@ -60,6 +60,7 @@ class Candidate(NamedTuple):
     output_tokens: int
     cached_input_tokens: int
     gpu_ms: int  # the event's own gpu_seconds, in ms (0 when it carries none)
+    cache_saving_pico: int  # what the prompt cache saved (ModelPrice.cache_saving; 0 uncached)
 
 
 CandidateT = TypeVar("CandidateT")
@@ -135,12 +136,15 @@ def judge(
                     f"{offset}:{index}" if batched else str(offset),
                     ts_ms,
                     (entry.model, labels.get("team", ""), labels.get("project", ""),
-                     labels.get("app", ""), labels.get("namespace", "")),
+                     labels.get("app", ""), labels.get("namespace", ""),
+                     entry.deployment or labels.get("deployment", ""),
+                     labels.get("cluster", "")),
                     price.cost(entry.input_tokens, entry.output_tokens, cached),
                     entry.input_tokens,
                     entry.output_tokens,
                     cached,
                     round(entry.gpu_seconds * 1000) if entry.gpu_seconds else 0,
+                    price.cache_saving(entry.input_tokens, cached) if cached else 0,
                 )))
                 continue
             rejected.append(

@@ -17,6 +17,11 @@ priced at the price in force at its event time (a change without ``tiers`` keeps
 tiers). An entry with only ``changes`` is unpriced before its first change. Per GPU type the
 same ``changes`` list is accepted. A Kubernetes ConfigMap manifest holding ``pricing.yaml`` in
 ``data`` is read too.
+
+An optional ``other_costs`` section holds the costs usage does not measure (the seeds'
+storage, network and operations): ``<name>: {monthly: <$ per calendar month>, allocate_by:
+cost|requests|tokens|even}``, with the same ``changes`` list for ``monthly`` (see
+``costflux.core.overheads`` for how they are prorated and shared).
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from costflux.core.money import MoneyError, exact_pico, to_decimal
 from schemas._types import epoch_ms
 
 __all__ = [
-    "GpuPrice", "ModelPrice", "ModelTier", "PriceBook", "PricingError", "parse_pricing_text",
+    "ALLOCATE_BY", "GpuPrice", "ModelPrice", "ModelTier", "OtherCost", "PriceBook", "PricingError",
+    "parse_pricing_text",
 ]
 
 TIERS = ("on_demand", "spot", "reserved_1y")
@@ -88,6 +94,17 @@ class ModelPrice:
             + output_tokens * rates.output
         )
 
+    def cache_saving(self, input_tokens: int, cached_input_tokens: int) -> int:
+        """Pico-dollars the prompt cache saved: the cost had the cached tokens been billed at
+        the input rate, minus the cost billed; both at the rates of the tier ``cost`` picks.
+
+        Stated through ``cost`` itself so the tier is picked exactly as billing picks it.
+
+        >>> ModelPrice(input=10, output=0, cached_input=1).cache_saving(100, 40)
+        360
+        """
+        return self.cost(input_tokens, 0, 0) - self.cost(input_tokens, 0, cached_input_tokens)
+
 
 @dataclass(frozen=True, slots=True)
 class GpuPrice:
@@ -99,6 +116,27 @@ class GpuPrice:
 
     def per_hour(self, tier: str) -> int:
         return int(getattr(self, tier))
+
+
+#: What an other cost component is shared by: the groups' usage cost (token + GPU), their
+#: requests, their tokens (input + output), or evenly.
+ALLOCATE_BY = ("cost", "requests", "tokens", "even")
+
+
+@dataclass(frozen=True, slots=True)
+class OtherCost:
+    """A cost outside usage (storage, network, operations) and what it is shared by.
+
+    ``monthly``: (effective_from_ms, pico-dollars per calendar month) in time order; nothing
+    is charged before the first.
+    """
+
+    monthly: tuple[tuple[int, int], ...]
+    allocate_by: str = "cost"
+
+    def __post_init__(self) -> None:
+        if self.allocate_by not in ALLOCATE_BY:
+            raise ValueError(f"allocate_by must be one of {', '.join(ALLOCATE_BY)}")
 
 
 class _Timeline:
@@ -131,9 +169,11 @@ class PriceBook:
         self,
         models: Mapping[str, list[tuple[int, ModelPrice]]],
         gpus: Mapping[str, list[tuple[int, GpuPrice]]],
+        other_costs: Mapping[str, OtherCost] | None = None,
     ) -> None:
         self._models = {name: _Timeline(list(entries)) for name, entries in models.items()}
         self._gpus = {name: _Timeline(list(entries)) for name, entries in gpus.items()}
+        self._other_costs = dict(other_costs or {})
 
     @property
     def models(self) -> frozenset[str]:
@@ -142,6 +182,11 @@ class PriceBook:
     @property
     def gpu_types(self) -> frozenset[str]:
         return frozenset(self._gpus)
+
+    @property
+    def other_costs(self) -> Mapping[str, OtherCost]:
+        """The ``other_costs`` components by name, in file order (empty when not configured)."""
+        return self._other_costs
 
     def model_price(self, model: str, ts_ms: int) -> ModelPrice | None:
         """Price in force for ``model`` at ``ts_ms``; None if unknown or not yet priced then."""
@@ -209,10 +254,12 @@ def parse_pricing_text(text: str, source: str = "pricing.yaml") -> PriceBook:
 
     if not isinstance(document, dict):
         raise fail((), "expected a mapping with gpu_pricing and/or model_costs")
-    unknown = set(document) - {"gpu_pricing", "model_costs"}
+    unknown = set(document) - {"gpu_pricing", "model_costs", "other_costs"}
     if unknown:
         key = sorted(unknown)[0]
-        raise fail((key,), "unknown section; the sections are gpu_pricing and model_costs")
+        raise fail(
+            (key,), "unknown section; the sections are gpu_pricing, model_costs and other_costs"
+        )
     models = _parse_timelines(
         document.get("model_costs") or {}, "model_costs",
         "{input_tokens: <$/1K>, output_tokens: <$/1K>}", _model_price, fail,
@@ -223,7 +270,7 @@ def parse_pricing_text(text: str, source: str = "pricing.yaml") -> PriceBook:
     )
     if not models and not gpus:
         raise fail((), "no prices: add model_costs (and/or gpu_pricing)")
-    return PriceBook(models, gpus)
+    return PriceBook(models, gpus, _parse_other_costs(document.get("other_costs") or {}, fail))
 
 
 def _load_yaml(text: str, source: str) -> Any:
@@ -246,7 +293,7 @@ def _pricing_from_configmap(manifest: dict[str, Any], source: str) -> tuple[str,
 
 
 _Fail = Any  # callable(path, message) -> PricingError
-_P = TypeVar("_P", "ModelPrice", "GpuPrice")
+_P = TypeVar("_P", "ModelPrice", "GpuPrice", int)
 
 
 def _parse_effective_from(value: Any, path: tuple[str | int, ...], fail: _Fail) -> int:
@@ -264,11 +311,13 @@ def _parse_effective_from(value: Any, path: tuple[str | int, ...], fail: _Fail) 
     return epoch_ms(moment)
 
 
-def _price_field(value: Any, path: tuple[str | int, ...], per_tokens: int, fail: _Fail) -> int:
+def _price_field(
+    value: Any, path: tuple[str | int, ...], per_tokens: int, fail: _Fail, example: str = "0.0008"
+) -> int:
     try:
         dollars = to_decimal(value)
     except MoneyError as exc:
-        raise fail(path, f"{exc}; write a number such as 0.0008") from None
+        raise fail(path, f"{exc}; write a number such as {example}") from None
     if dollars < 0:
         raise fail(path, "a price cannot be negative")
     try:
@@ -398,3 +447,41 @@ def _parse_timelines(
             timeline.append((starts, parse_price(change, base, change_path, fail)))
         timelines[str(name)] = timeline
     return timelines
+
+
+_OTHER_COST_SHAPE = "{monthly: <$ per month>, allocate_by: " + "|".join(ALLOCATE_BY) + "}"
+
+
+def _parse_other_costs(section: Any, fail: _Fail) -> dict[str, OtherCost]:
+    """The optional ``other_costs`` section: component name -> monthly amounts over time."""
+    timelines = _parse_timelines(section, "other_costs", _OTHER_COST_SHAPE, _monthly_amount, fail)
+    components: dict[str, OtherCost] = {}
+    for name, spec in section.items():
+        path: tuple[str | int, ...] = ("other_costs", name)
+        if not isinstance(name, str) or not name.isidentifier():
+            raise fail(path, "a component name must be an identifier, e.g. storage or network")
+        allocate_by = spec.get("allocate_by", "cost")
+        if allocate_by not in ALLOCATE_BY:
+            raise fail((*path, "allocate_by"),
+                       f"cannot share by {allocate_by!r}; use one of {', '.join(ALLOCATE_BY)}")
+        for index, change in enumerate(spec.get("changes") or []):
+            if "allocate_by" in change:
+                raise fail((*path, "changes", index, "allocate_by"),
+                           "allocate_by holds for the whole component; set it beside monthly")
+        components[name] = OtherCost(tuple(timelines[name]), allocate_by)
+    return components
+
+
+def _monthly_amount(
+    spec: Mapping[str, Any], base: int | None, path: tuple[str | int, ...], fail: _Fail
+) -> int:
+    """An other cost component's (or one of its changes') amount in pico-dollars per month."""
+    for key in spec:
+        if key not in ("monthly", "allocate_by", "changes", "effective_from"):
+            raise fail((*path, key),
+                       "unknown key; a component has monthly ($ per month), allocate_by, changes")
+    if "monthly" in spec:
+        return _price_field(spec["monthly"], (*path, "monthly"), 1, fail, example="4800")
+    if base is None:
+        raise fail(path, "missing monthly (the amount in $ per calendar month, e.g. 4800)")
+    return base

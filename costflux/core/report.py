@@ -2,7 +2,9 @@
 time of day (peak / off-peak), rendered as a table, markdown, CSV or JSON.
 
 Figures are exact decimals (the allocation API's ``totalCostExact``); percentages are
-rounded half-even to 0.1 % only when shown.
+rounded half-even to 0.1 % only when shown. Other costs (``other_costs`` in pricing.yaml:
+storage, network, operations), when the API serves them, are an extra Other column and a
+line per component, apart from Cost and Percentage (which stay usage cost).
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ class ReportRow:
     cost: Decimal  # exact dollars
     requests: int
     share: Decimal  # of the report's total, 0..1 exactly (as far as Decimal's 28 digits go)
+    #: Exact dollars of each other cost component; None when the API served none.
+    other: Mapping[str, Decimal] | None = None
+
+    @property
+    def other_total(self) -> Decimal:
+        return _sum((self.other or {}).values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,13 +67,20 @@ class PeakHours:
 def report_rows(allocations: Iterable[Mapping[str, object]]) -> list[ReportRow]:
     """Rows of an allocation set (its values), most expensive first, with their share."""
     costs: dict[str, tuple[Decimal, int]] = {}
+    others: dict[str, dict[str, Decimal]] = {}
     for allocation in allocations:
         name = str(allocation["name"])
         cost, requests = costs.get(name, (Decimal(0), 0))
         costs[name] = (cost + Decimal(str(allocation["totalCostExact"])),
                        requests + int(str(allocation["requests"])))
+        components = allocation.get("otherCostsExact")
+        if isinstance(components, Mapping):
+            other = others.setdefault(name, {})
+            for component, amount in components.items():
+                other[component] = other.get(component, Decimal(0)) + Decimal(str(amount))
     total = sum((cost for cost, _ in costs.values()), Decimal(0))
-    rows = [ReportRow(name, cost, requests, cost / total if total else Decimal(0))
+    rows = [ReportRow(name, cost, requests, cost / total if total else Decimal(0),
+                      others.get(name, {}) if others else None)
             for name, (cost, requests) in costs.items()]
     return sorted(rows, key=lambda row: (-row.cost, row.name))
 
@@ -84,34 +99,92 @@ def by_time_of_day(
 
 
 def render(rows: list[ReportRow], dimension: str, form: str, window: str) -> str:
-    """The report as text in ``form`` (one of FORMATS); ``dimension`` names the first column."""
+    """The report as text in ``form`` (one of FORMATS); ``dimension`` names the first column.
+
+    With other costs, an Other column (and in JSON ``other``, ``otherCosts``, ``otherTotal``,
+    ``totalWithOther``); without, the columns are the seed's.
+    """
     title = dimension.replace("_", " ").title()
     total = sum((row.cost for row in rows), Decimal(0))
+    others = _other_totals(rows)
     if form == "json":
-        return json.dumps({
-            "window": window, "by": dimension, "total": str(total),
-            "rows": [{dimension: r.name, "cost": str(r.cost), "requests": r.requests,
-                      "percentage": str(_percent(r.share))} for r in rows],
-        }, indent=2)
+        return _json(rows, dimension, window, total, others)
     if form == "csv":
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow([dimension, "cost", "requests", "percentage"])
-        for r in rows:
-            writer.writerow([r.name, str(r.cost), r.requests, str(_percent(r.share))])
-        return out.getvalue()
-    cells = [(r.name, f"${_dollars(r.cost)}", f"{_percent(r.share)}%") for r in rows]
-    cells.append(("Total", f"${_dollars(total)}", "100.0%" if rows else "0.0%"))
-    header = (title, "Cost", "Percentage")
+        return _csv(rows, dimension, others)
+    cells = [[r.name, f"${_dollars(r.cost)}", f"{_percent(r.share)}%"] for r in rows]
+    cells.append(["Total", f"${_dollars(total)}", "100.0%" if rows else "0.0%"])
+    header = [title, "Cost", "Percentage"]
+    footer = []
+    if others is not None:
+        header.append("Other")
+        other_cells = [*(r.other_total for r in rows), _sum(others.values())]
+        for cell, other in zip(cells, other_cells, strict=True):
+            cell.append(f"${_dollars(other)}")
+        footer = [_other_line(total, others)]
     if form == "markdown":  # the seed's report.to_markdown()
-        lines = [f"| {' | '.join(header)} |", "|" + "---|" * 3]
-        lines += [f"| {a} | {b} | {c} |" for a, b, c in cells]
-        return "\n".join(lines) + "\n"
-    widths = [max(len(str(c[i])) for c in [header, *cells]) for i in range(3)]
+        lines = [f"| {' | '.join(header)} |", "|" + "---|" * len(header)]
+        lines += [f"| {' | '.join(cell)} |" for cell in cells]
+        return "\n".join([*lines, *(["", *footer] if footer else [])]) + "\n"
+    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
     lines = [f"{title} cost, {window}"]
     for row in [header, *cells]:
-        lines.append(f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:>{widths[2]}}")
-    return "\n".join(lines) + "\n"
+        lines.append("  ".join([f"{row[0]:<{widths[0]}}",
+                                *(f"{c:>{w}}" for c, w in zip(row[1:], widths[1:], strict=True))]))
+    return "\n".join([*lines, *footer]) + "\n"
+
+
+def _json(rows: list[ReportRow], dimension: str, window: str, total: Decimal,
+          others: dict[str, Decimal] | None) -> str:
+    document: dict[str, object] = {
+        "window": window, "by": dimension, "total": str(total),
+        "rows": [{dimension: r.name, "cost": str(r.cost), "requests": r.requests,
+                  "percentage": str(_percent(r.share)),
+                  **({} if others is None else {
+                      "other": str(r.other_total),
+                      "otherCosts": {c: str(v) for c, v in (r.other or {}).items()}})}
+                 for r in rows],
+    }
+    if others is not None:
+        other_total = _sum(others.values())
+        document.update({"otherTotal": str(other_total),
+                         "otherCosts": {c: str(v) for c, v in others.items()},
+                         "totalWithOther": str(total + other_total)})
+    return json.dumps(document, indent=2)
+
+
+def _csv(rows: list[ReportRow], dimension: str, others: dict[str, Decimal] | None) -> str:
+    components = list(others or {})
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    extra = [] if others is None else ["other", *(f"other_{c}" for c in components)]
+    writer.writerow([dimension, "cost", "requests", "percentage", *extra])
+    for r in rows:
+        values = [] if others is None else [
+            str(r.other_total), *(str((r.other or {}).get(c, Decimal(0))) for c in components)]
+        writer.writerow([r.name, str(r.cost), r.requests, str(_percent(r.share)), *values])
+    return out.getvalue()
+
+
+def _other_totals(rows: list[ReportRow]) -> dict[str, Decimal] | None:
+    """Each other cost component summed over the rows, in first-seen order; None if none."""
+    if all(row.other is None for row in rows):
+        return None
+    totals: dict[str, Decimal] = {}
+    for row in rows:
+        for component, amount in (row.other or {}).items():
+            totals[component] = totals.get(component, Decimal(0)) + amount
+    return totals
+
+
+def _other_line(usage: Decimal, others: dict[str, Decimal]) -> str:
+    parts = ", ".join(f"{component} ${_dollars(amount)}" for component, amount in others.items())
+    with_other = usage + _sum(others.values())
+    return (f"Other costs (not in Cost or Percentage): {parts or 'none'}; "
+            f"total with other costs ${_dollars(with_other)}")
+
+
+def _sum(amounts: Iterable[Decimal]) -> Decimal:
+    return sum(amounts, Decimal(0))
 
 
 def _percent(share: Decimal) -> Decimal:

@@ -126,8 +126,20 @@ budgets:
     with pytest.raises(BudgetError, match=r"scope.cost_center: 'cc-9' is not under"):
         parse_budgets_text("budgets: [{name: b, scope: {cost_center: cc-9}, period: daily, "
                            "amount: 1}]")
-    with pytest.raises(BudgetError, match=r"cost_centers.cc-1.cluster: not a dimension"):
-        parse_budgets_text("cost_centers: {cc-1: [{cluster: a}]}\nbudgets: []")
+    with pytest.raises(BudgetError, match=r"cost_centers.cc-1.node: not a dimension"):
+        parse_budgets_text("cost_centers: {cc-1: [{node: a}]}\nbudgets: []")
+
+
+def test_a_budget_may_be_scoped_by_deployment_and_cluster() -> None:
+    (budget,) = parse_budgets_text("""
+cost_centers:
+  cc-eu: [{cluster: eu-west-1}, {deployment: gpt-4-prod}]
+budgets:
+  - {name: eu, scope: {cost_center: cc-eu, team: search}, period: daily, amount: 10}
+""")
+    assert budget.matches({"team": "search", "cluster": "eu-west-1", "deployment": ""})
+    assert budget.matches({"team": "search", "cluster": "us-east-1", "deployment": "gpt-4-prod"})
+    assert not budget.matches({"team": "search", "cluster": "us-east-1", "deployment": "x"})
 
 
 @pytest.mark.parametrize(
@@ -137,7 +149,7 @@ budgets:
         ("{name: b, period: monthly, amount: -5}", r"budgets\[0\].amount: must be more than 0"),
         ("{name: b, period: monthly, amount: 1, reset_day: 31}", r"reset_day: expected 1-28"),
         ("{name: b, period: monthly, amount: 1, timezone: Mars/Base}", r"timezone: 'Mars/Base'"),
-        ("{name: b, period: monthly, amount: 1, scope: {cluster: x}}", r"scope.cluster: not a"),
+        ("{name: b, period: monthly, amount: 1, scope: {node: x}}", r"scope.node: not a"),
         ("{name: b, period: monthly, amount: 1, thresholds: [50.5]}", r"thresholds: expected"),
         ("{name: b, period: monthly, amount: 1, limit: 3}", r"budgets\[0\].limit: unknown field"),
     ],

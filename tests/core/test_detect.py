@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from costflux.core.aggregate import encode_dimensions
-from costflux.core.alert_rules import DEFAULT_RULES
+from costflux.core.alert_rules import DEFAULT_RULES, parse_rules_text
 from costflux.core.alerts import AlertState
 from costflux.core.budgets import parse_budgets_text
 from costflux.core.detect import Detection, DetectOptions
@@ -157,3 +157,38 @@ def test_daily_cost_fires_at_once_when_24h_spend_passes_1000_dollars() -> None:
     # once the first two hours' events have left the 24h span.
     assert [(t - start, e.state) for t, e in run.sent] == [
         (10 * HOUR_MS + MINUTE, "firing"), (25 * HOUR_MS + MINUTE, "resolved")]
+
+
+def test_daily_cost_by_cluster_and_a_cluster_budget_read_new_and_old_rows() -> None:
+    (rule,) = parse_rules_text("""
+rules:
+  - {name: ClusterDaily, signal: daily_cost, op: ">", threshold: 1000, group_by: [cluster]}
+""")
+    (budget,) = parse_budgets_text(
+        "budgets: [{name: eu, scope: {cluster: eu-west-1}, period: daily, amount: 5000}]")
+    start = ms(2026, 11, 1)
+    tiles: dict[Tile, dict[str, list[int]]] = {}
+    # $100 an hour in eu-west-1, $50 in us-east-1, and $7 an hour in rows an older worker
+    # wrote (five dimensions, five sums: no deployment, no cluster).
+    rows = {encode_dimensions(("gpt-4o", "search", "", "", "prod", "gpt-4o-prod", "eu-west-1")):
+            100, encode_dimensions(("gpt-4o", "search", "", "", "prod", "gpt-4o-prod",
+                                    "us-east-1")): 50,
+            '["gpt-4o","search","","","prod"]': 7}
+    for hour in range(12):
+        ts = start + hour * HOUR_MS
+        for size in SIZES:
+            window = tiles.setdefault((size, ts - ts % (size * 1000)), {})
+            for row, dollars in rows.items():
+                sums = window.setdefault(row, [0] * (5 if row.count(",") == 4 else 7))
+                sums[0] += dollars * PICO
+                sums[4] += 1
+    run = Run(Detection([rule], [budget], DetectOptions(SIZES, MINUTE)), [])
+    run.tiles = tiles
+    run.until(start, start + 12 * HOUR_MS)
+    # eu-west-1 passes $1,000 in 24h once its 11th hour is in; us-east-1 ($600) never does.
+    assert [(t - start, e.state, e.labels) for t, e in run.sent] == [
+        (10 * HOUR_MS + MINUTE, "firing", {"cluster": "eu-west-1"})]
+    t = start + 12 * HOUR_MS
+    (status,) = run.detection.step(t, {k: tiles.get(k, {}) for k in
+                                       run.detection.tiles_for(t)}, run.states).budgets
+    assert status.spend_pico == 1_200 * PICO

@@ -20,8 +20,11 @@ from costflux.core.aggregate import (
     PartialKey,
     PartitionAggregate,
     apply_partial,
+    decode_dimensions,
+    encode_dimensions,
     merge_rows,
 )
+from costflux.core.allocation import TimeRange, allocate, cover, parse_aggregate
 from costflux.core.events import Rejected
 from costflux.core.ingest import Candidate, IngestRules, Judged, PartitionClock, aggregate, judge
 from costflux.core.pricing import parse_pricing_text
@@ -62,10 +65,11 @@ def event(
     output_tokens: int = 10,
     cached: int = 0,
     labels: dict[str, str] | None = None,
+    deployment: str | None = None,
 ) -> dict[str, Any]:
     """A usage event with ts written as exact RFC 3339 (no float epoch rounding)."""
     moment = EPOCH + timedelta(milliseconds=ts_ms)
-    return {
+    document = {
         "event_id": event_id,
         "ts": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "model": model,
@@ -74,6 +78,9 @@ def event(
         "cached_input_tokens": cached,
         "labels": labels or {},
     }
+    if deployment is not None:
+        document["deployment"] = deployment
+    return document
 
 
 def raw(document: object) -> bytes:
@@ -84,6 +91,30 @@ def dollars(ev: dict[str, Any]) -> Decimal:
     p_in, p_out, p_cached = DOLLARS_PER_TOKEN[ev["model"]]
     cached = ev["cached_input_tokens"]
     return (ev["input_tokens"] - cached) * p_in + cached * p_cached + ev["output_tokens"] * p_out
+
+
+def saving_dollars(ev: dict[str, Any]) -> Decimal:
+    """What the cache saved: the cached tokens at the input price less at the cached price."""
+    p_in, _, p_cached = DOLLARS_PER_TOKEN[ev["model"]]
+    return ev["cached_input_tokens"] * (p_in - p_cached)
+
+
+def dimension_values(ev: dict[str, Any]) -> dict[str, str]:
+    """The event's dimensions by the documented rule: deployment is the field, else the label."""
+    labels = ev["labels"]
+    return {
+        "model": ev["model"],
+        **{key: labels.get(key, "") for key in ("team", "project", "app", "namespace")},
+        "deployment": ev.get("deployment") or labels.get("deployment", ""),
+        "cluster": labels.get("cluster", ""),
+    }
+
+
+def dimensions_of(ev: dict[str, Any]) -> tuple[str, ...]:
+    """The event's row key dimensions, in the documented order."""
+    values = dimension_values(ev)
+    return tuple(values[name] for name in (
+        "model", "team", "project", "app", "namespace", "deployment", "cluster"))
 
 
 def reasons(judged: Judged) -> list[tuple[int, R, int | None]]:
@@ -175,8 +206,8 @@ def test_positions_offsets_batch_indexes_and_originals() -> None:
         ("b0", "42:0"),
         ("b4", "42:4"),
     ]
-    assert judged.candidates[1].dims == ("m", "search", "", "", "prod")
-    assert judged.candidates[2].dims == ("m", "", "p", "a", "")
+    assert judged.candidates[1].dims == ("m", "search", "", "", "prod", "", "")
+    assert judged.candidates[2].dims == ("m", "", "p", "a", "", "", "")
     assert dict(zip(DIMENSIONS, judged.candidates[0].dims, strict=True))["model"] == "m"
     assert reasons(judged) == [(42, R.MISSING_FIELD, 1), (42, R.LATE, 2), (42, R.UNKNOWN_MODEL, 3)]
     # a rejected batch element carries that element, not the whole batch
@@ -185,6 +216,40 @@ def test_positions_offsets_batch_indexes_and_originals() -> None:
     # a rejected single message carries the message byte for byte
     alone = judge([(9, single)], PartitionClock(BASE_MS + DAY_MS), PRICES, RULES, NOW_MS)
     assert alone.rejected[0][1].original == single
+
+
+def test_deployment_is_the_field_else_the_label_and_cluster_is_a_label() -> None:
+    messages = [
+        (0, raw(event("field", labels={"deployment": "label-d", "cluster": "eu"},
+                      deployment="field-d"))),
+        (1, raw(event("label", labels={"deployment": "label-d"}))),
+        (2, raw(event("neither", labels={"team": "t", "cluster": "us"}))),
+    ]
+    judged = judge(messages, PartitionClock(), PRICES, RULES, NOW_MS)
+    assert [c.dims for c in judged.candidates] == [
+        ("m", "", "", "", "", "field-d", "eu"),
+        ("m", "", "", "", "", "label-d", ""),
+        ("m", "t", "", "", "", "", "us"),
+    ]
+
+
+def test_each_candidate_carries_what_the_prompt_cache_saved() -> None:
+    messages = [
+        # m: input $0.001/1K, cached $0.0005/1K: 400 cached tokens save 400 x $0.0000005
+        (0, raw(event("cached", input_tokens=1000, cached=400))),
+        (1, raw(event("uncached", input_tokens=1000))),
+        (2, raw(event("no-cache-price", model="big", input_tokens=1000, cached=400))),
+    ]
+    judged = judge(messages, PartitionClock(), PRICES, RULES, NOW_MS)
+    assert [c.cache_saving_pico for c in judged.candidates] == [200_000_000, 0, 0]
+    assert Decimal(200_000_000) / PICO == Decimal("0.0002")
+
+
+def test_row_keys_of_older_versions_decode_with_empty_deployment_and_cluster() -> None:
+    assert decode_dimensions('["m","t","p","a","ns"]') == ("m", "t", "p", "a", "ns", "", "")
+    dims = ("m", "t", "p", "a", "ns", "m-prod", "eu-west-1")
+    assert decode_dimensions(encode_dimensions(dims)) == dims
+    assert len(DIMENSIONS) == 7 and len(SUM_FIELDS) == 7
 
 
 # --- a model of judge, property-tested -----------------------------------------------------
@@ -300,6 +365,9 @@ def test_judge_matches_an_independent_model(
 
 TEAMS = ["", "search", "ads"]
 NAMESPACES = ["", "prod", "dev"]
+#: (the event's deployment field, its deployment label): the field wins over the label.
+DEPLOYMENTS = [(None, ""), ("m-prod", ""), (None, "m-canary"), ("m-prod", "m-canary")]
+CLUSTERS = ["", "us-east-1", "eu-west-1"]
 AGG_SPECS = st.tuples(
     st.integers(min_value=0, max_value=2 * DAY_MS + 5 * HOUR_MS),
     st.sampled_from(["m", "big"]),
@@ -308,15 +376,20 @@ AGG_SPECS = st.tuples(
     st.integers(min_value=0, max_value=10_000_000),
     st.sampled_from(TEAMS),
     st.sampled_from(NAMESPACES),
+    st.sampled_from(DEPLOYMENTS),
+    st.sampled_from(CLUSTERS),
 )
 EVERYTHING_ON_TIME = IngestRules(SIZES_S, allowed_lateness_ms=10**13, max_future_ms=10**13)
 
 
 def agg_events(specs: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
     out = []
-    for i, (dt, model, inp, out_tokens, cached, team, ns) in enumerate(specs):
-        labels = {k: v for k, v in (("team", team), ("namespace", ns)) if v}
-        ev = event(f"a{i}", BASE_MS + dt, model, inp, out_tokens, min(cached, inp), labels)
+    for i, (dt, model, inp, out_tokens, cached, team, ns, (field, label), cluster) in enumerate(
+        specs
+    ):
+        labels = {k: v for k, v in (("team", team), ("namespace", ns), ("deployment", label),
+                                    ("cluster", cluster)) if v}
+        ev = event(f"a{i}", BASE_MS + dt, model, inp, out_tokens, min(cached, inp), labels, field)
         if i % 3 == 0:
             ev["gpu_seconds"] = 0.125 * i  # events may carry their own GPU time
         out.append(ev)
@@ -338,21 +411,21 @@ def candidates_of(events: list[dict[str, Any]]) -> list[Candidate]:
 def recompute(
     events: list[dict[str, Any]], ts_of: dict[str, int], size_s: int
 ) -> dict[tuple[int, tuple[str, ...]], list[Any]]:
-    """Per (window start, dims): [dollars, input, output, cached, requests], plain Python."""
+    """Per (window start, dims): [dollars, input, output, cached, requests, gpu_ms, saved
+    dollars], plain Python."""
     groups: dict[tuple[int, tuple[str, ...]], list[Any]] = defaultdict(
-        lambda: [Decimal(0), 0, 0, 0, 0, 0]
+        lambda: [Decimal(0), 0, 0, 0, 0, 0, Decimal(0)]
     )
     for ev in events:
         ts = ts_of[ev["event_id"]]
-        labels = ev["labels"]
-        dims = (ev["model"], labels.get("team", ""), "", "", labels.get("namespace", ""))
-        sums = groups[((ts // (size_s * 1000)) * size_s * 1000, dims)]
+        sums = groups[((ts // (size_s * 1000)) * size_s * 1000, dimensions_of(ev))]
         sums[0] += dollars(ev)
         sums[1] += ev["input_tokens"]
         sums[2] += ev["output_tokens"]
         sums[3] += ev["cached_input_tokens"]
         sums[4] += 1
         sums[5] += int(Decimal(str(ev.get("gpu_seconds", 0))) * 1000)
+        sums[6] += saving_dollars(ev)
     return dict(groups)
 
 
@@ -367,7 +440,9 @@ def flatten(
         for row_key, sums in rows.items():
             dims = tuple(json.loads(row_key))
             assert (key.start_ms, dims) not in out, "a row appears in two buckets"
-            out[(key.start_ms, dims)] = [Decimal(sums[0]) / PICO, *sums[1:]]
+            out[(key.start_ms, dims)] = [
+                Decimal(sums[0]) / PICO, *sums[1:6], Decimal(sums[6]) / PICO
+            ]
     return out
 
 
@@ -423,23 +498,59 @@ def test_shuffling_or_splitting_candidates_gives_the_same_partials(
     assert merged == whole
 
 
+AGGREGATES = {  # the query's aggregate -> the dimensions it names, written out by hand
+    "deployment": ("deployment",),
+    "cluster": ("cluster",),
+    "cluster,deployment": ("cluster", "deployment"),
+    "label:deployment,label:cluster": ("deployment", "cluster"),
+    "model,cluster,label:team": ("model", "cluster", "team"),
+}
+#: A span with ragged ends, so minute, hour and day windows all tile it.
+AGG_SPAN = TimeRange(BASE_MS + 37 * MINUTE_MS, BASE_MS + 2 * DAY_MS + 4 * HOUR_MS + 11 * MINUTE_MS)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(AGG_SPECS, min_size=1, max_size=30), st.sampled_from(sorted(AGGREGATES)))
+def test_allocation_by_deployment_and_cluster_equals_a_recomputation_from_the_events(
+    specs: list[tuple[Any, ...]], aggregate_text: str
+) -> None:
+    events = agg_events(specs)
+    windows: dict[tuple[int, int], dict[str, list[int]]] = {}
+    for key, rows in aggregate(candidates_of(events), 60).partials(SIZES_S, 3).items():
+        merge_rows(windows.setdefault((key.size_s, key.start_ms), {}), rows)
+    served = allocate([windows.get(tile, {}) for tile in cover(AGG_SPAN, SIZES_S)],
+                      parse_aggregate(aggregate_text), AGG_SPAN)
+
+    expected: dict[str, list[Any]] = defaultdict(lambda: [Decimal(0), 0, Decimal(0)])
+    for ev, spec in zip(events, specs, strict=True):
+        if AGG_SPAN.start_ms <= BASE_MS + spec[0] < AGG_SPAN.end_ms:
+            values = dimension_values(ev)
+            name = "/".join(values[d] or "__unallocated__" for d in AGGREGATES[aggregate_text])
+            expected[name][0] += dollars(ev)
+            expected[name][1] += 1
+            expected[name][2] += saving_dollars(ev)
+    got = {name: [Decimal(row["totalCostExact"]), row["requests"],
+                  Decimal(row["cacheSavingsExact"])] for name, row in served.items()}
+    assert got == expected
+
+
 def test_larger_windows_are_sums_of_the_finest() -> None:
     totals = PartitionAggregate(60)
-    dims = ("m", "t", "", "", "")
+    dims = ("m", "t", "", "", "", "m-prod", "eu-west-1")
     totals.add_all([
-        Candidate("a", "1", BASE_MS + 59_999, dims, 5, 1, 2, 0, 0),
-        Candidate("b", "2", BASE_MS + 60_000, dims, 7, 3, 4, 1, 250),
-        Candidate("c", "3", BASE_MS + HOUR_MS, dims, 11, 5, 6, 2, 0),
+        Candidate("a", "1", BASE_MS + 59_999, dims, 5, 1, 2, 0, 0, 0),
+        Candidate("b", "2", BASE_MS + 60_000, dims, 7, 3, 4, 1, 250, 3),
+        Candidate("c", "3", BASE_MS + HOUR_MS, dims, 11, 5, 6, 2, 0, 9),
     ])
     assert len(totals) == 3
     partials = totals.partials([3600, 60], 1)
     row = json.dumps(list(dims), separators=(",", ":"))
     assert partials == {
-        PartialKey(60, BASE_MS, 0): {row: [5, 1, 2, 0, 1, 0]},
-        PartialKey(60, BASE_MS + 60_000, 0): {row: [7, 3, 4, 1, 1, 250]},
-        PartialKey(60, BASE_MS + HOUR_MS, 0): {row: [11, 5, 6, 2, 1, 0]},
-        PartialKey(3600, BASE_MS, 0): {row: [12, 4, 6, 1, 2, 250]},
-        PartialKey(3600, BASE_MS + HOUR_MS, 0): {row: [11, 5, 6, 2, 1, 0]},
+        PartialKey(60, BASE_MS, 0): {row: [5, 1, 2, 0, 1, 0, 0]},
+        PartialKey(60, BASE_MS + 60_000, 0): {row: [7, 3, 4, 1, 1, 250, 3]},
+        PartialKey(60, BASE_MS + HOUR_MS, 0): {row: [11, 5, 6, 2, 1, 0, 9]},
+        PartialKey(3600, BASE_MS, 0): {row: [12, 4, 6, 1, 2, 250, 3]},
+        PartialKey(3600, BASE_MS + HOUR_MS, 0): {row: [11, 5, 6, 2, 1, 0, 9]},
     }
     assert PartialKey.decode(PartialKey(3600, BASE_MS, 3).encode()) == PartialKey(3600, BASE_MS, 3)
     assert PartialKey(3600, BASE_MS, 3).end_ms == BASE_MS + HOUR_MS

@@ -192,6 +192,69 @@ def test_cached_price_and_per_million_keys(
         assert Decimal(price.cost(input_tokens, output_tokens, cached)) / PICO == expected
 
 
+# --- what the prompt cache saved ----------------------------------------------------------
+
+CACHE_PRICES = """
+model_costs:
+  tiered:                             # Claude Sonnet 4's list prices
+    input_tokens: 0.003
+    output_tokens: 0.015
+    cached_input_tokens: 0.0003
+    tiers:
+      - {above_tokens: 200000, input_tokens: 0.006, output_tokens: 0.0225,
+         cached_input_tokens: 0.0006}
+  flat:
+    input_per_1m: 2.5
+    output_per_1m: 10
+    cached_input_per_1m: 1.25
+  uncacheable:                        # no cached price: cached tokens cost the input price
+    input_tokens: 0.001
+    output_tokens: 0.002
+"""
+
+
+@pytest.mark.parametrize(
+    ("model", "input_tokens", "cached", "saved_dollars"),
+    [
+        # at the boundary, the base rates: 50,000 x ($0.003 - $0.0003) / 1K
+        ("tiered", 200_000, 50_000, "0.135"),
+        # one token above it, the tier's rates for every token: 50,000 x ($0.006 - $0.0006) / 1K
+        ("tiered", 200_001, 50_000, "0.27"),
+        ("tiered", 1_000_000, 1_000_000, "5.4"),  # all cached, far above: 1M x $0.0054 / 1K
+        ("tiered", 300_000, 0, "0"),
+        # untiered: 1,000 x ($2.5 - $1.25) / 1M
+        ("flat", 1_000, 1_000, "0.00125"),
+        ("flat", 9_999_999, 3, "0.00000375"),
+        ("uncacheable", 5_000, 4_000, "0"),
+    ],
+)
+def test_cache_saving_by_hand(model: str, input_tokens: int, cached: int,
+                              saved_dollars: str) -> None:
+    price = load(CACHE_PRICES).model_price(model, 0)
+    assert price is not None
+    assert price.cache_saving(input_tokens, cached) == Decimal(saved_dollars) * PICO
+
+
+@given(input_tokens=st.integers(min_value=0, max_value=400_000), data=st.data())
+def test_cache_saving_uses_the_rates_of_the_tier_the_request_is_priced_at(
+    input_tokens: int, data: st.DataObject
+) -> None:
+    cached = data.draw(st.integers(min_value=0, max_value=input_tokens))
+    output_tokens = data.draw(TOKENS)
+    price = load(CACHE_PRICES).model_price("tiered", 0)
+    assert price is not None
+    above = input_tokens > 200_000
+    rate_in = Decimal("0.006" if above else "0.003") / 1000
+    rate_cached = Decimal("0.0006" if above else "0.0003") / 1000
+    assert Decimal(price.cache_saving(input_tokens, cached)) / PICO == cached * (
+        rate_in - rate_cached
+    )
+    # the bill without the cache, less the bill with it
+    assert price.cache_saving(input_tokens, cached) == (
+        price.cost(input_tokens, output_tokens, 0) - price.cost(input_tokens, output_tokens, cached)
+    )
+
+
 PRICE_CHANGES = """
 model_costs:
   m:

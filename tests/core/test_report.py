@@ -56,3 +56,28 @@ def test_time_of_day_splits_hourly_sets_by_local_peak_hours() -> None:
 def test_bad_peak_hours_say_the_form(text: str) -> None:
     with pytest.raises(ValueError, match="peak hours"):
         PeakHours.parse(text)
+
+
+def test_other_costs_are_an_extra_column_and_a_line_apart_from_usage_cost() -> None:
+    others = {"search": {"storage": "15", "network": "0.000000000001"},
+              "ads": {"storage": "5", "network": "2"},
+              "chat": {"storage": "30", "network": "3"}}
+    rows = report_rows({**a, "otherCostsExact": others[str(a["name"])]} for a in SET.values())
+    assert render(rows, "team", "markdown", "30d").splitlines() == [
+        "| Team | Cost | Percentage | Other |", "|---|---|---|---|",
+        "| chat | $59.50 | 59.5% | $33.00 |", "| search | $30.00 | 30.0% | $15.00 |",
+        "| ads | $10.50 | 10.5% | $7.00 |", "| Total | $100.00 | 100.0% | $55.00 |", "",
+        "Other costs (not in Cost or Percentage): storage $50.00, network $5.00; "
+        "total with other costs $155.00"]
+    document = json.loads(render(rows, "team", "json", "30d"))
+    assert document["total"] == "100.000000000000"  # usage cost, as without other costs
+    assert document["otherCosts"] == {"storage": "50", "network": "5.000000000001"}
+    assert document["otherTotal"] == "55.000000000001"
+    assert document["totalWithOther"] == "155.000000000001"
+    assert document["rows"][1]["other"] == "15.000000000001"
+    assert render(rows, "team", "csv", "30d").splitlines()[:2] == [
+        "team,cost,requests,percentage,other,other_storage,other_network",
+        "chat,59.499999999999,6,59.5,33,30,3"]
+    table = render(rows, "team", "table", "30d").splitlines()
+    assert table[1].split() == ["Team", "Cost", "Percentage", "Other"]
+    assert table[-2].split() == ["Total", "$100.00", "100.0%", "$55.00"]

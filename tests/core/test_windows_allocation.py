@@ -365,6 +365,12 @@ def test_cover_refuses_a_span_not_aligned_to_the_finest_window() -> None:
         ("label:app", [3]),
         ("model, label:team", [0, 1]),
         ("namespace,label:app,model", [4, 3, 0]),
+        ("deployment", [5]),
+        ("cluster", [6]),
+        ("label:deployment", [5]),
+        ("label:cluster", [6]),
+        ("cluster,deployment", [6, 5]),
+        ("model, cluster, label:team", [0, 6, 1]),
     ],
 )
 def test_parse_aggregate(text: str, indexes: list[int]) -> None:
@@ -372,19 +378,21 @@ def test_parse_aggregate(text: str, indexes: list[int]) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["pod", "label:owner", "", "model,", "cluster,model", "deployment", "model,cluster"]
+    "text", ["pod", "label:owner", "", "model,", "node,model", "container", "model,node"]
 )
 def test_parse_aggregate_error_lists_the_valid_values(text: str) -> None:
     with pytest.raises(AllocationQueryError) as caught:
         parse_aggregate(text)
     message = str(caught.value)
-    for valid in ("model", "namespace", "label:team", "label:project", "label:app"):
+    for valid in ("model", "namespace", "deployment", "cluster", "label:team", "label:project",
+                  "label:app"):
         assert valid in message
 
 
-@pytest.mark.parametrize("text", ["deployment", "cluster", "model,deployment"])
-def test_parse_aggregate_says_kubernetes_dimensions_are_not_recorded(text: str) -> None:
-    with pytest.raises(AllocationQueryError, match=r"does not record (deployment|cluster)"):
+@pytest.mark.parametrize("text", ["node", "pod", "model,container", "controller"])
+def test_parse_aggregate_says_other_kubernetes_dimensions_are_not_recorded(text: str) -> None:
+    with pytest.raises(AllocationQueryError,
+                       match=r"does not record (node|pod|container|controller)"):
         parse_aggregate(text)
 
 
@@ -457,6 +465,27 @@ def test_allocate_reports_empty_dimension_as_unallocated() -> None:
     assert result["ads"]["requests"] == 5
     assert allocate([], [0], SPAN) == {}
 
+
+
+def test_rows_of_older_versions_read_as_empty_deployment_cluster_and_no_savings() -> None:
+    # A rolling upgrade: one window holds rows of 5 dimensions and 5 or 6 sums (older
+    # workers) beside rows of 7 and 7 (newer ones), even for the same model and team.
+    rows = {
+        row_key("gpt-4", "search"): [100, 10, 1, 0, 1],
+        json.dumps(["gpt-4", "search", "", "", "", "", ""]): [200, 20, 2, 0, 2, 0],
+        json.dumps(["gpt-4", "search", "", "", "", "gpt-4-prod", "eu-west-1"]):
+            [400, 40, 4, 8, 4, 0, 7_000_000],
+    }
+    by_team = allocate([rows], [1], SPAN)
+    assert by_team["search"]["totalCostExact"] == "0.000000000700"
+    assert by_team["search"]["requests"] == 7
+    assert by_team["search"]["cacheSavingsExact"] == "0.000007000000"
+    assert by_team["search"]["cacheSavings"] == pytest.approx(7e-6, rel=1e-15)
+    by_place = allocate([rows], [6, 5], SPAN)
+    assert {name: row["requests"] for name, row in by_place.items()} == {
+        "__unallocated__/__unallocated__": 3, "eu-west-1/gpt-4-prod": 4,
+    }
+    assert by_place["__unallocated__/__unallocated__"]["cacheSavingsExact"] == "0.000000000000"
 
 
 def window_store(events: list[tuple[int, str, list[int]]]) -> dict[tuple[int, int], Any]:

@@ -27,14 +27,30 @@ def event_cost(event: Mapping[str, Any]) -> Decimal:
             + event["output_tokens"] * price_out) / 1000
 
 
+def dimension_value(event: Mapping[str, Any], key: str) -> str:
+    """The model, the deployment (the event's field, else its label), or a label (``key`` may
+    be written ``label:<name>``, as the API accepts it)."""
+    labels = event.get("labels", {})
+    key = key.removeprefix("label:")
+    if key == "model":
+        return str(event["model"])
+    if key == "deployment":
+        return str(event.get("deployment") or labels.get("deployment", ""))
+    return str(labels.get(key, ""))
+
+
+def group_name(event: Mapping[str, Any], keys: str) -> str:
+    """The allocation row an event lands in for comma-separated ``keys`` (e.g. cluster,model)."""
+    return "/".join(dimension_value(event, key) or "__unallocated__" for key in keys.split(","))
+
+
 def totals_by(events: Iterable[Mapping[str, Any]], key: str) -> dict[str, dict[str, Any]]:
-    """Cost, tokens and requests grouped by model or by a label."""
+    """Cost, tokens and requests grouped by the model, a label, or several (comma-separated)."""
     groups: dict[str, dict[str, Any]] = defaultdict(
         lambda: {"cost": Decimal(0), "input": 0, "output": 0, "requests": 0}
     )
     for event in events:
-        name = event["model"] if key == "model" else event.get("labels", {}).get(key, "")
-        group = groups[name or "__unallocated__"]
+        group = groups[group_name(event, key)]
         group["cost"] += event_cost(event)
         group["input"] += event["input_tokens"]
         group["output"] += event["output_tokens"]
@@ -56,6 +72,8 @@ def azure_rows(limit: int | None = None) -> list[dict[str, Any]]:
     """The bundled trace read with the csv module, with the demo's documented rotation."""
     models = ("llama-2-70b", "llama-2-7b", "gpt-4")
     teams = ("search", "ads", "chat", "research")
+    deployments = ("llama-2-70b-prod", "llama-2-7b-prod", "gpt-4-prod")
+    clusters = ("us-east-1", "us-east-1", "us-east-1", "eu-west-1", "eu-west-1")
     rows = []
     with AZURE_TRACE.open(newline="") as handle:
         for index, row in enumerate(csv.DictReader(handle)):
@@ -69,6 +87,7 @@ def azure_rows(limit: int | None = None) -> list[dict[str, Any]]:
                 "model": models[index % 3],
                 "input_tokens": int(row["ContextTokens"]),
                 "output_tokens": int(row["GeneratedTokens"]),
-                "labels": {"team": teams[index % 4]},
+                "labels": {"team": teams[index % 4], "deployment": deployments[index % 3],
+                           "cluster": clusters[index % 5]},
             })
     return rows

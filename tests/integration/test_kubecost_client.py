@@ -101,8 +101,15 @@ def test_a_kubecost_client_reads_the_azure_trace_unchanged(azure_worker: WorkerP
         assert len(daily) == 5  # Sunday 12th to Thursday 16th
         assert [bool(s) for s in daily] == [False] * 4 + [True]
 
+        # deployment and cluster, alone and combined, as Kubecost clients ask for them.
+        events = azure_rows()
+        for aggregate in ("deployment", "cluster", "cluster,deployment", "label:cluster,model"):
+            want = {name: group["cost"] for name, group in totals_by(events, aggregate).items()}
+            assert client.total_cost_by(TRACE_SPAN, aggregate) == want, aggregate
+        assert len(client.total_cost_by(TRACE_SPAN, "cluster,deployment")) == 6
+
         # What costflux does not aggregate by is a clear 400, which the client raises on.
-        for aggregate in ("deployment", "cluster"):
+        for aggregate in ("node", "pod", "model,container"):
             with pytest.raises(requests.HTTPError) as caught:
                 client.allocation(TRACE_SPAN, aggregate)
             assert caught.value.response.status_code == 400

@@ -26,7 +26,9 @@ pytestmark = pytest.mark.integration
 TRACE_SPAN = "2023-11-16T18:00:00Z,2023-11-16T20:00:00Z"
 AZURE_ASSIGNMENT = Assignment(
     models=("llama-2-70b", "llama-2-7b", "gpt-4"),
-    labels={"team": ("search", "ads", "chat", "research")},
+    labels={"team": ("search", "ads", "chat", "research"),
+            "deployment": ("llama-2-70b-prod", "llama-2-7b-prod", "gpt-4-prod"),
+            "cluster": ("us-east-1", "us-east-1", "us-east-1", "eu-west-1", "eu-west-1")},
 )
 
 

@@ -16,11 +16,11 @@ from tests.integration.worker_process import WorkerProcess
 pytestmark = pytest.mark.integration
 
 
-def test_reports_by_team_model_and_time_of_day_equal_the_recomputation(
+def test_reports_by_team_model_deployment_cluster_and_time_of_day_equal_the_recomputation(
     azure_worker: WorkerProcess, capsys: pytest.CaptureFixture[str],
 ) -> None:
     worker, events = azure_worker, azure_rows()
-    for dimension in ("team", "model"):
+    for dimension in ("team", "model", "deployment", "cluster"):
         assert main(["report", "--window", TRACE_SPAN, "--by", dimension, "--format", "json",
                      "--url", worker.base]) == 0
         report = json.loads(capsys.readouterr().out)

@@ -1,0 +1,396 @@
+"""Savings advice: what a change would save a month, estimated from measured window rows.
+
+The input is the window rows of every clock hour of a span (as the allocation API reads
+them). The changes are applied in the order a platform team would make them, each to what
+the previous ones left, so their savings add up without counting a GPU-hour twice:
+
+1. **rightsize** - per hour and GPU pool (a model on a GPU type), keep the whole GPUs its
+   busy time needs at the target utilization (at least ``min_gpus``) and scale down the rest,
+   on-demand GPUs first;
+2. **batching** - a pool that is lightly used by many small requests needs fewer GPU-hours
+   with dynamic batching (an assumed fraction, from the seed's optimisation table);
+3. **reserved** - the on-demand GPUs still running in every hour (the baseline) at the
+   reserved price;
+4. **spot** - the rest of the on-demand GPU-hours (the burst) at the spot price;
+5. **routing** - a share of an expensive model's short-output requests sent to a cheaper
+   model (one named in ``routes``, else the closest cheaper model already in use), repriced
+   at that model's rates for the same tokens.
+
+The saving the prompt cache already achieved is reported apart (it is in today's cost).
+Every figure is exact (fractions of a dollar) until it is shown; a month is
+``month_days`` days, and a span's figures scale to a month by its measured length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+
+from costflux.core.aggregate import decode_dimensions
+from costflux.core.allocation import TimeRange
+from costflux.core.gpu import UNITS_PER_PICO, cost_units, price_of_rates
+from costflux.core.gpu_samples import decode_gpu_row_key, is_gpu_row
+from costflux.core.money import PICO_PER_DOLLAR
+from costflux.core.pricing import ModelPrice
+
+__all__ = ["KINDS", "Advice", "AdviceResult", "Assumptions", "Estimate", "advise",
+           "measurable"]
+
+#: The changes, in the order they are applied.
+KINDS = ("rightsize", "batching", "reserved", "spot", "routing")
+_DAY_MS = 86_400_000
+_UNITS_PER_DOLLAR = UNITS_PER_PICO * PICO_PER_DOLLAR
+Rows = Mapping[str, list[int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Assumptions:
+    """What the estimates assume; every one is stated next to the figures it shapes."""
+
+    month_days: int = 30
+    target_utilization_pct: Fraction = Fraction(70)
+    min_gpus: int = 1
+    batching_max_utilization_pct: Fraction = Fraction(50)
+    batching_max_tokens_per_request: int = 1000
+    batching_min_requests_per_s: Fraction = Fraction(1, 2)
+    batching_saving_pct: Fraction = Fraction(30)
+    routing_max_output_tokens: int = 300
+    routing_share_pct: Fraction = Fraction(50)
+    routes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """Monthly dollars before and after one change, exactly."""
+
+    before: Fraction
+    after: Fraction
+
+    @property
+    def saving(self) -> Fraction:
+        return self.before - self.after
+
+
+@dataclass(frozen=True, slots=True)
+class Advice:
+    kind: str
+    target: str  # what it applies to: a pool "model on gpu_type", or a model
+    estimate: Estimate
+    evidence: Mapping[str, object]
+    assumptions: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AdviceResult:
+    measured: TimeRange | None  # the hours that held data; None when there was none
+    monthly_factor: Fraction  # a month / the measured span
+    current_monthly: Fraction  # token + GPU cost a month at the measured rate
+    advice: tuple[Advice, ...]  # in KINDS order, then by saving, largest first
+    cache_achieved: tuple[Advice, ...]  # by model: the prompt cache's saving, a month
+
+
+@dataclass(slots=True)
+class _PoolHour:
+    """One GPU pool in one hour: GPU time, and its cost in GPU units (pico-$ x ms / h)."""
+
+    gpu_ms: int = 0
+    busy_ms: int = 0
+    units: int = 0  # at the tier each GPU ran at
+    od_ms: int = 0  # on-demand GPU time, and its cost at each tier
+    od_units: int = 0
+    od_spot_units: int = 0
+    od_reserved_units: int = 0
+
+
+@dataclass(slots=True)
+class _ModelUse:
+    cost_pico: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    requests: int = 0
+    cache_saving_pico: int = 0
+
+
+Pool = tuple[str, str]  # (model, gpu_type)
+
+
+def measurable(
+    span: TimeRange, earliest_ms: int | None, newest_ms: int | None, finest_s: int
+) -> TimeRange | None:
+    """The part of ``span`` that data can cover: from the oldest window held to the finest
+    window holding the newest event. A month is extrapolated from this length, so a window
+    reaching past the newest event (or before the first) must not dilute the rate."""
+    if earliest_ms is None or newest_ms is None:
+        return None
+    finest_ms = finest_s * 1000
+    start = max(span.start_ms, earliest_ms)
+    end = min(span.end_ms, newest_ms - newest_ms % finest_ms + finest_ms)
+    return TimeRange(start, end) if start < end else None
+
+
+def advise(
+    hours: Sequence[tuple[TimeRange, Iterable[Rows]]],
+    price_of: Callable[[str], ModelPrice | None],
+    assumptions: Assumptions = Assumptions(),
+) -> AdviceResult:
+    """Advice from the rows of consecutive clock hours (the first and last may be partial).
+
+    ``price_of`` gives a model's current price (routing reprices tokens at it).
+    """
+    pools: dict[Pool, dict[int, _PoolHour]] = {}
+    usage: dict[str, _ModelUse] = {}
+    used_hours = [i for i, (_, rows) in enumerate(hours) if _read_hour(i, rows, pools, usage)]
+    if not used_hours:
+        return AdviceResult(None, Fraction(0), Fraction(0), (), ())
+    lengths = {i: hours[i][0].end_ms - hours[i][0].start_ms
+               for i in range(used_hours[0], used_hours[-1] + 1)}
+    measured = TimeRange(hours[used_hours[0]][0].start_ms, hours[used_hours[-1]][0].end_ms)
+    factor = Fraction(assumptions.month_days * _DAY_MS, measured.end_ms - measured.start_ms)
+    token_pico = sum(u.cost_pico for u in usage.values())
+    gpu_units = sum(h.units for by_hour in pools.values() for h in by_hour.values())
+    current = factor * (Fraction(token_pico, PICO_PER_DOLLAR)
+                        + Fraction(gpu_units, _UNITS_PER_DOLLAR))
+    found: dict[str, list[Advice]] = {kind: [] for kind in KINDS}
+    for pool, by_hour in sorted(pools.items()):
+        for advice in _pool_advice(pool, by_hour, lengths, usage.get(pool[0]), factor,
+                                   assumptions):
+            found[advice.kind].append(advice)
+    found["routing"] = _routing(usage, price_of, factor, assumptions)
+    ordered = tuple(a for kind in KINDS
+                    for a in sorted(found[kind], key=lambda a: (-a.estimate.saving, a.target)))
+    return AdviceResult(measured, factor, current, ordered, _cache_achieved(usage, factor))
+
+
+def _read_hour(
+    index: int, rows_list: Iterable[Rows], pools: dict[Pool, dict[int, _PoolHour]],
+    usage: dict[str, _ModelUse],
+) -> bool:
+    """Add one hour's rows to the pools and models; whether the hour held any."""
+    seen = False
+    for rows in rows_list:
+        for row_key, sums in rows.items():
+            seen = True
+            if is_gpu_row(row_key):
+                _node, gpu_type, tier, _ns, model, _team, rates = decode_gpu_row_key(row_key)
+                gpu_ms, busy_ms, _idle_ms = sums[:3]
+                price = price_of_rates(rates)
+                hour = pools.setdefault((model, gpu_type), {}).setdefault(index, _PoolHour())
+                hour.gpu_ms += gpu_ms
+                hour.busy_ms += busy_ms
+                hour.units += cost_units(gpu_ms, price, tier)
+                if tier == "on_demand":
+                    hour.od_ms += gpu_ms
+                    hour.od_units += cost_units(gpu_ms, price, "on_demand")
+                    hour.od_spot_units += cost_units(gpu_ms, price, "spot")
+                    hour.od_reserved_units += cost_units(gpu_ms, price, "reserved_1y")
+                continue
+            use = usage.setdefault(decode_dimensions(row_key)[0], _ModelUse())
+            use.cost_pico += sums[0]
+            use.input_tokens += sums[1]
+            use.output_tokens += sums[2]
+            use.cached_input_tokens += sums[3]
+            use.requests += sums[4]
+            use.cache_saving_pico += sums[6] if len(sums) > 6 else 0  # older rows: none
+    return seen
+
+
+def _pool_advice(
+    pool: Pool, by_hour: dict[int, _PoolHour], lengths: dict[int, int],
+    use: _ModelUse | None, factor: Fraction, assumptions: Assumptions,
+) -> list[Advice]:
+    """Rightsize, batching, reserved and spot for one pool, each on what the last left."""
+    target = f"{pool[0] or '(no model)'} on {pool[1]}"
+    measured_ms = sum(lengths.values())
+    gpu_ms = sum(h.gpu_ms for h in by_hour.values())
+    busy_ms = sum(h.busy_ms for h in by_hour.values())
+    out: list[Advice] = []
+
+    # 1. rightsize: surplus GPU time per hour, taken from on-demand GPUs first
+    kept_od_ms: dict[int, Fraction] = {}
+    kept_units: dict[int, Fraction] = {}
+    surplus_units = Fraction(0)
+    needed_ms = 0
+    for index, hour in by_hour.items():
+        length = lengths[index]
+        gpus = max(assumptions.min_gpus,
+                   _ceil(Fraction(100 * hour.busy_ms) / (assumptions.target_utilization_pct
+                                                          * length)))
+        needed_ms += gpus * length
+        surplus = max(0, hour.gpu_ms - gpus * length)
+        from_od = min(surplus, hour.od_ms)
+        from_rest = surplus - from_od
+        rest_ms = hour.gpu_ms - hour.od_ms
+        removed = (Fraction(hour.od_units * from_od, hour.od_ms) if from_od else Fraction(0)) + (
+            Fraction((hour.units - hour.od_units) * from_rest, rest_ms) if from_rest else 0)
+        surplus_units += removed
+        kept_od_ms[index] = Fraction(hour.od_ms - from_od)
+        kept_units[index] = hour.units - removed
+    pool_units = sum(h.units for h in by_hour.values())
+    if surplus_units:
+        out.append(Advice(
+            "rightsize", target,
+            _monthly(pool_units, pool_units - surplus_units, factor),
+            {"gpuHours": _hours(gpu_ms), "utilizationPct": _pct(busy_ms, gpu_ms),
+             "averageGpus": float(Fraction(gpu_ms, measured_ms)),
+             "averageGpusNeeded": float(Fraction(min(needed_ms, gpu_ms), measured_ms))},
+            (f"keep, each hour, the whole GPUs the busy time needs at "
+             f"{_num(assumptions.target_utilization_pct)}% utilization, at least "
+             f"{assumptions.min_gpus}; an autoscaler (HPA/Karpenter) removes the rest "
+             "within the hour, on-demand GPUs first",
+             "GPUs of a pool are interchangeable; cold starts are not costed"),
+        ))
+
+    # 2. batching: many small requests on lightly used GPUs
+    batch = _batching_fraction(gpu_ms, busy_ms, use, measured_ms, assumptions)
+    after_rightsize = sum(kept_units.values(), Fraction(0))
+    if batch and after_rightsize:
+        assert use is not None  # _batching_fraction is 0 without requests
+        out.append(Advice(
+            "batching", target,
+            _monthly(after_rightsize, after_rightsize * (1 - batch), factor),
+            {"utilizationPct": _pct(busy_ms, gpu_ms),
+             "tokensPerRequest": float(Fraction(use.input_tokens + use.output_tokens,
+                                                use.requests)),
+             "requestsPerSecond": float(Fraction(use.requests * 1000, measured_ms))},
+            (f"dynamic batching (vLLM continuous batching) cuts the GPU-hours needed by "
+             f"{_num(assumptions.batching_saving_pct)}% (the seed's table: 20-40%)",
+             f"applies below {_num(assumptions.batching_max_utilization_pct)}% utilization "
+             f"with requests under {assumptions.batching_max_tokens_per_request} tokens at "
+             f"{_num(assumptions.batching_min_requests_per_s)}/s or more"),
+        ))
+    keep = 1 - batch
+
+    # 3 and 4. reserve the on-demand baseline, move the on-demand burst to spot
+    remaining = {i: kept_od_ms.get(i, Fraction(0)) * keep for i in lengths}
+    baseline = min(_floor(remaining[i] / lengths[i]) for i in lengths)
+    reserved = [Fraction(0), Fraction(0)]  # before, after (GPU units)
+    spot = [Fraction(0), Fraction(0)]
+    for index, hour in by_hour.items():
+        if not hour.od_ms:
+            continue
+        base_ms, burst_ms = baseline * lengths[index], remaining[index] - baseline * lengths[index]
+        reserved[0] += base_ms * Fraction(hour.od_units, hour.od_ms)
+        reserved[1] += base_ms * Fraction(hour.od_reserved_units, hour.od_ms)
+        spot[0] += burst_ms * Fraction(hour.od_units, hour.od_ms)
+        spot[1] += burst_ms * Fraction(hour.od_spot_units, hour.od_ms)
+    if reserved[0] > reserved[1]:
+        out.append(Advice(
+            "reserved", target, _monthly(reserved[0], reserved[1], factor),
+            {"baselineGpus": baseline},
+            (f"{baseline} on-demand GPU(s) ran in every hour measured (after the changes "
+             "above); a 1-year reservation at pricing.yaml's reserved_1y price covers them",
+             "the measured span is representative of the year the reservation runs"),
+        ))
+    if spot[0] > spot[1]:
+        out.append(Advice(
+            "spot", target, _monthly(spot[0], spot[1], factor),
+            {"burstGpuHours": float(sum(remaining.values(), Fraction(0)) / 3_600_000
+                                    - baseline * Fraction(measured_ms, 3_600_000))},
+            ("the on-demand GPU-hours above the baseline run on spot at pricing.yaml's "
+             "spot price",
+             "replicas are stateless behind a load balancer, so an interruption costs a "
+             "retry; spot capacity is available"),
+        ))
+    return out
+
+
+def _batching_fraction(
+    gpu_ms: int, busy_ms: int, use: _ModelUse | None, measured_ms: int,
+    assumptions: Assumptions,
+) -> Fraction:
+    if use is None or not use.requests or not gpu_ms:
+        return Fraction(0)
+    light = 100 * busy_ms < assumptions.batching_max_utilization_pct * gpu_ms
+    small = (use.input_tokens + use.output_tokens
+             < assumptions.batching_max_tokens_per_request * use.requests)
+    many = use.requests * 1000 >= assumptions.batching_min_requests_per_s * measured_ms
+    return assumptions.batching_saving_pct / 100 if light and small and many else Fraction(0)
+
+
+def _routing(
+    usage: dict[str, _ModelUse], price_of: Callable[[str], ModelPrice | None],
+    factor: Fraction, assumptions: Assumptions,
+) -> list[Advice]:
+    """Short-output traffic of each model to a cheaper one, priced for the same tokens."""
+    out = []
+    share = assumptions.routing_share_pct / 100
+    for model, use in sorted(usage.items()):
+        if not use.requests or not use.cost_pico or (
+                use.output_tokens > assumptions.routing_max_output_tokens * use.requests):
+            continue
+        own = _base_cost(price_of(model), use)
+        if not own:
+            continue
+        candidates = ([assumptions.routes[model]] if model in assumptions.routes
+                      else [m for m in usage if m != model])
+        priced = [(cost, m) for m in candidates
+                  if (cost := _base_cost(price_of(m), use)) is not None and cost < own]
+        if not priced:
+            continue
+        cost, cheaper = max(priced)  # the closest cheaper model: the smallest step down
+        moved = Fraction(use.cost_pico, PICO_PER_DOLLAR) * share
+        out.append(Advice(
+            "routing", f"{model} -> {cheaper}",
+            Estimate(moved * factor, moved * Fraction(cost, own) * factor),
+            {"outputTokensPerRequest": float(Fraction(use.output_tokens, use.requests)),
+             "requests": use.requests, "priceRatio": float(Fraction(cost, own))},
+            (f"{_num(assumptions.routing_share_pct)}% of {model}'s requests (outputs average "
+             f"under {assumptions.routing_max_output_tokens} tokens) go to {cheaper}, which "
+             "answers them acceptably: check with an evaluation on your traffic first",
+             f"{cheaper} is priced at its current rates for the same input, cached and "
+             "output tokens (long-context tiers not applied)"),
+        ))
+    return out
+
+
+def _base_cost(price: ModelPrice | None, use: _ModelUse) -> int | None:
+    if price is None:
+        return None
+    return replace(price, tiers=()).cost(use.input_tokens, use.output_tokens,
+                                         use.cached_input_tokens)
+
+
+def _cache_achieved(usage: dict[str, _ModelUse], factor: Fraction) -> tuple[Advice, ...]:
+    return tuple(
+        Advice(
+            "prompt_cache", model,
+            _monthly((use.cost_pico + use.cache_saving_pico) * UNITS_PER_PICO,
+                     use.cost_pico * UNITS_PER_PICO, factor),
+            {"cachedInputTokens": use.cached_input_tokens,
+             "cachedSharePct": _pct(use.cached_input_tokens, use.input_tokens),
+             "savedInWindow": float(Fraction(use.cache_saving_pico, PICO_PER_DOLLAR))},
+            ("achieved, already in today's cost: cached input tokens billed at the cached "
+             "rate instead of the input rate of the same request's tier",),
+        )
+        for model, use in sorted(usage.items(), key=lambda kv: (-kv[1].cache_saving_pico, kv[0]))
+        if use.cache_saving_pico
+    )
+
+
+def _monthly(before_units: Fraction | int, after_units: Fraction | int,
+             factor: Fraction) -> Estimate:
+    """GPU units over the measured span -> monthly dollars."""
+    scale = factor / _UNITS_PER_DOLLAR
+    return Estimate(before_units * scale, after_units * scale)
+
+
+def _ceil(value: Fraction) -> int:
+    return -(-value.numerator // value.denominator)
+
+
+def _floor(value: Fraction) -> int:
+    return value.numerator // value.denominator
+
+
+def _hours(ms: int) -> float:
+    return ms / 3_600_000
+
+
+def _pct(part: int, whole: int) -> float:
+    return float(Fraction(100 * part, whole)) if whole else 0.0
+
+
+def _num(value: Fraction) -> str:
+    return str(value.numerator) if value.denominator == 1 else f"{float(value):g}"
