@@ -1,4 +1,5 @@
-"""The ``costflux`` command: worker, demo, replay, sidecar, notify, pricing, report, schemas."""
+"""The ``costflux`` command: worker, demo, replay, sidecar, notify, pricing, report, advise,
+schemas."""
 
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from costflux.advise_cli import add_advise_command
     from costflux.pricing_cli import add_pricing_commands
     from costflux.report_cli import add_report_command
+    from streams.bridge import add_bridge_arguments
     from streams.replay import add_replay_arguments
     from streams.sidecar import add_sidecar_arguments
 
@@ -64,6 +67,15 @@ def _parser() -> argparse.ArgumentParser:
     add_sidecar_arguments(nvml)
     nvml.set_defaults(run=_run_sidecar_nvml)
 
+    bridge = commands.add_parser("bridge", help="turn inference servers' counters into usage "
+                                 "events")
+    bridges = bridge.add_subparsers(required=True, metavar="SOURCE")
+    prometheus = bridges.add_parser(
+        "prometheus", help="scrape a vLLM or TGI /metrics page into the usage topic"
+    )
+    add_bridge_arguments(prometheus)
+    prometheus.set_defaults(run=_run_bridge_prometheus)
+
     notify = commands.add_parser(
         "notify", help="post alert events to a Slack incoming webhook (until SIGTERM/Ctrl-C)"
     )
@@ -71,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_pricing_commands(commands)
     add_report_command(commands)
+    add_advise_command(commands)
 
     schemas = commands.add_parser("schemas", help="rewrite the JSON Schema files")
     schemas.set_defaults(run=_run_schemas)
@@ -139,6 +152,13 @@ def _run_sidecar_nvml(args: argparse.Namespace, settings: Settings) -> int:
         print(f"costflux sidecar: {exc}", file=sys.stderr)
         return 1
     return run_sidecar(args, producer_config(settings), settings.topic_gpu)
+
+
+def _run_bridge_prometheus(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.bridge import run_bridge
+
+    _configure_logging(settings)
+    return run_bridge(args, settings)
 
 
 def _run_notify(args: argparse.Namespace, settings: Settings) -> int:

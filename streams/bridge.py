@@ -1,0 +1,486 @@
+"""``costflux bridge prometheus``: scrape an inference server's /metrics into usage events.
+
+The pure half (which counters, increases, resets, carry-over, splitting into events) is
+``costflux.core.bridge``; this module fetches the page, parses it with prometheus_client's
+own parser, keeps time, hands the events to Kafka (or stdout) and reports failed scrapes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, Final, get_args
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+from pydantic import TypeAdapter, ValidationError
+
+from costflux.core.bridge import (
+    BridgeError,
+    CounterBridge,
+    EventTemplate,
+    FlagRequired,
+    Observation,
+    ServerKind,
+    Tally,
+    read_counters,
+)
+from costflux.core.windows import duration_ms
+from costflux.settings import Settings
+from schemas._types import Identifier, Labels
+from streams.kafka import KafkaSetupError, ensure_topics, producer_config
+from streams.producer import ProducerError, UsageProducer
+from streams.sidecar import parse_labels
+
+__all__ = [
+    "BridgeMetrics",
+    "BridgeOptions",
+    "BridgeStatus",
+    "PrometheusBridge",
+    "ScrapeError",
+    "add_bridge_arguments",
+    "bridge_options",
+    "fetch_metrics_page",
+    "parse_metrics_page",
+    "run_bridge",
+    "scrape_until_stopped",
+    "send_to_kafka",
+]
+
+log = logging.getLogger(__name__)
+
+LABELS_ENV: Final = "COSTFLUX_BRIDGE_LABELS"
+#: A /metrics page larger than this is not an inference server's (vLLM's is ~20-100 KiB).
+MAX_PAGE_BYTES: Final = 16 * 1024 * 1024
+#: Events kept for re-sending while Kafka is unreachable; beyond it the oldest are dropped
+#: (and logged) so that a long broker outage cannot exhaust memory.
+MAX_UNSENT_EVENTS: Final = 100_000
+#: The classic text format: prometheus_client's text parser reads it, not OpenMetrics.
+_ACCEPT: Final = "text/plain;version=0.0.4;q=1.0, */*;q=0.1"
+_LABELS: TypeAdapter[dict[str, str]] = TypeAdapter(Labels)
+_IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
+
+
+class ScrapeError(RuntimeError):
+    """The metrics page could not be fetched or read; ``reason`` is a short code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def add_bridge_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", required=True,
+                        help="the inference server's metrics URL, e.g. http://vllm:8000/metrics")
+    parser.add_argument("--interval", default="15s",
+                        help="time between scrapes: 15s, 1m, or seconds (default 15s); event "
+                        "times are accurate to one interval")
+    parser.add_argument("--timeout", default="10s",
+                        help="HTTP timeout per scrape (default 10s, at most the interval)")
+    parser.add_argument("--kind", choices=get_args(ServerKind), default=None,
+                        help="server kind (default: told from the metric names)")
+    parser.add_argument("--model", default=None,
+                        help="model pricing key for every event (overrides vLLM's model_name "
+                        "label; required for TGI, whose metrics name no model)")
+    parser.add_argument("--deployment", default=None, help="deployment of every event")
+    parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"label of every event (repeatable; added to ${LABELS_ENV}, "
+                        "k=v,k=v)")
+    parser.add_argument("--source", default=None,
+                        help="server name in event ids, unique per scraped server (default: "
+                        "this host's name and the URL's host:port)")
+    parser.add_argument("--once", action="store_true",
+                        help="scrape twice, one interval apart (baseline + one interval), and "
+                        "exit; non-zero if a scrape failed")
+    parser.add_argument("--print", action="store_true", dest="print_only",
+                        help="write events to stdout as JSON lines instead of Kafka")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve the bridge's own counters (scrape errors, resets) on "
+                        "this port's /metrics")
+
+
+@dataclass(frozen=True)
+class BridgeOptions:
+    """A validated bridge command line."""
+
+    url: str
+    interval_s: float
+    timeout_s: float
+    kind: ServerKind | None
+    model: str | None
+    template: EventTemplate
+
+
+def bridge_options(args: argparse.Namespace, environ: Mapping[str, str]) -> BridgeOptions:
+    """Check the flags (and $COSTFLUX_BRIDGE_LABELS); a ValueError names the one to fix."""
+    url = urllib.parse.urlsplit(args.url)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        raise ValueError(f"--url: {args.url!r} is not an http(s) URL such as "
+                         "http://127.0.0.1:8000/metrics")
+    if args.kind == "tgi" and args.model is None:
+        raise ValueError("--model: required with --kind tgi (TGI's metrics name no model)")
+    interval_s = _seconds(args.interval, "--interval")
+    timeout_s = min(_seconds(args.timeout, "--timeout"), interval_s)
+    labels = parse_labels(environ.get(LABELS_ENV, ""), LABELS_ENV)
+    for item in args.label:
+        labels.update(parse_labels(item, "--label"))
+    _check(_LABELS, labels, f"--label / {LABELS_ENV}")
+    for flag, value in (("--deployment", args.deployment), ("--model", args.model),
+                        ("--source", args.source)):
+        if value is not None:
+            _check(_IDENTIFIER, value, flag)
+    source = args.source or f"{socket.gethostname()}/{url.netloc}"
+    return BridgeOptions(
+        url=args.url,
+        interval_s=interval_s,
+        timeout_s=timeout_s,
+        kind=args.kind,
+        model=args.model,
+        template=EventTemplate(source, args.deployment, labels),
+    )
+
+
+def fetch_metrics_page(url: str, timeout_s: float) -> str:
+    """GET the page; every failure is a ScrapeError with a reason code."""
+    # S310: bridge_options lets only http(s) URLs through, never file: or others.
+    request = urllib.request.Request(url, headers={"Accept": _ACCEPT})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
+            body: bytes = response.read(MAX_PAGE_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        with exc:  # the error holds the response: close it
+            raise ScrapeError("http_status", f"{url} answered {exc.code} {exc.reason}") from None
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, TimeoutError):
+            raise ScrapeError("timeout", f"{url}: no answer within {timeout_s:g} s") from None
+        raise ScrapeError("connection", f"{url}: {exc.reason}") from None
+    except TimeoutError:
+        raise ScrapeError("timeout", f"{url}: no answer within {timeout_s:g} s") from None
+    except OSError as exc:  # e.g. reset by peer while reading
+        raise ScrapeError("connection", f"{url}: {exc}") from None
+    if len(body) > MAX_PAGE_BYTES:
+        raise ScrapeError("unparsable", f"{url}: page over {MAX_PAGE_BYTES} bytes")
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScrapeError("unparsable", f"{url}: not UTF-8 text ({exc})") from None
+
+
+def parse_metrics_page(text: str) -> list[Sample]:
+    """Every sample of a Prometheus text page, read by prometheus_client's parser."""
+    try:
+        return [
+            sample
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        ]
+    except (ValueError, IndexError, KeyError, TypeError) as exc:
+        raise ScrapeError("unparsable", f"not Prometheus text format ({exc})") from None
+
+
+@dataclass
+class BridgeStatus:
+    """What the scrape loop has done so far; read it for health and tests."""
+
+    scrapes: int = 0
+    scrape_errors: int = 0
+    consecutive_errors: int = 0
+    last_error: str | None = None
+    last_success_ms: int | None = None
+    counter_resets: int = 0
+    events_sent: int = 0
+    events_unsent: int = 0
+    carried: Mapping[str, Tally] = field(default_factory=dict)
+
+
+class BridgeMetrics:
+    """The bridge's own Prometheus counters, in ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.scrapes = Counter("costflux_bridge_scrapes", "Successful scrapes of the inference "
+                               "server's /metrics", registry=registry)
+        self.scrape_errors = Counter("costflux_bridge_scrape_errors", "Failed scrapes, by "
+                                     "reason", ["reason"], registry=registry)
+        self.counter_resets = Counter("costflux_bridge_counter_resets", "Scrapes in which a "
+                                      "counter went down or the server restarted",
+                                      registry=registry)
+        self.events = Counter("costflux_bridge_usage_events", "Usage events handed to the "
+                              "output", registry=registry)
+
+
+class PrometheusBridge:
+    """One inference server: scrape, turn counter growth into events, send them.
+
+    ``send`` gets each scrape's events (with any a failed send left behind) and raises
+    ProducerError if they were not delivered; they are then sent again with the next batch,
+    with the same event ids, so a partly delivered batch still counts once.
+    """
+
+    def __init__(
+        self,
+        options: BridgeOptions,
+        send: Callable[[Sequence[Mapping[str, Any]]], None],
+        *,
+        fetch: Callable[[str, float], str] = fetch_metrics_page,
+        metrics: BridgeMetrics | None = None,
+    ) -> None:
+        self._options = options
+        self._send = send
+        self._fetch = fetch
+        self._metrics = metrics or BridgeMetrics(CollectorRegistry())
+        self._counters = CounterBridge(options.template)
+        self._unsent: list[Mapping[str, Any]] = []
+        self.status = BridgeStatus()
+
+    def scrape(self) -> Observation | None:
+        """Scrape once; return what the page said, or None if the scrape failed.
+
+        A page the flags cannot read (TGI without --model) raises FlagRequired: retrying
+        will not help.
+        """
+        options = self._options
+        try:
+            text = self._fetch(options.url, options.timeout_s)
+            end_ms = time.time_ns() // 1_000_000
+            page = read_counters(parse_metrics_page(text), kind=options.kind,
+                                 model=options.model)
+        except ScrapeError as exc:
+            self._failed(exc)
+            return None
+        except FlagRequired:
+            raise
+        except BridgeError as exc:
+            self._failed(ScrapeError("bad_page", str(exc)))
+            return None
+        observation = self._counters.observe(page, end_ms)
+        self._succeeded(observation, end_ms)
+        self._deliver(observation.events)
+        return observation
+
+    def retry_unsent(self) -> None:
+        """Try once more to send what earlier sends left behind (e.g. at shutdown)."""
+        self._deliver([])
+
+    def _failed(self, error: ScrapeError) -> None:
+        status = self.status
+        status.scrape_errors += 1
+        status.consecutive_errors += 1
+        status.last_error = str(error)
+        self._metrics.scrape_errors.labels(error.reason).inc()
+        # Nothing is zero-filled: the next good scrape's increase covers the gap.
+        log.warning("scrape %d in a row failed, retrying in %g s: %s",
+                    status.consecutive_errors, self._options.interval_s, error)
+
+    def _succeeded(self, observation: Observation, end_ms: int) -> None:
+        status = self.status
+        if status.consecutive_errors:
+            log.info("%s answers again after %d failed scrape(s); this interval covers the gap",
+                     self._options.url, status.consecutive_errors)
+        status.scrapes += 1
+        status.consecutive_errors = 0
+        status.last_success_ms = end_ms
+        status.carried = observation.carried
+        self._metrics.scrapes.inc()
+        if observation.baseline:
+            log.info("baseline taken from %s; events start with the next scrape",
+                     self._options.url)
+        if observation.restarted or observation.resets:
+            status.counter_resets += 1
+            self._metrics.counter_resets.inc()
+            what = "server restarted" if observation.restarted else ", ".join(observation.resets)
+            log.warning("counter reset (%s): counting the new values from zero", what)
+        if observation.cached_capped:
+            log.debug("%d cached tokens over the interval's input tokens not billed as cached",
+                      observation.cached_capped)
+
+    def _deliver(self, events: Sequence[Mapping[str, Any]]) -> None:
+        batch = [*self._unsent, *events]
+        if not batch:
+            return
+        try:
+            self._send(batch)
+        except ProducerError as exc:
+            dropped = max(0, len(batch) - MAX_UNSENT_EVENTS)
+            self._unsent = batch[dropped:]
+            if dropped:
+                log.error("%d usage events dropped: Kafka unreachable for too long", dropped)
+            log.error("%d usage events not delivered, kept to send again: %s", len(batch), exc)
+        else:
+            self._unsent = []
+            self.status.events_sent += len(batch)
+            self._metrics.events.inc(len(batch))
+        self.status.events_unsent = len(self._unsent)
+
+
+def scrape_until_stopped(
+    bridge: PrometheusBridge, interval_s: float, stop: threading.Event, *, once: bool = False
+) -> None:
+    """Scrape every ``interval_s`` (a slow scrape skips slots, never bunches up) until stopped.
+
+    ``once``: two scrapes, the baseline and one interval.
+    """
+    for attempt in _ticks(interval_s, stop):
+        bridge.scrape()
+        if once and attempt == 1:
+            return
+
+
+def _ticks(interval_s: float, stop: threading.Event) -> Iterator[int]:
+    due = time.monotonic()
+    attempt = 0
+    while not stop.is_set():
+        yield attempt
+        attempt += 1
+        due += interval_s
+        late = time.monotonic() - due
+        if late > 0:
+            due += math.ceil(late / interval_s) * interval_s
+        stop.wait(max(0.0, due - time.monotonic()))
+
+
+def run_bridge(args: argparse.Namespace, settings: Settings) -> int:
+    """The command: scrape until SIGTERM/Ctrl-C (or twice with --once), publish or print."""
+    try:
+        options = bridge_options(args, os.environ)
+    except ValueError as exc:
+        print(f"costflux bridge: {exc}", file=sys.stderr)
+        return 2
+    producer: UsageProducer | None = None
+    send: Callable[[Sequence[Mapping[str, Any]]], None]
+    if args.print_only:
+        send = _print_events
+    else:
+        if settings.kafka_bootstrap is None:
+            print("costflux bridge: set COSTFLUX_KAFKA_BOOTSTRAP to the broker to publish to, "
+                  "or pass --print", file=sys.stderr)
+            return 2
+        try:
+            ensure_topics(settings, {settings.topic_usage: settings.topic_partitions})
+        except KafkaSetupError as exc:
+            print(f"costflux bridge: {exc}", file=sys.stderr)
+            return 1
+        producer = UsageProducer(producer_config(settings), settings.topic_usage)
+        send = send_to_kafka(producer)
+    registry = CollectorRegistry()
+    bridge = PrometheusBridge(options, send, metrics=BridgeMetrics(registry))
+    server = None
+    if args.metrics_port is not None:
+        try:
+            # All interfaces (S104): Prometheus scrapes the bridge from another pod.
+            server, _ = start_http_server(args.metrics_port, "0.0.0.0", registry)  # noqa: S104
+        except OSError as exc:
+            print(f"costflux bridge: --metrics-port {args.metrics_port}: {exc}", file=sys.stderr)
+            if producer is not None:
+                _close_logging_failures(producer)
+            return 1
+    stop = threading.Event()
+    restore = _stop_on_signals(stop)
+    try:
+        scrape_until_stopped(bridge, options.interval_s, stop, once=args.once)
+    except FlagRequired as exc:
+        print(f"costflux bridge: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        restore()
+        bridge.retry_unsent()
+        if producer is not None:
+            _close_logging_failures(producer)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+    _log_summary(bridge.status)
+    failed = bridge.status.scrape_errors or bridge.status.events_unsent
+    return 1 if args.once and failed else 0
+
+
+def _seconds(text: str, flag: str) -> float:
+    length_ms = duration_ms(text)
+    if length_ms is not None:
+        seconds = length_ms / 1000
+    else:
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"{flag}: {text!r} is not a positive duration such as 15s, 1m or 0.5")
+    return seconds
+
+
+def _check(adapter: TypeAdapter[Any], value: object, flag: str) -> None:
+    try:
+        adapter.validate_python(value)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'value'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise ValueError(f"{flag}: {problems}") from None
+
+
+def _print_events(events: Sequence[Mapping[str, Any]]) -> None:
+    for event in events:
+        sys.stdout.write(orjson.dumps(dict(event)).decode() + "\n")
+    sys.stdout.flush()
+
+
+def send_to_kafka(producer: UsageProducer) -> Callable[[Sequence[Mapping[str, Any]]], None]:
+    """A send function for PrometheusBridge: queue the events, wait for their delivery."""
+
+    def send(events: Sequence[Mapping[str, Any]]) -> None:
+        for event in events:
+            producer.send(event)
+        producer.flush(10)
+
+    return send
+
+
+def _close_logging_failures(producer: UsageProducer) -> None:
+    try:
+        producer.close(10)
+    except ProducerError as exc:
+        log.error("usage events not delivered at shutdown: %s", exc)
+
+
+def _stop_on_signals(stop: threading.Event) -> Callable[[], None]:
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # signal handlers can only be set from the main thread
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: stopping after the current scrape", signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
+
+
+def _log_summary(status: BridgeStatus) -> None:
+    log.info("bridge stopped: %d scrapes, %d failed, %d counter resets, %d events sent, "
+             "%d unsent", status.scrapes, status.scrape_errors, status.counter_resets,
+             status.events_sent, status.events_unsent)
+    for model, carry in status.carried.items():
+        # Requests still running: they finish after this run's last scrape, and the next run
+        # starts from a new baseline, so these tokens are not billed by either.
+        log.warning("%s: %d input / %d output tokens of unfinished requests not emitted",
+                    model, carry.input_tokens, carry.output_tokens)
