@@ -1,14 +1,15 @@
 """The Redis serving view: window totals any worker can answer queries from.
 
 Layout (``ns`` is the consumer group): ``ns:win:<size>:<start>`` is a hash of row key (the
-dimension values as JSON) -> "cost_pico,input,output,cached,requests,gpu_ms"; GPU rows
+dimension values as JSON) -> the row's SUM_FIELDS, comma separated (rows written by older
+versions have fewer dimensions and sums: readers pad them with "" and 0); GPU rows
 (keys ``gpu:[…]``) hold "gpu_ms,busy_ms,idle_ms"; ``ns:winver:<size>:
 <start>`` holds each shard's version; ``ns:windows:<size>`` is a sorted set of window starts;
 ``ns:event_time_ms`` is the newest finest-window end seen (the "now" of relative queries).
 
-Writes overwrite whole shards and carry a version (the sum of the shard's applied offsets,
-which only grows), so a worker that lost a shard in a rebalance cannot overwrite the new
-owner's newer totals.
+Writes overwrite whole shards and carry a version (the sum of the shard's applied offsets plus
+one each, which grows with every offset or partition applied), so a worker that lost a shard
+in a rebalance cannot overwrite the new owner's newer totals.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ class ServingView:
         """Overwrite each shard's rows if its version is newer than what is stored."""
         async with self._client.pipeline(transaction=False) as pipe:
             for key, state in shards:
-                version = sum(state["applied"].values())
+                # +1: a partition's first offset is 0, and a shard that gains a partition at
+                # offset 0 must still get a newer version than it had without it.
+                version = sum(offset + 1 for offset in state["applied"].values())
                 args: list[Any] = [key.bucket, version, key.start_ms,
                                    self._retention_s(key.size_s),
                                    _finest_end(key, finest_s)]
