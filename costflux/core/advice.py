@@ -208,25 +208,8 @@ def _pool_advice(
     out: list[Advice] = []
 
     # 1. rightsize: surplus GPU time per hour, taken from on-demand GPUs first
-    kept_od_ms: dict[int, Fraction] = {}
-    kept_units: dict[int, Fraction] = {}
-    surplus_units = Fraction(0)
-    needed_ms = 0
-    for index, hour in by_hour.items():
-        length = lengths[index]
-        gpus = max(assumptions.min_gpus,
-                   _ceil(Fraction(100 * hour.busy_ms) / (assumptions.target_utilization_pct
-                                                          * length)))
-        needed_ms += gpus * length
-        surplus = max(0, hour.gpu_ms - gpus * length)
-        from_od = min(surplus, hour.od_ms)
-        from_rest = surplus - from_od
-        rest_ms = hour.gpu_ms - hour.od_ms
-        removed = (Fraction(hour.od_units * from_od, hour.od_ms) if from_od else Fraction(0)) + (
-            Fraction((hour.units - hour.od_units) * from_rest, rest_ms) if from_rest else 0)
-        surplus_units += removed
-        kept_od_ms[index] = Fraction(hour.od_ms - from_od)
-        kept_units[index] = hour.units - removed
+    surplus_units, after_rightsize, kept_od_ms, needed_ms = _rightsize(
+        by_hour, lengths, assumptions)
     pool_units = sum(h.units for h in by_hour.values())
     if surplus_units:
         out.append(Advice(
@@ -244,7 +227,6 @@ def _pool_advice(
 
     # 2. batching: many small requests on lightly used GPUs
     batch = _batching_fraction(gpu_ms, busy_ms, use, measured_ms, assumptions)
-    after_rightsize = sum(kept_units.values(), Fraction(0))
     if batch and after_rightsize:
         assert use is not None  # _batching_fraction is 0 without requests
         out.append(Advice(
@@ -294,6 +276,35 @@ def _pool_advice(
              "retry; spot capacity is available"),
         ))
     return out
+
+
+def _rightsize(
+    by_hour: dict[int, _PoolHour], lengths: dict[int, int], assumptions: Assumptions,
+) -> tuple[Fraction, Fraction, dict[int, Fraction], int]:
+    """GPU units scaled down, GPU units kept, on-demand ms kept per hour, and GPU ms needed:
+    each hour keeps ceil(busy / (target x hour)) GPUs, at least ``min_gpus``; the surplus
+    comes off on-demand GPUs first, each part priced at its own mean rate."""
+    surplus_units, kept_units = Fraction(0), Fraction(0)
+    kept_od_ms: dict[int, Fraction] = {}
+    needed_ms = 0
+    for index, hour in by_hour.items():
+        length = lengths[index]
+        gpus = max(assumptions.min_gpus, _ceil(
+            Fraction(100 * hour.busy_ms) / (assumptions.target_utilization_pct * length)))
+        needed_ms += gpus * length
+        surplus = max(0, hour.gpu_ms - gpus * length)
+        from_od = min(surplus, hour.od_ms)
+        from_rest = surplus - from_od
+        removed = Fraction(0)
+        if from_od:
+            removed += Fraction(hour.od_units * from_od, hour.od_ms)
+        if from_rest:
+            removed += Fraction((hour.units - hour.od_units) * from_rest,
+                                hour.gpu_ms - hour.od_ms)
+        surplus_units += removed
+        kept_units += hour.units - removed
+        kept_od_ms[index] = Fraction(hour.od_ms - from_od)
+    return surplus_units, kept_units, kept_od_ms, needed_ms
 
 
 def _batching_fraction(
