@@ -48,7 +48,7 @@ class LabelLimiter:
 class CostMetrics:
     """Every metric a worker exports, on one injectable registry."""
 
-    COST_LABELS = ("model", "team", "namespace")
+    COST_LABELS = ("model", "team", "app", "namespace")
 
     def __init__(
         self,
@@ -61,7 +61,7 @@ class CostMetrics:
         allowed = allowed or {}
         self._cap = label_cap
         self._allowed = allowed
-        self._children: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+        self._children: dict[tuple[str, str, str, str], tuple[Any, ...]] = {}
         self._cache_cap = 4 * label_cap**2
         self._limit = {
             name: LabelLimiter(label_cap, allowed.get(name, ())) for name in self.COST_LABELS
@@ -201,12 +201,13 @@ class CostMetrics:
     def count_row(self, dims: tuple[str, ...], sums: list[int]) -> None:
         """Add one applied aggregate row: dims in DIMENSIONS order, sums in SUM_FIELDS order.
 
-        Only model, team and namespace become labels (the rest would multiply the series).
+        Only model, team, app and namespace become labels (project, deployment and cluster
+        would multiply the series; the allocation API has them).
         """
-        model, team, namespace = dims[0], dims[1], dims[4]
-        children = self._children.get((model, team, namespace))
+        model, team, app, namespace = dims[0], dims[1], dims[3], dims[4]
+        children = self._children.get((model, team, app, namespace))
         if children is None:
-            children = self._children_for(model, team, namespace)
+            children = self._children_for(model, team, app, namespace)
         cost_pico, input_tokens, output_tokens, cached, requests = sums[:5]
         cost, count, tokens_in, tokens_out, tokens_cached = children
         cost.inc(pico_to_dollars(cost_pico))
@@ -215,11 +216,13 @@ class CostMetrics:
         tokens_out.inc(output_tokens)
         tokens_cached.inc(cached)
 
-    def _children_for(self, model: str, team: str, namespace: str) -> tuple[Any, ...]:
-        # labels() costs more than the increments; resolve each dimension triple once. The
-        # cache is bounded like the labels themselves: past the cap, triples share 'other'.
+    def _children_for(
+        self, model: str, team: str, app: str, namespace: str
+    ) -> tuple[Any, ...]:
+        # labels() costs more than the increments; resolve each label combination once. The
+        # cache is bounded like the labels themselves: past the cap, values share 'other'.
         labels = (self._limit["model"](model), self._limit["team"](team),
-                  self._limit["namespace"](namespace))
+                  self._limit["app"](app), self._limit["namespace"](namespace))
         children = (
             self.cost.labels(*labels),
             self.requests.labels(*labels),
@@ -228,5 +231,5 @@ class CostMetrics:
             self.tokens.labels(*labels, "cached_input"),
         )
         if len(self._children) < self._cache_cap:
-            self._children[(model, team, namespace)] = children
+            self._children[(model, team, app, namespace)] = children
         return children

@@ -30,13 +30,13 @@ def test_cost_metrics_count_rows_in_dollars_with_bounded_labels() -> None:
     metrics = CostMetrics(registry, label_cap=1)
     metrics.count_row(("gpt-4", "search", "p", "app", "ml"), [1_500_000_000_000, 10, 20, 3, 2])
     metrics.count_row(("llama", "ads", "p", "app", "ml"), [250_000_000_000, 1, 2, 0, 1])
-    labels = {"model": "gpt-4", "team": "search", "namespace": "ml"}
+    labels = {"model": "gpt-4", "team": "search", "app": "app", "namespace": "ml"}
     assert registry.get_sample_value("llm_request_cost_dollars_total", labels) == 1.5
     assert registry.get_sample_value("llm_requests_total", labels) == 2
     assert registry.get_sample_value(
         "llm_tokens_total", {**labels, "direction": "cached_input"}
     ) == 3
-    overflow = {"model": "other", "team": "other", "namespace": "ml"}
+    overflow = {"model": "other", "team": "other", "app": "app", "namespace": "ml"}
     assert registry.get_sample_value("llm_request_cost_dollars_total", overflow) == 0.25
 
 

@@ -94,13 +94,13 @@ def test_dashboard_shows_every_metric_the_worker_exports() -> None:
 
 
 def test_dashboard_covers_the_seeds_cost_views() -> None:
-    """Cost by model and team, unit cost, GPU utilization and idle cost, budgets, spikes."""
+    """Cost by model, team and app, unit cost, GPU utilization and idle cost, budgets, spikes."""
     by_metric: dict[str, set[str]] = {}
     for query in queries():
         for name in metric_names(query):
             by_metric.setdefault(name, set()).add(query.expr)
     cost = by_metric["llm_request_cost_dollars_total"]
-    for dimension in ("model", "team", "namespace"):
+    for dimension in ("model", "team", "app"):
         assert any(f"sum by ({dimension})" in expr for expr in cost), dimension
     for name in (
         "llm_cost_per_request_dollars",

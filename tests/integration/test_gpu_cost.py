@@ -212,8 +212,12 @@ def test_gpu_and_token_cost_per_team_equal_independent_recomputation(
     assert mistral["costAtTier"] == {"on_demand": 0.5, "spot": 0.15, "reserved_1y": 0.3}
 
     # Metrics: GPU cost counters sum to the served GPU cost; the silent GPU has no gauge.
+    # Metrics count the finest-window partials, which may be applied after the hourly ones
+    # the allocation above read: wait for them rather than race them.
     gpu_total = sum(float(price_of(s) / 360) for s in samples)
-    assert worker.metric("llm_gpu_cost_dollars_total") == pytest.approx(gpu_total, rel=1e-9)
+    worker.wait_for(
+        lambda: worker.metric("llm_gpu_cost_dollars_total") == pytest.approx(gpu_total, rel=1e-9),
+        60, "counting every GPU sample's cost in the metrics")
     assert worker.metric("costflux_deadletter_total", reason="unknown_gpu_type") == 1
     assert worker.metric("costflux_duplicates_total") == 50
     status, text = worker.get("/metrics")
