@@ -29,12 +29,12 @@ from costflux.core.allocation import (
 from costflux.core.gpu_report import gpu_report, parse_gpu_aggregate
 from costflux.core.overheads import with_other_costs
 from costflux.core.pricing import ModelPrice, OtherCost
+from costflux.core.spike import HOUR_MS
 from schemas._types import from_epoch_ms
 
 __all__ = ["AdviceInputs", "register_http"]
 
 _EXPOSITION_TYPE = CONTENT_TYPE_LATEST.split("; charset")[0]
-_HOUR_MS = 3_600_000
 
 
 def register_http(
@@ -66,9 +66,15 @@ def register_http(
         ready, why = readiness()
         return web.json({"ready": ready, "detail": why}, status=200 if ready else 503)
 
+    async def window_and_now(
+        request: faust.web.Request, default: str
+    ) -> tuple[TimeRange, int | None]:
+        """The ``window`` parameter's span, and "now": the newest event time (None before any)."""
+        now_ms = await view.newest_event_time_ms()
+        return parse_window(request.query.get("window", default), now_ms or 0, finest_s), now_ms
+
     async def window_of(request: faust.web.Request) -> TimeRange:
-        now_ms = await view.newest_event_time_ms() or 0  # event time: "now" is the newest event
-        return parse_window(request.query.get("window", "24h"), now_ms, finest_s)
+        return (await window_and_now(request, "24h"))[0]
 
     async def read_spans(spans: list[TimeRange]) -> list[list[dict[str, list[int]]]]:
         """The rows of the windows tiling each span, one list per span."""
@@ -140,11 +146,10 @@ def register_http(
     @app.page("/api/advice")
     async def savings_advice(web: faust.web.View, request: faust.web.Request) -> Any:
         """Estimated monthly savings and the ROI table, from the window's hourly rows."""
-        newest = await view.newest_event_time_ms()
         try:
-            span = parse_window(request.query.get("window", "7d"), newest or 0, finest_s)
+            span, newest = await window_and_now(request, "7d")
             held = measurable(span, await view.earliest_window_ms(finest_s), newest, finest_s)
-            hours = split_steps(held, _HOUR_MS) if held else []
+            hours = split_steps(held, HOUR_MS) if held else []
             rows = await read_spans(hours)
         except AllocationQueryError as exc:
             return web.json({"code": 400, "message": str(exc)}, status=400)

@@ -33,14 +33,14 @@ from costflux.core.gpu import UNITS_PER_PICO, cost_units, price_of_rates
 from costflux.core.gpu_samples import decode_gpu_row_key, is_gpu_row
 from costflux.core.money import PICO_PER_DOLLAR
 from costflux.core.pricing import ModelPrice
+from costflux.core.signals import DAY_MS, UNITS_PER_DOLLAR
+from costflux.core.spike import HOUR_MS
 
 __all__ = ["KINDS", "Advice", "AdviceResult", "Assumptions", "Estimate", "advise",
            "measurable"]
 
 #: The changes, in the order they are applied.
 KINDS = ("rightsize", "batching", "reserved", "spot", "routing")
-_DAY_MS = 86_400_000
-_UNITS_PER_DOLLAR = UNITS_PER_PICO * PICO_PER_DOLLAR
 Rows = Mapping[str, list[int]]
 
 
@@ -147,11 +147,11 @@ def advise(
     lengths = {i: hours[i][0].end_ms - hours[i][0].start_ms
                for i in range(used_hours[0], used_hours[-1] + 1)}
     measured = TimeRange(hours[used_hours[0]][0].start_ms, hours[used_hours[-1]][0].end_ms)
-    factor = Fraction(assumptions.month_days * _DAY_MS, measured.end_ms - measured.start_ms)
+    factor = Fraction(assumptions.month_days * DAY_MS, measured.end_ms - measured.start_ms)
     token_pico = sum(u.cost_pico for u in usage.values())
     gpu_units = sum(h.units for by_hour in pools.values() for h in by_hour.values())
     current = factor * (Fraction(token_pico, PICO_PER_DOLLAR)
-                        + Fraction(gpu_units, _UNITS_PER_DOLLAR))
+                        + Fraction(gpu_units, UNITS_PER_DOLLAR))
     found: dict[str, list[Advice]] = {kind: [] for kind in KINDS}
     for pool, by_hour in sorted(pools.items()):
         for advice in _pool_advice(pool, by_hour, lengths, usage.get(pool[0]), factor,
@@ -268,8 +268,8 @@ def _pool_advice(
     if spot[0] > spot[1]:
         out.append(Advice(
             "spot", target, _monthly(spot[0], spot[1], factor),
-            {"burstGpuHours": float(sum(remaining.values(), Fraction(0)) / 3_600_000
-                                    - baseline * Fraction(measured_ms, 3_600_000))},
+            {"burstGpuHours": float(sum(remaining.values(), Fraction(0)) / HOUR_MS
+                                    - baseline * Fraction(measured_ms, HOUR_MS))},
             ("the on-demand GPU-hours above the baseline run on spot at pricing.yaml's "
              "spot price",
              "replicas are stateless behind a load balancer, so an interruption costs a "
@@ -383,7 +383,7 @@ def _cache_achieved(usage: dict[str, _ModelUse], factor: Fraction) -> tuple[Advi
 def _monthly(before_units: Fraction | int, after_units: Fraction | int,
              factor: Fraction) -> Estimate:
     """GPU units over the measured span -> monthly dollars."""
-    scale = factor / _UNITS_PER_DOLLAR
+    scale = factor / UNITS_PER_DOLLAR
     return Estimate(before_units * scale, after_units * scale)
 
 
@@ -396,7 +396,7 @@ def _floor(value: Fraction) -> int:
 
 
 def _hours(ms: int) -> float:
-    return ms / 3_600_000
+    return ms / HOUR_MS
 
 
 def _pct(part: int, whole: int) -> float:

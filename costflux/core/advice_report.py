@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
 from costflux.core.advice import KINDS, Advice, AdviceResult, Estimate
 from costflux.core.allocation import iso_window
+from costflux.core.report import dollars, percent, table_lines
 
 __all__ = ["ADVICE_FORMATS", "TITLES", "advice_answer", "render_advice"]
 
@@ -29,8 +30,6 @@ TITLES = {
     "prompt_cache": "Prompt cache (achieved)",
 }
 _PICO = Decimal(1).scaleb(-12)
-_CENT = Decimal("0.01")
-_TENTH = Decimal("0.1")
 
 
 def advice_answer(result: AdviceResult) -> dict[str, Any]:
@@ -95,12 +94,8 @@ def _sum(estimates: Sequence[Estimate]) -> Estimate:
 def _share_pct(estimate: Estimate) -> float:
     if not estimate.before:
         return 0.0
-    return float(_decimal(100 * estimate.saving / estimate.before).quantize(
-        _TENTH, rounding=ROUND_HALF_EVEN))
-
-
-def _decimal(value: Fraction) -> Decimal:
-    return Decimal(value.numerator) / Decimal(value.denominator)
+    share = estimate.saving / estimate.before
+    return float(percent(Decimal(share.numerator) / Decimal(share.denominator)))
 
 
 def _exact(value: Fraction) -> str:
@@ -123,15 +118,8 @@ def render_advice(data: Mapping[str, Any], form: str) -> str:
     header = ("Item", "Before", "After", "Saving")
     roi = [(r["item"], _money(r["monthlyBeforeExact"]), _money(r["monthlyAfterExact"]),
             f"{r['savingPct']:.1f}%") for r in data["roi"]]
-    lines = [f"Savings advice, a month at the rate of {window['start']} .. {window['end']}"]
-    if form == "markdown":
-        lines += ["", f"| {' | '.join(header)} |", "|---|---:|---:|---:|"]
-        lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in roi]
-    else:
-        widths = [max(len(row[i]) for row in [header, *roi]) for i in range(4)]
-        lines.append("")
-        lines += [f"{row[0]:<{widths[0]}}  " + "  ".join(
-            f"{cell:>{widths[i]}}" for i, cell in enumerate(row[1:], 1)) for row in [header, *roi]]
+    lines = [f"Savings advice, a month at the rate of {window['start']} .. {window['end']}", "",
+             *table_lines(header, roi, markdown=form == "markdown")]
     for advice in [*data["advice"], *data["cacheAchieved"]]:
         bullet = "- " if form == "markdown" else "  "
         lines += ["", f"{advice['title']}: {advice['target']} - saves "
@@ -141,4 +129,4 @@ def render_advice(data: Mapping[str, Any], form: str) -> str:
 
 
 def _money(exact: str) -> str:
-    return f"${Decimal(exact).quantize(_CENT, rounding=ROUND_HALF_EVEN):,}"
+    return f"${dollars(Decimal(exact))}"

@@ -12,13 +12,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from zoneinfo import ZoneInfo
 
-__all__ = ["FORMATS", "PeakHours", "ReportRow", "by_time_of_day", "render", "report_rows"]
+__all__ = ["FORMATS", "PeakHours", "ReportRow", "by_time_of_day", "dollars", "percent", "render",
+           "report_rows", "table_lines"]
 
 FORMATS = ("table", "markdown", "csv", "json")
 _TENTH = Decimal("0.1")
@@ -111,26 +112,32 @@ def render(rows: list[ReportRow], dimension: str, form: str, window: str) -> str
         return _json(rows, dimension, window, total, others)
     if form == "csv":
         return _csv(rows, dimension, others)
-    cells = [[r.name, f"${_dollars(r.cost)}", f"{_percent(r.share)}%"] for r in rows]
-    cells.append(["Total", f"${_dollars(total)}", "100.0%" if rows else "0.0%"])
+    cells = [[r.name, f"${dollars(r.cost)}", f"{percent(r.share)}%"] for r in rows]
+    cells.append(["Total", f"${dollars(total)}", "100.0%" if rows else "0.0%"])
     header = [title, "Cost", "Percentage"]
     footer = []
     if others is not None:
         header.append("Other")
         other_cells = [*(r.other_total for r in rows), _sum(others.values())]
         for cell, other in zip(cells, other_cells, strict=True):
-            cell.append(f"${_dollars(other)}")
+            cell.append(f"${dollars(other)}")
         footer = [_other_line(total, others)]
     if form == "markdown":  # the seed's report.to_markdown()
-        lines = [f"| {' | '.join(header)} |", "|" + "---|" * len(header)]
-        lines += [f"| {' | '.join(cell)} |" for cell in cells]
+        lines = table_lines(header, cells, markdown=True)
         return "\n".join([*lines, *(["", *footer] if footer else [])]) + "\n"
-    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
-    lines = [f"{title} cost, {window}"]
-    for row in [header, *cells]:
-        lines.append("  ".join([f"{row[0]:<{widths[0]}}",
-                                *(f"{c:>{w}}" for c, w in zip(row[1:], widths[1:], strict=True))]))
+    lines = [f"{title} cost, {window}", *table_lines(header, cells, markdown=False)]
     return "\n".join([*lines, *footer]) + "\n"
+
+
+def table_lines(header: Sequence[str], cells: Sequence[Sequence[str]], markdown: bool) -> list[str]:
+    """A markdown table, or a plain one: the first column left-aligned, the others right."""
+    if markdown:
+        return [f"| {' | '.join(header)} |", "|" + "---|" * len(header),
+                *(f"| {' | '.join(cell)} |" for cell in cells)]
+    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
+    return ["  ".join([f"{row[0]:<{widths[0]}}",
+                       *(f"{c:>{w}}" for c, w in zip(row[1:], widths[1:], strict=True))])
+            for row in [header, *cells]]
 
 
 def _json(rows: list[ReportRow], dimension: str, window: str, total: Decimal,
@@ -138,7 +145,7 @@ def _json(rows: list[ReportRow], dimension: str, window: str, total: Decimal,
     document: dict[str, object] = {
         "window": window, "by": dimension, "total": str(total),
         "rows": [{dimension: r.name, "cost": str(r.cost), "requests": r.requests,
-                  "percentage": str(_percent(r.share)),
+                  "percentage": str(percent(r.share)),
                   **({} if others is None else {
                       "other": str(r.other_total),
                       "otherCosts": {c: str(v) for c, v in (r.other or {}).items()}})}
@@ -161,7 +168,7 @@ def _csv(rows: list[ReportRow], dimension: str, others: dict[str, Decimal] | Non
     for r in rows:
         values = [] if others is None else [
             str(r.other_total), *(str((r.other or {}).get(c, Decimal(0))) for c in components)]
-        writer.writerow([r.name, str(r.cost), r.requests, str(_percent(r.share)), *values])
+        writer.writerow([r.name, str(r.cost), r.requests, str(percent(r.share)), *values])
     return out.getvalue()
 
 
@@ -177,19 +184,21 @@ def _other_totals(rows: list[ReportRow]) -> dict[str, Decimal] | None:
 
 
 def _other_line(usage: Decimal, others: dict[str, Decimal]) -> str:
-    parts = ", ".join(f"{component} ${_dollars(amount)}" for component, amount in others.items())
+    parts = ", ".join(f"{component} ${dollars(amount)}" for component, amount in others.items())
     with_other = usage + _sum(others.values())
     return (f"Other costs (not in Cost or Percentage): {parts or 'none'}; "
-            f"total with other costs ${_dollars(with_other)}")
+            f"total with other costs ${dollars(with_other)}")
 
 
 def _sum(amounts: Iterable[Decimal]) -> Decimal:
     return sum(amounts, Decimal(0))
 
 
-def _percent(share: Decimal) -> Decimal:
+def percent(share: Decimal) -> Decimal:
+    """A share (0..1) as a percentage, half to even at 0.1 %."""
     return (share * 100).quantize(_TENTH, rounding=ROUND_HALF_EVEN)
 
 
-def _dollars(cost: Decimal) -> str:
+def dollars(cost: Decimal) -> str:
+    """Dollars to the cent, half to even, with thousands separators (no $ sign)."""
     return f"{cost.quantize(_CENT, rounding=ROUND_HALF_EVEN):,}"
