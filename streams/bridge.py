@@ -130,6 +130,10 @@ class BridgeOptions:
 def bridge_options(args: argparse.Namespace, environ: Mapping[str, str]) -> BridgeOptions:
     """Check the flags (and $COSTFLUX_BRIDGE_LABELS); a ValueError names the one to fix."""
     url = urllib.parse.urlsplit(args.url)
+    if "@" in url.netloc:
+        # Never echoed: the URL would otherwise reach logs, scrape errors and event ids.
+        raise ValueError("--url: user:password@ in the URL is not supported (it would show in "
+                         "logs and event ids); scrape /metrics without credentials")
     if url.scheme not in ("http", "https") or not url.netloc:
         raise ValueError(f"--url: {args.url!r} is not an http(s) URL such as "
                          "http://127.0.0.1:8000/metrics")

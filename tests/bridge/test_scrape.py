@@ -186,6 +186,12 @@ def test_a_url_that_is_not_http_is_refused() -> None:
         options("file:///etc/passwd")
 
 
+def test_a_url_with_credentials_is_refused_without_echoing_them() -> None:
+    with pytest.raises(ValueError, match="--url") as refused:
+        options("http://scraper:s3cret-pw@127.0.0.1:8000/metrics")
+    assert "s3cret-pw" not in str(refused.value)
+
+
 def test_the_command_prints_one_interval_of_events(
     metrics_server: MetricsServer, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
