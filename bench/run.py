@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import redis
 import workload
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -241,28 +242,36 @@ def ready(port: int) -> bool:
         return False
 
 
+def costflux_env(bench: Bench, topic: str, prefix: str, group: str, port: int,
+                 datadir: Path) -> dict[str, str]:
+    """The environment of one costflux worker reading ``topic`` in consumer group ``group``."""
+    env = child_env(bench)
+    env.update({
+        "COSTFLUX_KAFKA_BOOTSTRAP": str(bench.settings.kafka_bootstrap),
+        "COSTFLUX_REDIS_URL": str(bench.settings.redis_url),
+        "COSTFLUX_TOPIC_USAGE": topic,
+        "COSTFLUX_TOPIC_PARTIALS": f"{prefix}.partials",
+        "COSTFLUX_TOPIC_DEADLETTER": f"{prefix}.deadletter",
+        "COSTFLUX_TOPIC_ALERTS": f"{prefix}.alerts",
+        "COSTFLUX_TOPIC_PARTITIONS": str(bench.partitions),
+        "COSTFLUX_CONSUMER_GROUP": group,
+        "COSTFLUX_HTTP_PORT": str(port),
+        "COSTFLUX_LOG_LEVEL": bench.costflux_log_level,
+        "COSTFLUX_DATA_DIR": str(datadir),
+    })
+    return env
+
+
 def run_costflux(bench: Bench, kind: str, attempt: int) -> dict[str, Any]:
     """Run `python -m costflux worker` until llm_requests_total reaches N."""
     stage = f"costflux-{kind}-{attempt}"
     port = free_port()
     datadir = Path(tempfile.mkdtemp(prefix=f"{stage}-", dir=bench.scratch))
-    prefix = f"bench.{bench.run_id}.{kind}.{attempt}"
-    env = child_env(bench)
-    env.update({
-        "COSTFLUX_KAFKA_BOOTSTRAP": str(bench.settings.kafka_bootstrap),
-        "COSTFLUX_REDIS_URL": str(bench.settings.redis_url),
-        "COSTFLUX_TOPIC_USAGE": bench.topic(kind),
-        "COSTFLUX_TOPIC_PARTIALS": f"{prefix}.partials",
-        "COSTFLUX_TOPIC_DEADLETTER": f"{prefix}.deadletter",
-        "COSTFLUX_TOPIC_ALERTS": f"{prefix}.alerts",
-        "COSTFLUX_TOPIC_PARTITIONS": str(bench.partitions),
-        "COSTFLUX_CONSUMER_GROUP": f"bench-{bench.run_id}-{stage}",
-        "COSTFLUX_HTTP_PORT": str(port),
-        "COSTFLUX_LOG_LEVEL": bench.costflux_log_level,
-        "COSTFLUX_DATA_DIR": str(datadir),
-    })
+    env = costflux_env(bench, bench.topic(kind), f"bench.{bench.run_id}.{kind}.{attempt}",
+                       f"bench-{bench.run_id}-{stage}", port, datadir)
     broker_cpu = cpu_seconds(bench.broker_pid)
     redis_cpu = cpu_seconds(bench.redis_pid)
+    redis_memory = redis_used_bytes(bench)
     child = ConsumerProcess(stage, [sys.executable, "-m", "costflux", "worker"], env,
                             bench.logs / f"{stage}.log", REPO)
     profiler = None
@@ -289,6 +298,7 @@ def run_costflux(bench: Bench, kind: str, attempt: int) -> dict[str, Any]:
             time.sleep(max(0.0, METRICS_POLL_S - (time.time() - now)))
         peak = child.peak_rss_mb()
         cpu = child.cpu_seconds()
+        redis_growth = redis_used_bytes(bench) - redis_memory
     finally:
         if profiler is not None:
             stop_profiler(profiler)
@@ -314,11 +324,22 @@ def run_costflux(bench: Bench, kind: str, attempt: int) -> dict[str, Any]:
         "cpu_s": cpu,
         "broker_cpu_s": _delta(cpu_seconds(bench.broker_pid), broker_cpu),
         "redis_cpu_s": _delta(cpu_seconds(bench.redis_pid), redis_cpu),
+        # Dedup keeps one key per event_id for the horizon (plus the serving view, small).
+        "redis_bytes_per_event": round(redis_growth / bench.events, 1),
         "cost_dollars": sums["llm_request_cost_dollars_total"],
         "deadletters": sums["costflux_deadletter_total"],
         "duplicates": sums["costflux_duplicates_total"],
         **stopped,
     }
+
+
+def redis_used_bytes(bench: Bench) -> int:
+    """Redis's used_memory: what this run's dedup keys and serving view add to it."""
+    client = redis.Redis.from_url(str(bench.settings.redis_url))
+    try:
+        return int(client.info("memory")["used_memory"])
+    finally:
+        client.close()
 
 
 def _check_alive(child: ConsumerProcess, deadline: float, waiting_for: str) -> None:
