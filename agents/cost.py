@@ -17,6 +17,7 @@ import faust
 import orjson
 import redis.asyncio as aioredis
 
+from agents.health import Health, guarded
 from agents.metrics import CostMetrics
 from agents.serving import ServingView
 from costflux.core.aggregate import PartialKey, apply_partial, decode_dimensions
@@ -45,6 +46,7 @@ class CostAgentOptions:
     window_sizes_s: tuple[int, ...]
     retention_ms: int
     partition_idle_ms: int
+    shard_max_bytes: int
 
 
 class CostCombiner:
@@ -57,11 +59,13 @@ class CostCombiner:
         redis_client: aioredis.Redis,
         view: ServingView,
         metrics: CostMetrics,
+        health: Health,
     ) -> None:
         self._options = options
         self._redis = redis_client
         self._view = view
         self._metrics = metrics
+        self._health = health
         self._dirty: set[bytes] = set()
         self.global_watermark_ms: int | None = None
         self.table = app.Table(
@@ -86,60 +90,109 @@ class CostCombiner:
             options.deadletter_topic, key_serializer="raw", value_serializer="raw"
         )
         app.agent(self._partials, name="costflux.combine")(self._combine)
-        app.timer(0.25, name="costflux.publish_view")(self._publish_view)
-        app.timer(1.0, name="costflux.advance_watermark")(self._advance_watermark)
-        app.timer(10.0, name="costflux.resync_view")(self._resync_view)
-        app.timer(15.0, name="costflux.unit_costs")(self._publish_unit_costs)
+        # A timer that raises would stop the whole worker (Faust crashes the app); guarded,
+        # it reports through /readyz and the error counter and tries again at its next tick.
+        for interval_s, name, step in (
+            (0.25, "costflux.publish_view", self._publish_view),
+            (1.0, "costflux.advance_watermark", self._advance_watermark),
+            (10.0, "costflux.resync_view", self._resync_view),
+            (15.0, "costflux.unit_costs", self._publish_unit_costs),
+        ):
+            app.timer(interval_s, name=name)(guarded(health, name, step))
 
     async def _combine(self, stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             key_bytes = event.key
             if not isinstance(key_bytes, bytes) or not isinstance(event.value, bytes):
                 continue
-            partial = orjson.loads(event.value)
-            shard = PartialKey.decode(key_bytes)
-            if self._closed_for_good(shard):
-                await self._send_late(event, shard)
-                continue
-            state, fresh = apply_partial(self.table.get(key_bytes), partial)
-            if not fresh:
-                self._metrics.replayed_partials.inc()
-                continue
+            try:
+                await self._apply(event, key_bytes, event.value)
+            except Exception as exc:  # noqa: BLE001 - dead-lettered, counted, reported
+                # Raising here would restart the agent on the same partial forever (a stall);
+                # skipping it silently would lose it. It goes to the dead-letter topic, byte
+                # for byte (it can be re-published once the cause is fixed), the error counter
+                # rises and /readyz fails for a while.
+                log.exception("combine could not apply a partial; dead-lettered")
+                self._health.error("costflux.combine", exc)
+                await self._send_unapplied(event, exc)
+
+    async def _apply(self, event: faust.EventT[bytes], key_bytes: bytes, value: bytes) -> None:
+        partial = orjson.loads(value)
+        shard = PartialKey.decode(key_bytes)
+        if self._closed_for_good(shard):
+            await self._send_late(event, shard)
+            return
+        state = self.table.get(key_bytes)
+        overflowed = state.get("overflowed", 0) if state else 0
+        state, fresh = apply_partial(state, partial, self._options.shard_max_bytes, shard.bucket)
+        if state.get("overflowed", 0) > overflowed:
+            self._metrics.overflowed_rows.inc(state["overflowed"] - overflowed)
+            if not overflowed:  # once per shard; the counter tracks the rest
+                log.warning("window shard %s is full (COSTFLUX_SHARD_MAX_BYTES): new label "
+                            "combinations fold into its __overflow__ rows; raise "
+                            "COSTFLUX_BUCKETS_PER_WINDOW if this is real cardinality", shard)
+        if not fresh:
+            self._metrics.replayed_partials.inc()
+            # Write the state back anyway (same value, one changelog record): with the
+            # RocksDB store a SIGKILL can leave local state ahead of the changelog (written
+            # to disk, its changelog record still in Faust's producer buffer). The partial
+            # is re-delivered because its offset was not committed, and without this
+            # re-send the changelog would miss it for good: another owner or a new disk
+            # would restore the shard short (tests/integration/test_scale_out.py).
             self.table[key_bytes] = state
-            self._dirty.add(key_bytes)
-            if shard.size_s == self._options.finest_window_s:
-                # Count each event once in the metrics: the finest window holds all of them.
-                for row_key, sums in partial["rows"].items():
-                    if is_gpu_row(row_key):
-                        self._metrics.count_gpu_row(decode_gpu_row_key(row_key), sums)
-                    else:
-                        self._metrics.count_row(decode_dimensions(row_key), sums)
+            return
+        self.table[key_bytes] = state
+        self._dirty.add(key_bytes)
+        if shard.size_s == self._options.finest_window_s:
+            # Count each event once in the metrics: the finest window holds all of them.
+            for row_key, sums in partial["rows"].items():
+                if is_gpu_row(row_key):
+                    self._metrics.count_gpu_row(decode_gpu_row_key(row_key), sums)
+                else:
+                    self._metrics.count_row(decode_dimensions(row_key), sums)
 
     def _closed_for_good(self, shard: PartialKey) -> bool:
         watermark = self.global_watermark_ms
         return watermark is not None and shard.end_ms + self._options.retention_ms <= watermark
 
     async def _send_late(self, event: faust.EventT[bytes], shard: PartialKey) -> None:
+        await self._send_deadletter(event, DeadLetterReason.LATE, (
+            f"partial for window {shard.size_s}s@{shard.start_ms} arrived after the window "
+            "closed and its retention passed; raise COSTFLUX_STATE_RETENTION_S"
+        ))
+
+    async def _send_unapplied(self, event: faust.EventT[bytes], exc: Exception) -> None:
+        reason = (DeadLetterReason.BAD_JSON if isinstance(exc, orjson.JSONDecodeError)
+                  else DeadLetterReason.INVALID_VALUE)
+        await self._send_deadletter(event, reason, (
+            f"partial could not be applied ({type(exc).__name__}); only costflux ingest "
+            "should write to the partials topic"
+        ))
+
+    async def _send_deadletter(self, event: faust.EventT[bytes], reason: DeadLetterReason,
+                               detail: str) -> None:
         message = event.message
+        value = event.value if isinstance(event.value, bytes) else b""
         record = DeadLetterRecord(
-            reason=DeadLetterReason.LATE,
-            detail=(
-                f"partial for window {shard.size_s}s@{shard.start_ms} arrived after the window "
-                "closed and its retention passed; raise COSTFLUX_STATE_RETENTION_S"
-            ),
+            reason=reason,
+            detail=detail,
             source_topic=message.topic,
             source_partition=message.partition,
             source_offset=message.offset,
-            original_b64=base64.b64encode(event.value).decode(),
+            original_b64=base64.b64encode(value).decode(),
         )
-        self._metrics.deadletters.labels(DeadLetterReason.LATE.value).inc()
+        self._metrics.deadletters.labels(reason.value).inc()
         await self._deadletters.send(value=record.model_dump_json().encode())
 
     async def _publish_view(self) -> None:
         if not self._dirty:
             return
         keys, self._dirty = self._dirty, set()
-        await self._write_view(keys)
+        try:
+            await self._write_view(keys)
+        except BaseException:
+            self._dirty |= keys  # Redis unreachable: write them at the next tick
+            raise
 
     async def _resync_view(self) -> None:
         # After a rebalance or restart the table holds recovered shards that no partial has

@@ -42,15 +42,19 @@ def register_http(
     metrics: CostMetrics,
     view: ServingView,
     window_sizes_s: tuple[int, ...],
-    readiness: Callable[[], tuple[bool, str]],
+    probes: tuple[Callable[[], tuple[bool, str]], Callable[[], tuple[bool, str]]],
     gpu_defaults: AllocationOptions,
     alerts: AlertsView,
     *,
     advice: AdviceInputs,
     other_costs: Callable[[], Mapping[str, OtherCost]],
 ) -> None:
-    """Add the worker's HTTP endpoints to ``app``'s web server."""
+    """Add the worker's HTTP endpoints to ``app``'s web server.
+
+    ``probes`` are (liveness, readiness): each answers (ok, why) for /healthz and /readyz.
+    """
     finest_s = min(window_sizes_s)
+    liveness, readiness = probes
 
     @app.page("/metrics")
     async def metrics_page(web: faust.web.View, request: faust.web.Request) -> Any:
@@ -59,7 +63,10 @@ def register_http(
 
     @app.page("/healthz")
     async def healthz(web: faust.web.View, request: faust.web.Request) -> Any:
-        return web.json({"status": "ok"})
+        alive, why = liveness()
+        if alive:
+            return web.json({"status": "ok"})
+        return web.json({"status": "failed", "detail": why}, status=503)
 
     @app.page("/readyz")
     async def readyz(web: faust.web.View, request: faust.web.Request) -> Any:

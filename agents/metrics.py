@@ -8,6 +8,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from costflux.core.aggregate import SEMANTIC_HITS, SEMANTIC_SAVING, sum_at
 from costflux.core.gpu import UNITS_PER_PICO, price_of_rates
 from costflux.core.gpu_samples import GpuCandidate
 from costflux.core.money import PICO_PER_DOLLAR, pico_to_dollars
@@ -77,6 +78,15 @@ class CostMetrics:
         self.tokens = Counter(
             "llm_tokens", "Tokens by direction", (*labels, "direction"), registry=self.registry
         )
+        self.semantic_cache_savings = Counter(
+            "llm_cache_savings_dollars",
+            "Cost the semantic cache avoided: its hits' tokens at the model's price, USD",
+            labels, registry=self.registry,
+        )
+        self.semantic_cache_hits = Counter(
+            "llm_cache_hits", "Requests answered by the semantic cache (also in llm_requests)",
+            labels, registry=self.registry,
+        )
         self.deadletters = Counter(
             "costflux_deadletter", "Inputs sent to the dead-letter topic, by reason",
             ("reason",), registry=self.registry,
@@ -91,6 +101,11 @@ class CostMetrics:
         )
         self.replayed_partials = Counter(
             "costflux_partials_replayed", "Partials skipped because their offsets were applied",
+            registry=self.registry,
+        )
+        self.overflowed_rows = Counter(
+            "costflux_overflowed_rows", "New label combinations a full window shard folded "
+            "into its __overflow__ row (money exact, label detail lost)",
             registry=self.registry,
         )
         self._add_gpu_metrics()
@@ -209,12 +224,14 @@ class CostMetrics:
         if children is None:
             children = self._children_for(model, team, app, namespace)
         cost_pico, input_tokens, output_tokens, cached, requests = sums[:5]
-        cost, count, tokens_in, tokens_out, tokens_cached = children
+        cost, count, tokens_in, tokens_out, tokens_cached, hits, savings = children
         cost.inc(pico_to_dollars(cost_pico))
         count.inc(requests)
         tokens_in.inc(input_tokens)
         tokens_out.inc(output_tokens)
         tokens_cached.inc(cached)
+        hits.inc(sum_at(sums, SEMANTIC_HITS))
+        savings.inc(pico_to_dollars(sum_at(sums, SEMANTIC_SAVING)))
 
     def _children_for(
         self, model: str, team: str, app: str, namespace: str
@@ -229,6 +246,8 @@ class CostMetrics:
             self.tokens.labels(*labels, "input"),
             self.tokens.labels(*labels, "output"),
             self.tokens.labels(*labels, "cached_input"),
+            self.semantic_cache_hits.labels(*labels),
+            self.semantic_cache_savings.labels(*labels),
         )
         if len(self._children) < self._cache_cap:
             self._children[(model, team, app, namespace)] = children

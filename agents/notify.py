@@ -15,6 +15,7 @@ Redis (the rate key holds a hash prefix).
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import socket
@@ -23,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import redis
@@ -40,6 +41,9 @@ from streams.webhook import Delivery, RetryPolicy, post_json
 __all__ = ["Notifier", "NotifyOptions", "NotifyStats", "decode_alert"]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_REDIS_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 def decode_alert(value: bytes | None) -> AlertEvent | tuple[DeadLetterReason, str]:
@@ -73,6 +77,7 @@ class NotifyStats:
     delivered: int = 0
     duplicates: int = 0
     deadlettered: int = 0
+    redis_retries: int = 0  # Redis calls that failed and were tried again
 
     @property
     def handled(self) -> int:
@@ -160,24 +165,27 @@ class Notifier:
                 break
             except _Interrupted:
                 if self._stopping.is_set():
-                    self._ledger.release(key)  # the next instance need not wait out the lease
+                    # The next instance need not wait out the lease (if Redis answers).
+                    with contextlib.suppress(*_REDIS_UNAVAILABLE):
+                        self._ledger.release(key)
                     raise
                 log.warning("alert %s: claim lost while waiting; checking again", key)
         self._record(message, key, delivery)
 
     def _await_claim(self, key: str) -> bool:
         """True once the claim is ours; False when the notice is done already."""
-        while (found := self._ledger.claim(key)) is Verdict.WAIT:
+        while (found := self._redis(lambda: self._ledger.claim(key))) is Verdict.WAIT:
             if self._stopping.wait(self._options.poll_s):
                 raise _Interrupted
         return found is Verdict.POST
 
     def _post(self, key: str, payload: dict[str, Any]) -> Delivery:
         sleep = self._sleep_holding(key)
-        sleep(self._limiter.reserve())
+        sleep(self._redis(self._limiter.reserve))
         # A 429 pushes the shared slot past its Retry-After: the others wait too.
         return post_json(self._options.webhook_url, payload, self._options.policy, sleep=sleep,
-                         on_retry_after=self._limiter.reserve)
+                         on_retry_after=lambda wait: self._redis(
+                             lambda: self._limiter.reserve(wait)))
 
     def _sleep_holding(self, key: str) -> Callable[[float], None]:
         """A sleep that keeps our lease alive and wakes for a stop."""
@@ -186,7 +194,7 @@ class Notifier:
             while (left := deadline - time.monotonic()) > 0:
                 if self._stopping.wait(min(left, self._options.lease_s / 4)):
                     raise _Interrupted
-                if not self._ledger.renew(key):
+                if not self._redis(lambda: self._ledger.renew(key)):
                     raise _Interrupted
         return sleep
 
@@ -194,17 +202,38 @@ class Notifier:
         log.info("alert %s: %s (HTTP %s, %d requests)", key, delivery.outcome, delivery.status,
                  delivery.requests)
         if delivery.outcome == "delivered":
-            self._ledger.finish(key, "delivered")
+            self._redis(lambda: self._ledger.finish(key, "delivered"))
             self.stats.delivered += 1
         elif delivery.outcome == "rejected":
             # Dead letter first: a crash between the two repeats it, never loses it.
             self._deadletter(message, DeadLetterReason.WEBHOOK_REJECTED,
                              f"webhook answered {delivery.detail}; check the webhook URL secret")
-            self._ledger.finish(key, "rejected")
+            self._redis(lambda: self._ledger.finish(key, "rejected"))
         else:
             self._deadletter(message, DeadLetterReason.WEBHOOK_UNAVAILABLE,
                              f"gave up after {delivery.requests} requests: {delivery.detail}")
-            self._ledger.release(key)  # a replay of the alert may try again
+            self._redis(lambda: self._ledger.release(key))  # a replay may try again
+
+    def _redis(self, call: Callable[[], _T]) -> _T:
+        """Run a claim or slot call until Redis answers it, backing off while it is down.
+
+        Without Redis there is no claim, and posting without one could post twice; waiting
+        leaves the message uncommitted (so nothing is lost) and posts the notice once when
+        Redis is back. Every call here is safe to repeat (SET NX, compare-and-act scripts,
+        plain SETs). Gives up (``_Interrupted``) only when stopping.
+        """
+        delay = 0.1
+        while True:
+            try:
+                return call()
+            except _REDIS_UNAVAILABLE as exc:
+                if delay == 0.1:  # once per outage, not once per retry
+                    log.warning("notify: Redis unavailable (%s); retrying with backoff",
+                                type(exc).__name__)
+                self.stats.redis_retries += 1
+                if self._stopping.wait(delay):
+                    raise _Interrupted from exc
+                delay = min(delay * 2, 5.0)
 
     def _deadletter(self, message: Message, reason: DeadLetterReason, detail: str) -> None:
         record = DeadLetterRecord(

@@ -227,6 +227,32 @@ class _ChildProcess:
 
     def stop(self, timeout: float = 3.0) -> None:
         """Stop the server: SIGTERM, then SIGKILL if it is still running after timeout."""
+        self._terminate(timeout)
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    def restart(self, down_s: float = 0.0, timeout: float = 3.0) -> Self:
+        """Stop the server, stay down ``down_s`` seconds, start it again on the same port.
+
+        For fault tests: clients see refused connections, then the same address again. The
+        working directory is kept, so a durable Redis comes back with its data; Tansu's
+        memory storage comes back empty.
+        """
+        if self._process is None:
+            raise EmbeddedServerError(f"embedded {self.name} is not started")
+        self._terminate(timeout)
+        time.sleep(down_s)
+        argv, env = self._command()
+        self._spawn(argv, env)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _terminate(self, timeout: float) -> None:
         process, self._process = self._process, None
         with _LIVE_LOCK:
             _LIVE.discard(self)
@@ -239,9 +265,6 @@ class _ChildProcess:
                 # servers keep everything in memory, so there is nothing a kill could lose.
                 process.kill()
                 process.wait()
-        if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-            self._workdir = None
 
     def __enter__(self) -> Self:
         return self.start()
@@ -299,7 +322,7 @@ class EmbeddedBroker(_ChildProcess):
 
 
 class EmbeddedRedis(_ChildProcess):
-    """A Redis server without persistence on a loopback port.
+    """A Redis server on a loopback port, without persistence unless ``durable``.
 
     >>> with EmbeddedRedis() as server:
     ...     client = redis.Redis.from_url(server.url)
@@ -312,10 +335,12 @@ class EmbeddedRedis(_ChildProcess):
         port: int | None = None,
         *,
         password: str | None = None,
+        durable: bool = False,
         startup_timeout: float = 15.0,
     ) -> None:
         super().__init__(port, startup_timeout)
         self._password = password
+        self._durable = durable
 
     @property
     def url(self) -> str:
@@ -352,7 +377,10 @@ class EmbeddedRedis(_ChildProcess):
             # In a private config file, not on the command line where ps shows it.
             argv.append(self._write_password_conf(self._password))
         argv += ["--port", str(self.port), "--bind", _LOOPBACK, "--dir", "."]
-        argv += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+        # durable: an append-only file synced on every write, kept across restart(), as a
+        # production Redis with AOF would keep its data across a restart.
+        appendonly = ["yes", "--appendfsync", "always"] if self._durable else ["no"]
+        argv += ["--save", "", "--appendonly", *appendonly, "--daemonize", "no"]
         return argv, None
 
     def _write_password_conf(self, password: str) -> str:

@@ -107,6 +107,11 @@ class Settings(BaseSettings):
     buckets_per_window: int = Field(
         8, ge=1, le=256, description="state shards per window (spread over workers)"
     )
+    shard_max_bytes: int = Field(
+        600_000, ge=10_000, le=900_000,
+        description="a window shard's rows budget; new label combinations beyond it fold into "
+        "an __overflow__ row (the changelog record must stay under the broker's 1 MB limit)",
+    )
 
     serving_retention_days: int = Field(
         62, ge=2, description="days the Redis view keeps hourly (and larger) windows"
@@ -174,6 +179,11 @@ class Settings(BaseSettings):
 
     # --- process ---
     data_dir: Path | None = Field(None, description="Faust data directory; unset = a temp dir")
+    table_store: Literal["rocksdb", "memory"] = Field(
+        "rocksdb", description="where Faust keeps table state between changelog writes: "
+        "rocksdb (on disk under data_dir, so a restarted worker replays only the changelog "
+        "tail) or memory (rebuilt from the whole changelog at every start)"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("window_sizes", mode="before")

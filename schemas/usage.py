@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from schemas._types import EventTime, Identifier, Labels, TokenCount, epoch_ms
 
@@ -36,6 +36,11 @@ class UsageEvent(BaseModel):
     status: Literal["ok", "error"] = "ok"
     deployment: Identifier | None = None
     labels: Labels = Field(default_factory=dict)
+    cache_hit: StrictBool = Field(
+        False,
+        description="answered from a semantic cache (costflux cache): the tokens are the cached "
+        "response's, not sent upstream; priced as avoided cost (savings), never as cost",
+    )
 
     @model_validator(mode="after")
     def _cached_within_input(self) -> UsageEvent:

@@ -20,6 +20,7 @@ from agents.alert_metrics import AlertMetrics
 from agents.alerts_view import AlertsView
 from agents.cost import CostAgentOptions, CostCombiner
 from agents.detector import Detector, DetectorOptions
+from agents.health import Health
 from agents.http import AdviceInputs, register_http
 from agents.metrics import CostMetrics
 from agents.serving import ServingView
@@ -29,7 +30,13 @@ from costflux.core.ingest import IngestRules
 from costflux.pricing_source import PricingSource
 from costflux.settings import Settings
 from streams.ingest import GPU_SAMPLES, USAGE, IngestLoop, IngestOptions, SourceKind
-from streams.kafka import consumer_config, ensure_topics, faust_broker_options, producer_config
+from streams.kafka import (
+    admin_config,
+    consumer_config,
+    ensure_topics,
+    faust_broker_options,
+    producer_config,
+)
 
 __all__ = ["Worker", "build_worker"]
 
@@ -106,7 +113,10 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
     app = faust.App(
         app_id or settings.consumer_group,
         **faust_broker_options(settings),
-        store="memory://",
+        # RocksDB (the rocksdict driver, which Faust picks whenever rocksdict is installed)
+        # keeps each table partition on disk with the changelog offset it holds, so a
+        # restarted worker reads only the changelog's tail; memory rebuilds from the start.
+        store=f"{settings.table_store}://",
         datadir=str(data_dir),
         web_enabled=True,
         web_bind=settings.http_host,
@@ -117,10 +127,16 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
         producer_linger=0.02,
     )
     metrics = CostMetrics(label_cap=settings.metric_label_cap, allowed=settings.metric_label_allow)
+    health = Health(metrics.registry)
     pricing = PricingSource(settings.pricing_file)
     redis_password = settings.redis_password.get_secret_value() if settings.redis_password else None
-    sync_redis = redis.Redis.from_url(_redis_url(settings), password=redis_password)
-    async_redis = aioredis.Redis.from_url(_redis_url(settings), password=redis_password)
+    # Timeouts make a hung Redis an error that is retried and reported, not a silent stall.
+    sync_redis = redis.Redis.from_url(
+        _redis_url(settings), password=redis_password,
+        socket_timeout=_REDIS_TIMEOUT_S, socket_connect_timeout=_REDIS_CONNECT_TIMEOUT_S)
+    async_redis = aioredis.Redis.from_url(
+        _redis_url(settings), password=redis_password,
+        socket_timeout=_REDIS_TIMEOUT_S, socket_connect_timeout=_REDIS_CONNECT_TIMEOUT_S)
     view = ServingView(async_redis, namespace, serving_retention(settings))
     rules = IngestRules(
         window_sizes_s=tuple(settings.window_sizes),
@@ -153,6 +169,8 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
             sync_redis,
             pricing.current,
             metrics,
+            health,
+            admin_config(settings),
         )
 
     ingest = ingest_loop(settings.topic_usage, USAGE, "ingest")
@@ -168,10 +186,12 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
             window_sizes_s=tuple(settings.window_sizes),
             retention_ms=settings.state_retention_s * 1000,
             partition_idle_ms=int(settings.partition_idle_s * 1000),
+            shard_max_bytes=settings.shard_max_bytes,
         ),
         async_redis,
         view,
         metrics,
+        health,
     )
     alerts_view = AlertsView(async_redis, namespace)
     detector = Detector(
@@ -188,16 +208,28 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
 
     app.timer(5.0, name="costflux.reload_pricing")(reload_pricing)
 
-    def readiness() -> tuple[bool, str]:
+    def liveness() -> tuple[bool, str]:
+        # A dead ingest thread never comes back by itself: fail liveness so the worker is
+        # restarted (it resumes at its checkpoints) instead of idling forever.
         for loop in (ingest, gpu_ingest):
             if loop.failure is not None:
                 return False, f"{loop.kind} ingest failed: {type(loop.failure).__name__}"
+        return True, "ok"
+
+    def readiness() -> tuple[bool, str]:
+        alive, why = liveness()
+        if not alive:
+            return alive, why
+        for loop in (ingest, gpu_ingest):
             if not loop.ready.is_set():
                 return False, f"{loop.kind} ingest waiting for partition assignment"
+        problems = health.problems()
+        if problems:
+            return False, "; ".join(problems)
         return True, "ok"
 
     register_http(
-        app, metrics, view, tuple(settings.window_sizes), readiness,
+        app, metrics, view, tuple(settings.window_sizes), (liveness, readiness),
         AllocationOptions(settings.gpu_share_idle, settings.gpu_allocation_weight),
         alerts_view,
         advice=AdviceInputs(assumptions,
@@ -205,6 +237,10 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
         other_costs=lambda: pricing.current().other_costs,  # re-read: prices reload live
     )
     return Worker(app, ingest, gpu_ingest, combiner, detector, metrics, pricing)
+
+
+_REDIS_TIMEOUT_S = 10.0  # far above a dedup round trip of 20,000 events (~0.1 s)
+_REDIS_CONNECT_TIMEOUT_S = 5.0
 
 
 def serving_retention(settings: Settings) -> Callable[[int], int]:

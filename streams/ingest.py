@@ -21,27 +21,39 @@ keeps the last applied offset per source partition, skips the ones it already ha
 
 from __future__ import annotations
 
-import base64
 import bisect
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 import orjson
 import redis
-from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_STORED,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicCollection,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
 
+from agents.health import Health
 from agents.metrics import CostMetrics
 from costflux.core.aggregate import PartialKey, Rows
-from costflux.core.events import Rejected
+from costflux.core.events import Rejected, deadletter_record
 from costflux.core.gpu_samples import GpuAggregate, GpuCandidate, judge_gpu
 from costflux.core.ingest import IngestRules, Judged, PartitionClock, aggregate, judge
 from costflux.core.pricing import PriceBook
-from schemas.deadletter import DeadLetterRecord
 from streams.dedup import RedisDeduplicator
 
 __all__ = [
@@ -55,6 +67,14 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+#: What an unreachable or too slow Redis raises (BusyLoadingError, a Redis still loading its
+#: data after a restart, is a ConnectionError).
+_REDIS_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+_RETRY_FIRST_S = 0.1
+_RETRY_MAX_S = 5.0
 
 #: Flush once this much is buffered (~35 k events of 240 bytes), so a backlog read in one
 #: consume is judged in parts that overlap with publishing. Smaller flushes cost more than
@@ -175,8 +195,14 @@ class IngestLoop:
         redis_client: redis.Redis,
         prices: Callable[[], PriceBook],
         metrics: CostMetrics,
+        health: Health,
+        admin_config: dict[str, Any] | None = None,
         wall_clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
+        self._health = health
+        # Tells a checkpoint of an earlier log of the topic (see _log_replaced).
+        self._admin = AdminClient(admin_config) if admin_config is not None else None
+        self._topic_id: str | None = None
         self._options = options
         self._consumer = Consumer(consumer_config)
         self._producer = Producer(producer_config)
@@ -235,6 +261,7 @@ class IngestLoop:
             self._finish_in_flight()
         except BaseException as exc:  # noqa: BLE001 - reported through /readyz and the log
             self.failure = exc
+            self._health.errors.labels(f"{self.kind} ingest").inc()
             log.exception("ingest stopped on an error")
         finally:
             self._dedup_pool.shutdown(wait=False, cancel_futures=True)
@@ -247,23 +274,61 @@ class IngestLoop:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._finish_in_flight()  # checkpoints read below must include it
         now = self._now_ms()
-        pipe = self._redis.pipeline()
-        for tp in partitions:
-            pipe.hgetall(checkpoint_key(self._options.namespace, tp.topic, tp.partition))
-        checkpoints = pipe.execute()
+
+        def read_checkpoints(pipe: redis.client.Pipeline) -> None:
+            for tp in partitions:
+                pipe.hgetall(checkpoint_key(self._options.namespace, tp.topic, tp.partition))
+
+        checkpoints = self._redis_pipeline("read checkpoints", read_checkpoints)
+        topic_id = self._topic_id = self._current_topic_id()
         marks: dict[Any, str] = {}  # redis-py's Mapping key type is invariant
         for tp, saved in zip(partitions, checkpoints, strict=True):
             state = {k.decode(): v.decode() for k, v in saved.items()}
             buffer = self._restore(state)
-            tp.offset = buffer.next_offset if buffer.next_offset >= 0 else OFFSET_STORED
+            if self._log_replaced(tp, state, topic_id):
+                buffer.next_offset, buffer.cut = -1, None
+                tp.offset = OFFSET_BEGINNING
+            else:
+                tp.offset = buffer.next_offset if buffer.next_offset >= 0 else OFFSET_STORED
             self._buffers[tp.partition] = buffer
             buffer.had_data_wall_ms = now
             marks[f"{tp.topic}:{tp.partition}"] = self._mark(buffer, now)
         if marks:
-            self._redis.hset(watermarks_key(self._options.namespace), mapping=marks)
+            self._until_redis_answers("publish watermarks", partial(
+                self._redis.hset, watermarks_key(self._options.namespace), mapping=marks))
         consumer.assign(partitions)
         self.ready.set()
         log.info("ingest assigned partitions %s", [tp.partition for tp in partitions])
+
+    def _log_replaced(self, tp: TopicPartition, state: dict[str, str],
+                      topic_id: str | None) -> bool:
+        """Whether the checkpoint was taken on another log than the topic's current one.
+
+        Kafka gives a topic a new id when it is re-created, and the embedded Tansu gives every
+        topic a new id when it restarts empty. Resuming at the old checkpoint would silently
+        skip the new log's first messages; the caller reads it from its start instead.
+        (The high watermark cannot tell: Tansu reports it below the true end.)
+        """
+        saved = state.get("topic_id")
+        if not saved or topic_id is None or saved == topic_id:
+            return False
+        log.error("%s:%d: the checkpoint (offset %s) belongs to an earlier log of this topic "
+                  "(re-created, or an in-memory broker restarted); reading the new log from its "
+                  "start. What the lost log held stays counted; none of it can be replayed.",
+                  tp.topic, tp.partition, state.get("next"))
+        self._health.errors.labels(f"{self.kind} ingest").inc()
+        return True
+
+    def _current_topic_id(self) -> str | None:
+        if self._admin is None:
+            return None
+        topic = self._options.topic
+        try:
+            described = self._admin.describe_topics(TopicCollection([topic]))[topic].result(10)
+        except (KafkaException, FutureTimeoutError) as exc:
+            log.warning("%s: topic id unknown (%r); trusting the checkpoints", topic, exc)
+            return None
+        return str(described.topic_id)
 
     def _restore(self, state: dict[str, str]) -> _PartitionBuffer:
         if not state:
@@ -333,10 +398,12 @@ class IngestLoop:
             buffer.had_data_wall_ms = now
             # Dedup runs on Redis (another core) while the next partition is judged.
             verdicts = self._dedup_pool.submit(
-                self._dedup.first_sightings,
-                [c.event_id for c in judged.candidates],
-                [c.position for c in judged.candidates],
-                f"{options.topic}:{partition}:",
+                self._until_redis_answers, "dedup", partial(
+                    self._dedup.first_sightings,
+                    [c.event_id for c in judged.candidates],
+                    [c.position for c in judged.candidates],
+                    f"{options.topic}:{partition}:",
+                ),
             )
             # The clock and watermark as of this flush's end: what its checkpoint records.
             judged_flushes.append(_JudgedFlush(
@@ -377,7 +444,7 @@ class IngestLoop:
     def _publish_flushes(self, flushes: list[_JudgedFlush]) -> list[TopicPartition]:
         """On the finisher thread: intent, publish partials and dead letters, checkpoint."""
         options = self._options
-        intents = self._redis.pipeline()
+        intents: list[str] = []
         outputs: list[tuple[bytes | None, bytes, str]] = []
         for flush in flushes:
             candidates = flush.judged.candidates
@@ -395,11 +462,13 @@ class IngestLoop:
                 outputs.append((None, self._deadletter(flush.partition, offset, rejected),
                                 options.deadletter_topic))
                 self._metrics.deadletters.labels(rejected.reason.value).inc()
-            intents.hset(
-                checkpoint_key(options.namespace, options.topic, flush.partition),
-                mapping={"pending_last": flush.last},
-            )
-        intents.execute()
+            intents.append(checkpoint_key(options.namespace, options.topic, flush.partition))
+
+        def record_intents(pipe: redis.client.Pipeline) -> None:
+            for key, flush in zip(intents, flushes, strict=True):
+                pipe.hset(key, mapping={"pending_last": flush.last})
+
+        self._redis_pipeline("record intents", record_intents)
         self._publish(outputs)
         return self._complete(flushes)
 
@@ -425,39 +494,77 @@ class IngestLoop:
     def _complete(self, flushes: list[_JudgedFlush]) -> list[TopicPartition]:
         """Advance each partition's checkpoint and watermark; return the offsets to commit."""
         options = self._options
-        pipe = self._redis.pipeline()
         commits = []
         marks: dict[Any, str] = {}  # redis-py's Mapping key type is invariant
         for flush in flushes:
-            pipe.hset(
-                checkpoint_key(options.namespace, options.topic, flush.partition),
-                mapping={
-                    "next": flush.last + 1,
-                    "max_ts": _text(flush.max_ts_ms),
-                    "pending_last": -1,
-                },
-            )
             commits.append(TopicPartition(options.topic, flush.partition, flush.last + 1))
             marks[f"{options.topic}:{flush.partition}"] = flush.mark
-        pipe.hset(watermarks_key(options.namespace), mapping=marks)
-        pipe.execute()
+
+        def advance(pipe: redis.client.Pipeline) -> None:
+            for flush in flushes:
+                pipe.hset(
+                    checkpoint_key(options.namespace, options.topic, flush.partition),
+                    mapping={
+                        "next": flush.last + 1,
+                        "max_ts": _text(flush.max_ts_ms),
+                        "pending_last": -1,
+                        "topic_id": self._topic_id or "",
+                    },
+                )
+            pipe.hset(watermarks_key(options.namespace), mapping=marks)
+
+        self._redis_pipeline("advance checkpoints", advance)
         return commits
+
+    # --- Redis, waited for ---------------------------------------------------------------
+
+    def _redis_pipeline(self, what: str,
+                        commands: Callable[[redis.client.Pipeline], None]) -> list[Any]:
+        """Queue ``commands`` on a fresh pipeline (a failed one is emptied) until it runs."""
+
+        def run() -> list[Any]:
+            pipe = self._redis.pipeline()
+            commands(pipe)
+            result: list[Any] = pipe.execute()
+            return result
+
+        return self._until_redis_answers(what, run)
+
+    def _until_redis_answers(self, what: str, call: Callable[[], _T]) -> _T:
+        """Run ``call`` until Redis answers it, backing off while Redis is unreachable.
+
+        Dedup and checkpoints live in Redis: a flush published without them could count
+        twice after a crash, so ingest waits (and so stops consuming) rather than drops or
+        guesses. Every call retried here is idempotent: dedup's SET NX at the same position
+        answers "counts" again, checkpoint writes set the same values. While it waits,
+        /readyz says so and ``costflux_dependency_retries_total`` rises. It gives up only
+        when the worker stops; the checkpoint protocol then resumes the flush on restart.
+        """
+        component = f"{self.kind} ingest"
+        delay = _RETRY_FIRST_S
+        while True:
+            try:
+                result = call()
+            except _REDIS_UNAVAILABLE as exc:
+                if delay == _RETRY_FIRST_S:
+                    log.warning("%s: Redis unavailable (%s: %s); retrying with backoff",
+                                component, what, type(exc).__name__)
+                self._health.waiting(component, "redis", exc)
+                if self._stopping.wait(delay):
+                    raise
+                delay = min(delay * 2, _RETRY_MAX_S)
+                continue
+            if delay > _RETRY_FIRST_S:
+                log.info("%s: Redis answers again (%s)", component, what)
+                self._health.recovered(component)
+            return result
 
     def _mark(self, buffer: _PartitionBuffer, now: int) -> str:
         watermark = buffer.clock.watermark_ms(self._options.rules.allowed_lateness_ms)
         return f"{_text(watermark)}|{buffer.had_data_wall_ms or now}"
 
     def _deadletter(self, partition: int, offset: int, rejected: Rejected) -> bytes:
-        record = DeadLetterRecord(
-            reason=rejected.reason,
-            detail=rejected.detail,
-            source_topic=self._options.topic,
-            source_partition=partition,
-            source_offset=offset,
-            batch_index=rejected.batch_index,
-            original_b64=base64.b64encode(rejected.original).decode(),
-        )
-        return record.model_dump_json().encode()
+        return deadletter_record(rejected, self._options.topic, partition, offset)
 
 
 def _text(value: int | None) -> str:

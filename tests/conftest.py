@@ -79,6 +79,9 @@ def settings_for(
             "consumer_group": unique("group"),
             "http_port": free_port(),
             "data_dir": tmp_path / unique("data"),
+            # Tests keep table state in memory (workers sharing a data_dir would contend for
+            # RocksDB's lock); tests/integration/test_scale_out.py runs the RocksDB store.
+            "table_store": "memory",
         }
         values.update(overrides)
         return Settings(**values)

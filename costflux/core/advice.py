@@ -16,7 +16,11 @@ the previous ones left, so their savings add up without counting a GPU-hour twic
    model (one named in ``routes``, else the closest cheaper model already in use), repriced
    at that model's rates for the same tokens.
 
-The saving the prompt cache already achieved is reported apart (it is in today's cost).
+The savings the caches already achieved are reported apart (they are in today's cost): the
+prompt cache's (cached input tokens billed at the cached rate) and the semantic cache's
+(requests ``costflux cache`` answered without calling the model, priced at the model's rates
+at each hit's time), per model, the semantic cache's also per team. Semantic cache hits are
+not requests the model served: the changes above count only the requests that reached it.
 Every figure is exact (fractions of a dollar) until it is shown; a month is
 ``month_days`` days, and a span's figures scale to a month by its measured length.
 """
@@ -27,11 +31,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
-from costflux.core.aggregate import decode_dimensions
-from costflux.core.allocation import TimeRange
+from costflux.core.aggregate import (
+    CACHE_SAVING,
+    SEMANTIC_HITS,
+    SEMANTIC_SAVING,
+    decode_dimensions,
+    sum_at,
+)
+from costflux.core.allocation import UNALLOCATED, TimeRange
 from costflux.core.gpu import UNITS_PER_PICO, cost_units, price_of_rates
 from costflux.core.gpu_samples import decode_gpu_row_key, is_gpu_row
-from costflux.core.money import PICO_PER_DOLLAR
+from costflux.core.money import PICO_PER_DOLLAR, pico_to_exact_string
 from costflux.core.pricing import ModelPrice
 from costflux.core.signals import DAY_MS, UNITS_PER_DOLLAR
 from costflux.core.spike import HOUR_MS
@@ -87,7 +97,8 @@ class AdviceResult:
     monthly_factor: Fraction  # a month / the measured span
     current_monthly: Fraction  # token + GPU cost a month at the measured rate
     advice: tuple[Advice, ...]  # in KINDS order, then by saving, largest first
-    cache_achieved: tuple[Advice, ...]  # by model: the prompt cache's saving, a month
+    #: by model: the prompt cache's saving a month, then the semantic cache's
+    cache_achieved: tuple[Advice, ...]
 
 
 @dataclass(slots=True)
@@ -109,8 +120,10 @@ class _ModelUse:
     input_tokens: int = 0
     output_tokens: int = 0
     cached_input_tokens: int = 0
-    requests: int = 0
+    requests: int = 0  # the requests the model served (semantic cache hits are apart)
     cache_saving_pico: int = 0
+    #: team -> [semantic cache hits, the cost they avoided in pico-dollars]
+    semantic_by_team: dict[str, list[int]] = field(default_factory=dict)
 
 
 Pool = tuple[str, str]  # (model, gpu_type)
@@ -160,7 +173,8 @@ def advise(
     found["routing"] = _routing(usage, price_of, factor, assumptions)
     ordered = tuple(a for kind in KINDS
                     for a in sorted(found[kind], key=lambda a: (-a.estimate.saving, a.target)))
-    return AdviceResult(measured, factor, current, ordered, _cache_achieved(usage, factor))
+    achieved = _cache_achieved(usage, factor) + _semantic_cache_achieved(usage, factor)
+    return AdviceResult(measured, factor, current, ordered, achieved)
 
 
 def _read_hour(
@@ -186,13 +200,19 @@ def _read_hour(
                     hour.od_spot_units += cost_units(gpu_ms, price, "spot")
                     hour.od_reserved_units += cost_units(gpu_ms, price, "reserved_1y")
                 continue
-            use = usage.setdefault(decode_dimensions(row_key)[0], _ModelUse())
+            dims = decode_dimensions(row_key)
+            use = usage.setdefault(dims[0], _ModelUse())
+            hits = sum_at(sums, SEMANTIC_HITS)
             use.cost_pico += sums[0]
             use.input_tokens += sums[1]
             use.output_tokens += sums[2]
             use.cached_input_tokens += sums[3]
-            use.requests += sums[4]
-            use.cache_saving_pico += sums[6] if len(sums) > 6 else 0  # older rows: none
+            use.requests += sums[4] - hits
+            use.cache_saving_pico += sum_at(sums, CACHE_SAVING)
+            if hits:
+                team = use.semantic_by_team.setdefault(dims[1] or UNALLOCATED, [0, 0])
+                team[0] += hits
+                team[1] += sum_at(sums, SEMANTIC_SAVING)
     return seen
 
 
@@ -378,6 +398,36 @@ def _cache_achieved(usage: dict[str, _ModelUse], factor: Fraction) -> tuple[Advi
         for model, use in sorted(usage.items(), key=lambda kv: (-kv[1].cache_saving_pico, kv[0]))
         if use.cache_saving_pico
     )
+
+
+def _semantic_cache_achieved(
+    usage: dict[str, _ModelUse], factor: Fraction
+) -> tuple[Advice, ...]:
+    """Per model, what the semantic cache's hits would have cost: before is the model's token
+    cost with them, after is its cost as measured."""
+    achieved = []
+    for model, use in usage.items():
+        if not use.semantic_by_team:
+            continue
+        hits = sum(h for h, _ in use.semantic_by_team.values())
+        saved = sum(s for _, s in use.semantic_by_team.values())
+        by_team = sorted(use.semantic_by_team.items(), key=lambda kv: (-kv[1][1], kv[0]))
+        achieved.append(Advice(
+            "semantic_cache", model,
+            _monthly((use.cost_pico + saved) * UNITS_PER_PICO, use.cost_pico * UNITS_PER_PICO,
+                     factor),
+            {"hits": hits,
+             "hitSharePct": _pct(hits, hits + use.requests),
+             "savedInWindow": float(Fraction(saved, PICO_PER_DOLLAR)),
+             "savedInWindowExact": pico_to_exact_string(saved),
+             "byTeam": {team: {"hits": h, "savedInWindow": float(Fraction(s, PICO_PER_DOLLAR)),
+                               "savedInWindowExact": pico_to_exact_string(s)}
+                        for team, (h, s) in by_team}},
+            (f"achieved, already in today's cost: {hits} requests answered by the semantic "
+             f"cache instead of {model}, their tokens priced at {model}'s rates at each "
+             "hit's time (costflux cache)",),
+        ))
+    return tuple(sorted(achieved, key=lambda a: (-a.estimate.saving, a.target)))
 
 
 def _monthly(before_units: Fraction | int, after_units: Fraction | int,

@@ -3,7 +3,8 @@
 The ROI table (项目 | 优化前 | 优化后 | 节省) has one row per kind of change: before is what that
 change acts on (after the earlier changes), after is what it leaves. The total row starts
 from the whole current monthly cost, so its saving is the changes' savings added up, and
-the prompt cache's achieved saving is shown apart (it is already in today's cost).
+the caches' achieved savings (prompt cache, semantic cache) are shown apart, one row each
+(they are already in today's cost).
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ TITLES = {
     "spot": "Spot GPUs for the burst",
     "routing": "Route to a smaller model",
     "prompt_cache": "Prompt cache (achieved)",
+    "semantic_cache": "Semantic cache (achieved)",
 }
+#: The achieved savings, in the order their rows follow the total.
+ACHIEVED_KINDS = ("prompt_cache", "semantic_cache")
 _PICO = Decimal(1).scaleb(-12)
 
 
@@ -80,9 +84,10 @@ def _roi(result: AdviceResult) -> list[dict[str, Any]]:
     saving = sum((a.estimate.saving for a in result.advice), Fraction(0))
     total = Estimate(result.current_monthly, result.current_monthly - saving)
     rows.append({"item": "Total", **_figures(total)})
-    if result.cache_achieved:
-        rows.append({"item": TITLES["prompt_cache"],
-                     **_figures(_sum([a.estimate for a in result.cache_achieved]))})
+    for kind in ACHIEVED_KINDS:
+        achieved = [a.estimate for a in result.cache_achieved if a.kind == kind]
+        if achieved:
+            rows.append({"item": TITLES[kind], **_figures(_sum(achieved))})
     return rows
 
 
@@ -125,7 +130,17 @@ def render_advice(data: Mapping[str, Any], form: str) -> str:
         lines += ["", f"{advice['title']}: {advice['target']} - saves "
                       f"{_money(advice['monthlySavingExact'])}/month ({advice['savingPct']:.1f}%)"]
         lines += [f"{bullet}assumes {text}" for text in advice["assumptions"]]
+        if "byTeam" in advice["evidence"]:
+            lines.append(f"{bullet}{_saved_in_window(advice['evidence'])}")
     return "\n".join(lines) + "\n"
+
+
+def _saved_in_window(evidence: Mapping[str, Any]) -> str:
+    """What a cache saved in the measured window, in all and by team."""
+    teams = ", ".join(f"{team} {_money(saved['savedInWindowExact'])}"
+                      for team, saved in evidence["byTeam"].items())
+    return (f"saved {_money(evidence['savedInWindowExact'])} in the window "
+            f"({evidence['hits']} hits): {teams}")
 
 
 def _money(exact: str) -> str:

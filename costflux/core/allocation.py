@@ -12,7 +12,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from costflux.core.aggregate import DIMENSIONS, decode_dimensions
+from costflux.core.aggregate import (
+    CACHE_SAVING,
+    DIMENSIONS,
+    GPU_MS,
+    SEMANTIC_HITS,
+    SEMANTIC_SAVING,
+    decode_dimensions,
+    sum_at,
+)
 from costflux.core.gpu import (
     UNITS_PER_PICO,
     cost_units,
@@ -200,15 +208,12 @@ def _tokens(sums: list[int]) -> int:
 
 
 def _requests(sums: list[int]) -> int:
-    return sums[4]
+    # Only the requests the model served used its GPUs: semantic cache hits did not.
+    return sums[4] - sum_at(sums, SEMANTIC_HITS)
 
 
 def _gpu_ms(sums: list[int]) -> int:
-    return sums[5] if len(sums) > 5 else 0  # rows written before gpu_ms existed have none
-
-
-def _cache_saving(sums: list[int]) -> int:
-    return sums[6] if len(sums) > 6 else 0  # rows written before cache savings have none
+    return sum_at(sums, GPU_MS)
 
 
 _WEIGHT: dict[str, Callable[[list[int]], int]] = {
@@ -229,6 +234,8 @@ class GroupCost:
     cached_input_tokens: int = 0
     requests: int = 0
     cache_saving_pico: int = 0  # what the prompt cache saved on the token cost
+    semantic_cache_hits: int = 0  # requests the semantic cache answered (in ``requests``)
+    semantic_saving_pico: int = 0  # what those requests would have cost
 
     @property
     def total_units(self) -> int:
@@ -244,6 +251,8 @@ class GroupCost:
         self.cached_input_tokens += other.cached_input_tokens
         self.requests += other.requests
         self.cache_saving_pico += other.cache_saving_pico
+        self.semantic_cache_hits += other.semantic_cache_hits
+        self.semantic_saving_pico += other.semantic_saving_pico
 
 
 #: The group of idle GPU cost that is not shared (its name in an answer is ``IDLE``).
@@ -322,7 +331,9 @@ def group_costs(
             group.output_tokens += output_tokens
             group.cached_input_tokens += cached
             group.requests += requests
-            group.cache_saving_pico += _cache_saving(sums)
+            group.cache_saving_pico += sum_at(sums, CACHE_SAVING)
+            group.semantic_cache_hits += sum_at(sums, SEMANTIC_HITS)
+            group.semantic_saving_pico += sum_at(sums, SEMANTIC_SAVING)
         for model, gpu_rows in gpu_by_model.items():
             users = users_by_model.get(model) if model else None
             if users:
@@ -379,6 +390,7 @@ def _idle_units(dims: GpuDims, sums: list[int]) -> int:
 def _allocation(name: str, group: GroupCost, window: dict[str, str]) -> dict[str, object]:
     token_cost = Decimal(group.token_pico) / PICO_PER_DOLLAR
     cache_savings = Decimal(group.cache_saving_pico) / PICO_PER_DOLLAR
+    semantic_savings = Decimal(group.semantic_saving_pico) / PICO_PER_DOLLAR
     gpu_cost = units_to_dollars(group.gpu_units)
     idle_cost = units_to_dollars(group.idle_units)
     total = token_cost + gpu_cost + idle_cost
@@ -399,6 +411,9 @@ def _allocation(name: str, group: GroupCost, window: dict[str, str]) -> dict[str
         "requests": group.requests,
         "cacheSavings": float(cache_savings),
         "cacheSavingsExact": _exact(cache_savings),
+        "semanticCacheSavings": float(semantic_savings),
+        "semanticCacheSavingsExact": _exact(semantic_savings),
+        "semanticCacheHits": group.semantic_cache_hits,
         "costPerRequest": float(total / group.requests) if group.requests else 0.0,
         "costPerToken": float(total / tokens) if tokens else 0.0,
     }

@@ -6,7 +6,9 @@ judged on its own, so one bad event in a batch costs only itself.
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -14,11 +16,14 @@ import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from schemas._types import MAX_TOKENS_PER_REQUEST
-from schemas.deadletter import DeadLetterReason
+from schemas.deadletter import DeadLetterReason, DeadLetterRecord
 from schemas.gpu import GpuSample
 from schemas.usage import UsageEvent
 
-__all__ = ["Rejected", "decode_gpu_message", "decode_usage_message"]
+__all__ = [
+    "DEADLETTER_RECORD_MAX_BYTES", "Rejected", "deadletter_record", "decode_gpu_message",
+    "decode_usage_message",
+]
 
 Event = TypeVar("Event", bound=BaseModel)
 _TOKEN_FIELDS = frozenset({"input_tokens", "output_tokens", "cached_input_tokens"})
@@ -32,6 +37,39 @@ class Rejected:
     detail: str
     batch_index: int | None
     original: bytes
+
+
+#: A dead letter holds at most this much of its input, and of its detail. Without a cap a
+#: rejected message near the broker's 1 MB limit made a record 4/3 its size (base64) that the
+#: producer refused (MSG_SIZE_TOO_LARGE), which stopped ingest; a detail could echo a 1 MB
+#: label key. The whole input stays at its source offset.
+DEADLETTER_ORIGINAL_MAX_BYTES = 256 * 1024
+DEADLETTER_DETAIL_MAX_CHARS = 1000
+#: What a record can reach: the base64 original, a detail of 4-byte characters, the rest.
+DEADLETTER_RECORD_MAX_BYTES = DEADLETTER_ORIGINAL_MAX_BYTES * 4 // 3 + 4 * 1100 + 2048
+
+
+def deadletter_record(rejected: Rejected, topic: str, partition: int, offset: int) -> bytes:
+    """The dead-letter record of ``rejected`` as JSON, at most DEADLETTER_RECORD_MAX_BYTES."""
+    original = rejected.original
+    detail = rejected.detail
+    if len(detail) > DEADLETTER_DETAIL_MAX_CHARS:
+        detail = detail[:DEADLETTER_DETAIL_MAX_CHARS] + "…"
+    if len(original) > DEADLETTER_ORIGINAL_MAX_BYTES:
+        detail += (f" (original truncated to its first {DEADLETTER_ORIGINAL_MAX_BYTES} of "
+                   f"{len(original)} bytes; the whole message is at its source offset)")
+        original = original[:DEADLETTER_ORIGINAL_MAX_BYTES]
+    record = DeadLetterRecord(
+        reason=rejected.reason,
+        # A detail may quote a field name holding a lone surrogate: keep it as an escape.
+        detail=detail.encode("utf-8", "backslashreplace").decode("utf-8"),
+        source_topic=topic,
+        source_partition=partition,
+        source_offset=offset,
+        batch_index=rejected.batch_index,
+        original_b64=base64.b64encode(original).decode(),
+    )
+    return record.model_dump_json().encode()
 
 
 class _Decoder(Generic[Event]):
@@ -74,13 +112,14 @@ class _Decoder(Generic[Event]):
                 empty = Rejected(DeadLetterReason.NOT_AN_OBJECT, "empty batch []", None, value)
                 return [empty], True
             return [
-                self._validate(item, index, None, lenient) for index, item in enumerate(document)
+                self._validate(item, index, value, lenient) for index, item in enumerate(document)
             ], True
         return [self._validate(document, None, value, lenient)], False
 
     def _validate(
-        self, item: Any, index: int | None, raw: bytes | None, lenient: bool
+        self, item: Any, index: int | None, message: bytes, lenient: bool
     ) -> Event | Rejected:
+        """Judge one event: the whole message (``index`` None) or element ``index`` of it."""
         non_finite = _non_finite_field(item) if lenient else None
         if non_finite is not None:
             field, token = non_finite
@@ -89,21 +128,20 @@ class _Decoder(Generic[Event]):
                 f"{field}: {token} is not a number JSON allows; "
                 "send finite values or omit the field",
                 index,
-                raw if raw is not None else json.dumps(item).encode(),
+                _original(item, index, message),
             )
         if not isinstance(item, dict):
-            original = raw if raw is not None else orjson.dumps(item)
             return Rejected(
                 DeadLetterReason.NOT_AN_OBJECT,
                 f"expected a JSON object (or an array of objects), got {type(item).__name__}",
                 index,
-                original,
+                _original(item, index, message),
             )
         try:
             return self._schema.model_validate(item)
         except ValidationError as exc:
             reason, detail = classify_validation_error(exc)
-            return Rejected(reason, detail, index, raw if raw is not None else orjson.dumps(item))
+            return Rejected(reason, detail, index, _original(item, index, message))
 
 
 #: Usage messages (``llm.usage.v1``) and GPU sample messages (``gpu.samples.v1``).
@@ -118,9 +156,27 @@ def _parse_with_non_finite(value: bytes) -> Any | None:
     element of a batch be judged on its own, and the offending ones be named not_finite.
     """
     try:
-        return json.loads(value, parse_constant=_NonFiniteNumber)
+        # Decoded strictly first: json.loads(bytes) would guess UTF-16/32 and accept a BOM and
+        # UTF-8-encoded surrogates ('surrogatepass'), so bytes orjson refuses as invalid UTF-8
+        # were counted; the contract is UTF-8 JSON, NaN/Infinity being the only leniency.
+        return json.loads(value.decode("utf-8"), parse_constant=_NonFiniteNumber)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
+
+
+def _original(item: Any, index: int | None, message: bytes) -> bytes:
+    """The input a rejected event came from: the message, or its element re-encoded.
+
+    An element orjson cannot write (a lone surrogate escape such as "\\ud800", nesting
+    deeper than 255) used to raise out of the decoder, and the whole batch was dead-lettered
+    as one; its dead letter keeps the whole message instead (batch_index says which).
+    """
+    if index is None:
+        return message
+    try:
+        return orjson.dumps(item)
+    except TypeError:
+        return message
 
 
 def _undecodable(value: bytes, exc: Exception) -> Rejected:
@@ -133,20 +189,27 @@ class _NonFiniteNumber(str):
     __slots__ = ()
 
 
-def _non_finite_field(item: Any, path: str = "") -> tuple[str, str] | None:
-    """(path, token) of the first NaN/Infinity in ``item``."""
-    if isinstance(item, _NonFiniteNumber):
-        return path or "value", str(item)
-    if isinstance(item, dict):
-        children = ((f"{path}.{k}" if path else str(k), v) for k, v in item.items())
-    elif isinstance(item, list):
-        children = ((f"{path}[{i}]", v) for i, v in enumerate(item))
-    else:
-        return None
-    for child_path, child in children:
-        found = _non_finite_field(child, child_path)
-        if found is not None:
-            return found
+def _non_finite_field(item: Any) -> tuple[str, str] | None:
+    """(path, token) of the first NaN/Infinity in ``item``.
+
+    Also a number past a double's range (1e400), which json.loads reads as inf: as a token
+    count it was named absurd_value, or wrong_type when negative. Walked with a stack, not
+    recursion: a document nested as deep as json.loads allows must not overflow here.
+    """
+    stack: list[tuple[str, Any]] = [("", item)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, _NonFiniteNumber):
+            return path or "value", str(node)
+        if isinstance(node, float) and not math.isfinite(node):
+            return path or "value", f"{node} (a number past a double's range)"
+        if isinstance(node, dict):
+            children = [(f"{path}.{k}" if path else str(k), v) for k, v in node.items()]
+        elif isinstance(node, list):
+            children = [(f"{path}[{i}]", v) for i, v in enumerate(node)]
+        else:
+            continue
+        stack.extend(reversed(children))  # the first child is looked at first
     return None
 
 
@@ -181,6 +244,9 @@ def classify_validation_error(exc: ValidationError) -> tuple[DeadLetterReason, s
     if field in _TOKEN_FIELDS and isinstance(value, float) and value > MAX_TOKENS_PER_REQUEST:
         # orjson reads integers past 64 bits as floats: still an absurd count, not a type
         return DeadLetterReason.ABSURD_VALUE, f"{where}: more than {MAX_TOKENS_PER_REQUEST}"
+    if field in _TOKEN_FIELDS and isinstance(value, float) and value < -MAX_TOKENS_PER_REQUEST:
+        # Likewise below -2**63: it was named wrong_type, "token counts are JSON integers".
+        return DeadLetterReason.NEGATIVE_VALUE, f"{where}: a token count cannot be negative"
     if kind.endswith(("_type", "_parsing")) or kind == "literal_error":
         if field in _TOKEN_FIELDS | {"gpu_seconds", "latency_ms"} and kind == "int_type":
             return DeadLetterReason.WRONG_TYPE, detail + " (token counts are JSON integers)"

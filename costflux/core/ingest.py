@@ -61,6 +61,9 @@ class Candidate(NamedTuple):
     cached_input_tokens: int
     gpu_ms: int  # the event's own gpu_seconds, in ms (0 when it carries none)
     cache_saving_pico: int  # what the prompt cache saved (ModelPrice.cache_saving; 0 uncached)
+    #: None for a request the model served; for a semantic cache hit, what the request would
+    #: have cost (its cost, tokens and GPU time above are then 0: nothing was sent upstream).
+    semantic_saving_pico: int | None
 
 
 CandidateT = TypeVar("CandidateT")
@@ -131,26 +134,41 @@ def judge(
                 price = span[0]
                 cached = entry.cached_input_tokens
                 labels = entry.labels
+                position = f"{offset}:{index}" if batched else str(offset)
+                dims = (entry.model, labels.get("team", ""), labels.get("project", ""),
+                        labels.get("app", ""), labels.get("namespace", ""),
+                        entry.deployment or labels.get("deployment", ""),
+                        labels.get("cluster", ""))
+                if entry.cache_hit:
+                    candidates.append(_semantic_cache_hit(entry, position, ts_ms, dims, price))
+                    continue
                 candidates.append(_new_candidate(Candidate, (
                     entry.event_id,
-                    f"{offset}:{index}" if batched else str(offset),
+                    position,
                     ts_ms,
-                    (entry.model, labels.get("team", ""), labels.get("project", ""),
-                     labels.get("app", ""), labels.get("namespace", ""),
-                     entry.deployment or labels.get("deployment", ""),
-                     labels.get("cluster", "")),
+                    dims,
                     price.cost(entry.input_tokens, entry.output_tokens, cached),
                     entry.input_tokens,
                     entry.output_tokens,
                     cached,
                     round(entry.gpu_seconds * 1000) if entry.gpu_seconds else 0,
                     price.cache_saving(entry.input_tokens, cached) if cached else 0,
+                    None,
                 )))
                 continue
             rejected.append(
                 (offset, _with_context(verdict, entry, index if batched else None, value))
             )
     return judged
+
+
+def _semantic_cache_hit(
+    event: UsageEvent, position: str, ts_ms: int, dims: DimKey, price: ModelPrice
+) -> Candidate:
+    """A request the semantic cache answered: a request served at no cost and no tokens, and
+    the avoided cost, its tokens priced as the model would have billed them at ``ts_ms``."""
+    avoided = price.cost(event.input_tokens, event.output_tokens, event.cached_input_tokens)
+    return Candidate(event.event_id, position, ts_ms, dims, 0, 0, 0, 0, 0, 0, avoided)
 
 
 def _future(rules: IngestRules) -> Rejected:

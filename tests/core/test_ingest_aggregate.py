@@ -99,6 +99,11 @@ def saving_dollars(ev: dict[str, Any]) -> Decimal:
     return ev["cached_input_tokens"] * (p_in - p_cached)
 
 
+def served(ev: dict[str, Any]) -> bool:
+    """Whether the model served the request (a semantic cache hit was answered without it)."""
+    return not ev.get("cache_hit", False)
+
+
 def dimension_values(ev: dict[str, Any]) -> dict[str, str]:
     """The event's dimensions by the documented rule: deployment is the field, else the label."""
     labels = ev["labels"]
@@ -249,7 +254,7 @@ def test_row_keys_of_older_versions_decode_with_empty_deployment_and_cluster() -
     assert decode_dimensions('["m","t","p","a","ns"]') == ("m", "t", "p", "a", "ns", "", "")
     dims = ("m", "t", "p", "a", "ns", "m-prod", "eu-west-1")
     assert decode_dimensions(encode_dimensions(dims)) == dims
-    assert len(DIMENSIONS) == 7 and len(SUM_FIELDS) == 7
+    assert len(DIMENSIONS) == 7 and len(SUM_FIELDS) == 9
 
 
 # --- a model of judge, property-tested -----------------------------------------------------
@@ -378,18 +383,20 @@ AGG_SPECS = st.tuples(
     st.sampled_from(NAMESPACES),
     st.sampled_from(DEPLOYMENTS),
     st.sampled_from(CLUSTERS),
+    st.booleans(),  # a semantic cache hit
 )
 EVERYTHING_ON_TIME = IngestRules(SIZES_S, allowed_lateness_ms=10**13, max_future_ms=10**13)
 
 
 def agg_events(specs: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
     out = []
-    for i, (dt, model, inp, out_tokens, cached, team, ns, (field, label), cluster) in enumerate(
-        specs
-    ):
+    for i, (dt, model, inp, out_tokens, cached, team, ns, (field, label), cluster,
+            hit) in enumerate(specs):
         labels = {k: v for k, v in (("team", team), ("namespace", ns), ("deployment", label),
                                     ("cluster", cluster)) if v}
         ev = event(f"a{i}", BASE_MS + dt, model, inp, out_tokens, min(cached, inp), labels, field)
+        if hit:
+            ev["cache_hit"] = True
         if i % 3 == 0:
             ev["gpu_seconds"] = 0.125 * i  # events may carry their own GPU time
         out.append(ev)
@@ -412,18 +419,23 @@ def recompute(
     events: list[dict[str, Any]], ts_of: dict[str, int], size_s: int
 ) -> dict[tuple[int, tuple[str, ...]], list[Any]]:
     """Per (window start, dims): [dollars, input, output, cached, requests, gpu_ms, saved
-    dollars], plain Python."""
+    dollars, semantic cache hits, dollars they avoided], plain Python. A hit is a request
+    served with no cost, tokens or GPU time; what it would have cost is the avoided sum."""
     groups: dict[tuple[int, tuple[str, ...]], list[Any]] = defaultdict(
-        lambda: [Decimal(0), 0, 0, 0, 0, 0, Decimal(0)]
+        lambda: [Decimal(0), 0, 0, 0, 0, 0, Decimal(0), 0, Decimal(0)]
     )
     for ev in events:
         ts = ts_of[ev["event_id"]]
         sums = groups[((ts // (size_s * 1000)) * size_s * 1000, dimensions_of(ev))]
+        sums[4] += 1
+        if not served(ev):
+            sums[7] += 1
+            sums[8] += dollars(ev)
+            continue
         sums[0] += dollars(ev)
         sums[1] += ev["input_tokens"]
         sums[2] += ev["output_tokens"]
         sums[3] += ev["cached_input_tokens"]
-        sums[4] += 1
         sums[5] += int(Decimal(str(ev.get("gpu_seconds", 0))) * 1000)
         sums[6] += saving_dollars(ev)
     return dict(groups)
@@ -441,7 +453,8 @@ def flatten(
             dims = tuple(json.loads(row_key))
             assert (key.start_ms, dims) not in out, "a row appears in two buckets"
             out[(key.start_ms, dims)] = [
-                Decimal(sums[0]) / PICO, *sums[1:6], Decimal(sums[6]) / PICO
+                Decimal(sums[0]) / PICO, *sums[1:6], Decimal(sums[6]) / PICO, sums[7],
+                Decimal(sums[8]) / PICO,
             ]
     return out
 
@@ -465,16 +478,18 @@ def test_partials_equal_decimal_recomputation_for_every_window_size(
     for key, rows in partials.items():
         for row_key in rows:
             assert bucket_of_row.setdefault(row_key, key.bucket) == key.bucket
-    total_dollars = sum((dollars(ev) for ev in events), Decimal(0))
+    hits = [ev for ev in events if not served(ev)]
+    total_dollars = sum((dollars(ev) for ev in events if served(ev)), Decimal(0))
     totals = [
-        sum(ev[f] for ev in events)
+        sum(ev[f] for ev in events if served(ev))
         for f in ("input_tokens", "output_tokens", "cached_input_tokens")
     ]
+    avoided = sum((dollars(ev) for ev in hits), Decimal(0))
     for size_s in SIZES_S:
         flat = flatten(partials, size_s)
         assert flat == recompute(events, ts_of, size_s)
-        sums = [sum(row[i] for row in flat.values()) for i in range(5)]
-        assert sums == [total_dollars, *totals, len(events)]
+        sums = [sum(row[i] for row in flat.values()) for i in (0, 1, 2, 3, 4, 7, 8)]
+        assert sums == [total_dollars, *totals, len(events), len(hits), avoided]
 
 
 @settings(max_examples=40, deadline=None)
@@ -518,19 +533,28 @@ def test_allocation_by_deployment_and_cluster_equals_a_recomputation_from_the_ev
     windows: dict[tuple[int, int], dict[str, list[int]]] = {}
     for key, rows in aggregate(candidates_of(events), 60).partials(SIZES_S, 3).items():
         merge_rows(windows.setdefault((key.size_s, key.start_ms), {}), rows)
-    served = allocate([windows.get(tile, {}) for tile in cover(AGG_SPAN, SIZES_S)],
-                      parse_aggregate(aggregate_text), AGG_SPAN)
+    allocated = allocate([windows.get(tile, {}) for tile in cover(AGG_SPAN, SIZES_S)],
+                         parse_aggregate(aggregate_text), AGG_SPAN)
 
-    expected: dict[str, list[Any]] = defaultdict(lambda: [Decimal(0), 0, Decimal(0)])
+    expected: dict[str, list[Any]] = defaultdict(
+        lambda: [Decimal(0), 0, Decimal(0), 0, Decimal(0), 0])
     for ev, spec in zip(events, specs, strict=True):
         if AGG_SPAN.start_ms <= BASE_MS + spec[0] < AGG_SPAN.end_ms:
             values = dimension_values(ev)
             name = "/".join(values[d] or "__unallocated__" for d in AGGREGATES[aggregate_text])
-            expected[name][0] += dollars(ev)
             expected[name][1] += 1
-            expected[name][2] += saving_dollars(ev)
+            if served(ev):
+                expected[name][0] += dollars(ev)
+                expected[name][2] += saving_dollars(ev)
+                expected[name][5] += ev["input_tokens"] + ev["output_tokens"]
+            else:
+                expected[name][3] += 1
+                expected[name][4] += dollars(ev)
     got = {name: [Decimal(row["totalCostExact"]), row["requests"],
-                  Decimal(row["cacheSavingsExact"])] for name, row in served.items()}
+                  Decimal(row["cacheSavingsExact"]), row["semanticCacheHits"],
+                  Decimal(row["semanticCacheSavingsExact"]),
+                  row["inputTokens"] + row["outputTokens"]]
+           for name, row in allocated.items()}
     assert got == expected
 
 
@@ -538,19 +562,20 @@ def test_larger_windows_are_sums_of_the_finest() -> None:
     totals = PartitionAggregate(60)
     dims = ("m", "t", "", "", "", "m-prod", "eu-west-1")
     totals.add_all([
-        Candidate("a", "1", BASE_MS + 59_999, dims, 5, 1, 2, 0, 0, 0),
-        Candidate("b", "2", BASE_MS + 60_000, dims, 7, 3, 4, 1, 250, 3),
-        Candidate("c", "3", BASE_MS + HOUR_MS, dims, 11, 5, 6, 2, 0, 9),
+        Candidate("a", "1", BASE_MS + 59_999, dims, 5, 1, 2, 0, 0, 0, None),
+        Candidate("b", "2", BASE_MS + 60_000, dims, 7, 3, 4, 1, 250, 3, None),
+        Candidate("c", "3", BASE_MS + HOUR_MS, dims, 11, 5, 6, 2, 0, 9, None),
+        Candidate("d", "4", BASE_MS + 60_001, dims, 0, 0, 0, 0, 0, 0, 13),  # a semantic hit
     ])
     assert len(totals) == 3
     partials = totals.partials([3600, 60], 1)
     row = json.dumps(list(dims), separators=(",", ":"))
     assert partials == {
-        PartialKey(60, BASE_MS, 0): {row: [5, 1, 2, 0, 1, 0, 0]},
-        PartialKey(60, BASE_MS + 60_000, 0): {row: [7, 3, 4, 1, 1, 250, 3]},
-        PartialKey(60, BASE_MS + HOUR_MS, 0): {row: [11, 5, 6, 2, 1, 0, 9]},
-        PartialKey(3600, BASE_MS, 0): {row: [12, 4, 6, 1, 2, 250, 3]},
-        PartialKey(3600, BASE_MS + HOUR_MS, 0): {row: [11, 5, 6, 2, 1, 0, 9]},
+        PartialKey(60, BASE_MS, 0): {row: [5, 1, 2, 0, 1, 0, 0, 0, 0]},
+        PartialKey(60, BASE_MS + 60_000, 0): {row: [7, 3, 4, 1, 2, 250, 3, 1, 13]},
+        PartialKey(60, BASE_MS + HOUR_MS, 0): {row: [11, 5, 6, 2, 1, 0, 9, 0, 0]},
+        PartialKey(3600, BASE_MS, 0): {row: [12, 4, 6, 1, 3, 250, 3, 1, 13]},
+        PartialKey(3600, BASE_MS + HOUR_MS, 0): {row: [11, 5, 6, 2, 1, 0, 9, 0, 0]},
     }
     assert PartialKey.decode(PartialKey(3600, BASE_MS, 3).encode()) == PartialKey(3600, BASE_MS, 3)
     assert PartialKey(3600, BASE_MS, 3).end_ms == BASE_MS + HOUR_MS

