@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     topic_deadletter: str = "cost.deadletter.v1"
     topic_partials: str = "costflux.partials.v1"
     topic_partitions: int = Field(8, ge=1, le=1024, description="partitions for created topics")
+    topic_replication_factor: int | None = Field(
+        None, ge=1, le=32,
+        description="replicas of the topics costflux creates, Faust's changelogs included; "
+        "unset = the broker's default for its own topics and 1 for changelogs (set 3 on a "
+        "production cluster, or a broker loss loses the tables' state)",
+    )
     consumer_group: str = "costflux"
 
     # --- Redis ---

@@ -281,3 +281,11 @@ def test_faust_ssl_with_unreadable_cafile_names_it(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="COSTFLUX_KAFKA_SSL_CAFILE"):
         faust_broker_options(settings)
+
+
+def test_replication_factor_reaches_faust_changelogs() -> None:
+    """Faust creates the changelog topics (the tables' only durable copy) itself; without the
+    setting they get 1 replica, with it as many as the operator asked for."""
+    assert faust_broker_options(Settings(kafka_bootstrap="k:9092"))["topic_replication_factor"] == 1
+    replicated = Settings(kafka_bootstrap="k:9092", topic_replication_factor=3)
+    assert faust_broker_options(replicated)["topic_replication_factor"] == 3
