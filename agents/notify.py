@@ -36,6 +36,7 @@ from costflux.core.events import classify_validation_error
 from costflux.core.slack import slack_message
 from schemas.alert import AlertEvent
 from schemas.deadletter import DeadLetterReason, DeadLetterRecord
+from streams.redis_retry import REDIS_UNAVAILABLE, until_redis_answers
 from streams.webhook import Delivery, RetryPolicy, post_json
 
 __all__ = ["Notifier", "NotifyOptions", "NotifyStats", "decode_alert"]
@@ -43,7 +44,6 @@ __all__ = ["Notifier", "NotifyOptions", "NotifyStats", "decode_alert"]
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-_REDIS_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 def decode_alert(value: bytes | None) -> AlertEvent | tuple[DeadLetterReason, str]:
@@ -166,7 +166,7 @@ class Notifier:
             except _Interrupted:
                 if self._stopping.is_set():
                     # The next instance need not wait out the lease (if Redis answers).
-                    with contextlib.suppress(*_REDIS_UNAVAILABLE):
+                    with contextlib.suppress(*REDIS_UNAVAILABLE):
                         self._ledger.release(key)
                     raise
                 log.warning("alert %s: claim lost while waiting; checking again", key)
@@ -222,18 +222,17 @@ class Notifier:
         Redis is back. Every call here is safe to repeat (SET NX, compare-and-act scripts,
         plain SETs). Gives up (``_Interrupted``) only when stopping.
         """
-        delay = 0.1
-        while True:
-            try:
-                return call()
-            except _REDIS_UNAVAILABLE as exc:
-                if delay == 0.1:  # once per outage, not once per retry
-                    log.warning("notify: Redis unavailable (%s); retrying with backoff",
-                                type(exc).__name__)
-                self.stats.redis_retries += 1
-                if self._stopping.wait(delay):
-                    raise _Interrupted from exc
-                delay = min(delay * 2, 5.0)
+
+        def retrying(exc: Exception, first: bool) -> None:
+            if first:  # once per outage, not once per retry
+                log.warning("notify: Redis unavailable (%s); retrying with backoff",
+                            type(exc).__name__)
+            self.stats.redis_retries += 1
+
+        try:
+            return until_redis_answers(call, self._stopping, retrying)
+        except REDIS_UNAVAILABLE as exc:  # only raised once stopping
+            raise _Interrupted from exc
 
     def _deadletter(self, message: Message, reason: DeadLetterReason, detail: str) -> None:
         record = DeadLetterRecord(

@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(settings: Settings) -> None:
+def configure_logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -105,7 +105,7 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     from costflux.embedded import embedded_stack
     from streams.app import build_worker
 
-    _configure_logging(settings)
+    configure_logging(settings)
     with embedded_stack(settings) as live:
         worker = build_worker(live)
         # Note: Faust at warning level or above runs its spinner and sets the root logger to
@@ -141,7 +141,7 @@ def _run_sidecar_nvml(args: argparse.Namespace, settings: Settings) -> int:
     from streams.kafka import KafkaSetupError, ensure_topics, producer_config
     from streams.sidecar import run_sidecar
 
-    _configure_logging(settings)
+    configure_logging(settings)
     if settings.kafka_bootstrap is None and not args.print_only:
         print("costflux sidecar: set COSTFLUX_KAFKA_BOOTSTRAP to the broker to publish to, "
               "or pass --print", file=sys.stderr)
@@ -159,7 +159,7 @@ def _run_sidecar_nvml(args: argparse.Namespace, settings: Settings) -> int:
 def _run_bridge_prometheus(args: argparse.Namespace, settings: Settings) -> int:
     from streams.bridge import run_bridge
 
-    _configure_logging(settings)
+    configure_logging(settings)
     return run_bridge(args, settings)
 
 
@@ -172,7 +172,7 @@ def _run_notify(args: argparse.Namespace, settings: Settings) -> int:
     from streams.kafka import KafkaSetupError, consumer_config, ensure_topics, producer_config
 
     url = settings.slack_webhook()  # first: a missing secret is a config error (exit 2)
-    _configure_logging(settings)
+    configure_logging(settings)
     if settings.kafka_bootstrap is None or settings.redis_url is None:
         # No embedded servers here: instances must share the broker and the Redis claims.
         print("costflux notify: set COSTFLUX_KAFKA_BOOTSTRAP and COSTFLUX_REDIS_URL (shared "
@@ -184,8 +184,7 @@ def _run_notify(args: argparse.Namespace, settings: Settings) -> int:
     except KafkaSetupError as exc:
         print(f"costflux notify: {exc}", file=sys.stderr)
         return 1
-    password = settings.redis_password.get_secret_value() if settings.redis_password else None
-    client = redis.Redis.from_url(settings.redis_url, password=password)
+    client = redis.Redis.from_url(settings.redis_url, password=settings.redis_password_value())
     options = NotifyOptions(
         topic=settings.topic_alerts, deadletter_topic=settings.topic_deadletter,
         namespace=settings.consumer_group, webhook_url=url,

@@ -421,9 +421,6 @@ def embedded_stack(settings: Settings) -> Iterator[Settings]:
             broker = stack.enter_context(EmbeddedBroker())
             updates["kafka_bootstrap"] = broker.bootstrap
         if settings.embedded_redis:
-            password = settings.redis_password
-            server = stack.enter_context(
-                EmbeddedRedis(password=password.get_secret_value() if password else None)
-            )
+            server = stack.enter_context(EmbeddedRedis(password=settings.redis_password_value()))
             updates["redis_url"] = server.url
         yield settings.model_copy(update=updates) if updates else settings

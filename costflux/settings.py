@@ -192,6 +192,10 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    def redis_password_value(self) -> str | None:
+        """The Redis password for a client, None when unset (kept a SecretStr elsewhere)."""
+        return self.redis_password.get_secret_value() if self.redis_password else None
+
     @field_validator("window_sizes", mode="before")
     @classmethod
     def _split_window_sizes(cls, value: Any) -> Any:

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faust
 import mode
@@ -129,14 +130,13 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
     metrics = CostMetrics(label_cap=settings.metric_label_cap, allowed=settings.metric_label_allow)
     health = Health(metrics.registry)
     pricing = PricingSource(settings.pricing_file)
-    redis_password = settings.redis_password.get_secret_value() if settings.redis_password else None
     # Timeouts make a hung Redis an error that is retried and reported, not a silent stall.
-    sync_redis = redis.Redis.from_url(
-        _redis_url(settings), password=redis_password,
-        socket_timeout=_REDIS_TIMEOUT_S, socket_connect_timeout=_REDIS_CONNECT_TIMEOUT_S)
-    async_redis = aioredis.Redis.from_url(
-        _redis_url(settings), password=redis_password,
-        socket_timeout=_REDIS_TIMEOUT_S, socket_connect_timeout=_REDIS_CONNECT_TIMEOUT_S)
+    redis_options: dict[str, Any] = {
+        "password": settings.redis_password_value(), "socket_timeout": _REDIS_TIMEOUT_S,
+        "socket_connect_timeout": _REDIS_CONNECT_TIMEOUT_S,
+    }
+    sync_redis = redis.Redis.from_url(_redis_url(settings), **redis_options)
+    async_redis = aioredis.Redis.from_url(_redis_url(settings), **redis_options)
     view = ServingView(async_redis, namespace, serving_retention(settings))
     rules = IngestRules(
         window_sizes_s=tuple(settings.window_sizes),

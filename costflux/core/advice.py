@@ -41,7 +41,7 @@ from costflux.core.aggregate import (
 from costflux.core.allocation import UNALLOCATED, TimeRange
 from costflux.core.gpu import UNITS_PER_PICO, cost_units, price_of_rates
 from costflux.core.gpu_samples import decode_gpu_row_key, is_gpu_row
-from costflux.core.money import PICO_PER_DOLLAR, pico_to_exact_string
+from costflux.core.money import PICO_PER_DOLLAR, pico_to_dollars, pico_to_exact_string
 from costflux.core.pricing import ModelPrice
 from costflux.core.signals import DAY_MS, UNITS_PER_DOLLAR
 from costflux.core.spike import HOUR_MS
@@ -418,9 +418,9 @@ def _semantic_cache_achieved(
                      factor),
             {"hits": hits,
              "hitSharePct": _pct(hits, hits + use.requests),
-             "savedInWindow": float(Fraction(saved, PICO_PER_DOLLAR)),
+             "savedInWindow": pico_to_dollars(saved),
              "savedInWindowExact": pico_to_exact_string(saved),
-             "byTeam": {team: {"hits": h, "savedInWindow": float(Fraction(s, PICO_PER_DOLLAR)),
+             "byTeam": {team: {"hits": h, "savedInWindow": pico_to_dollars(s),
                                "savedInWindowExact": pico_to_exact_string(s)}
                         for team, (h, s) in by_team}},
             (f"achieved, already in today's cost: {hits} requests answered by the semantic "

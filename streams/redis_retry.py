@@ -1,0 +1,49 @@
+"""Calls to Redis that wait out an outage instead of failing: backoff until Redis answers.
+
+Ingest (dedup, checkpoints) and the notifier (claims, rate slots) cannot go on without Redis
+and must not guess: both wait, and both only retry calls that are safe to repeat.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+import redis
+
+__all__ = ["REDIS_UNAVAILABLE", "until_redis_answers"]
+
+_T = TypeVar("_T")
+
+#: What an unreachable or too slow Redis raises (BusyLoadingError, a Redis still loading its
+#: data after a restart, is a ConnectionError).
+REDIS_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+_RETRY_FIRST_S = 0.1
+_RETRY_MAX_S = 5.0
+
+
+def until_redis_answers(
+    call: Callable[[], _T],
+    stopping: threading.Event,
+    on_retry: Callable[[Exception, bool], None],
+    on_recovered: Callable[[], None] = lambda: None,
+) -> _T:
+    """``call()``, repeated with backoff (0.1 s doubling to 5 s) while Redis is unavailable.
+
+    ``on_retry(exc, first_of_outage)`` runs before each wait and ``on_recovered()`` once Redis
+    answers after an outage. When ``stopping`` is set the last Redis error is raised.
+    """
+    delay = _RETRY_FIRST_S
+    while True:
+        try:
+            result = call()
+        except REDIS_UNAVAILABLE as exc:
+            on_retry(exc, delay == _RETRY_FIRST_S)
+            if stopping.wait(delay):
+                raise
+            delay = min(delay * 2, _RETRY_MAX_S)
+            continue
+        if delay > _RETRY_FIRST_S:
+            on_recovered()
+        return result
