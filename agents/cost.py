@@ -3,11 +3,14 @@
 Partials are keyed by window shard, so each shard's state lives in exactly one partition of
 the table's changelog: the partition of the partials that update it (co-partitioned). The
 state records the last offset applied per source partition, which makes re-delivered or
-re-published partials harmless.
+re-published partials harmless. A partial is acknowledged (its offset may be committed) only
+once its changelog writes are stored, and windows close on the watermark marks ingest appends
+behind each flush's partials: on what this agent has applied, not on what ingest has read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
@@ -17,21 +20,26 @@ import faust
 import orjson
 import redis.asyncio as aioredis
 
+from agents.confirmed_table import confirmed_table
 from agents.health import Health, guarded
 from agents.metrics import CostMetrics
 from agents.serving import ServingView
 from costflux.core.aggregate import PartialKey, apply_partial, decode_dimensions
 from costflux.core.allocation import AllocationOptions, TimeRange, allocate, cover
 from costflux.core.gpu_samples import decode_gpu_row_key, is_gpu_row
-from costflux.core.windows import PartitionMark, global_watermark
+from costflux.core.windows import SOURCE_MARKS_KEY, AppliedWatermarks, PartitionMark
 from schemas.deadletter import DeadLetterReason, DeadLetterRecord
-from streams.ingest import watermarks_key
+from streams.ingest import applied_watermarks_key, watermarks_key
 
 __all__ = ["CostAgentOptions", "CostCombiner"]
 
 log = logging.getLogger(__name__)
 
 HOUR_MS = 3_600_000
+#: Partials applied between two changelog confirmations (one broker round trip each), at
+#: most; a timer confirms what is pending every _CONFIRM_INTERVAL_S.
+_CONFIRM_EVERY = 500
+_CONFIRM_INTERVAL_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +75,17 @@ class CostCombiner:
         self._metrics = metrics
         self._health = health
         self._dirty: set[bytes] = set()
+        self._unacknowledged: list[tuple[faust.StreamT[bytes], faust.EventT[bytes]]] = []
+        self._confirming = asyncio.Lock()
+        self._app = app
+        self._applied = AppliedWatermarks()
+        # The minimum over this worker's partials partitions of what it has applied: closes
+        # its windows. None right after a rebalance, until each partition's marks are read.
+        self._closing_watermark_ms: int | None = None
+        #: The pipeline's: the minimum over every partials partition (agents.detector).
         self.global_watermark_ms: int | None = None
-        self.table = app.Table(
+        self.table = confirmed_table(
+            app,
             "cost-windows",
             partitions=options.partitions,
             # bytes keys use the raw codec, live and in changelog recovery alike, so the
@@ -93,6 +110,7 @@ class CostCombiner:
         # A timer that raises would stop the whole worker (Faust crashes the app); guarded,
         # it reports through /readyz and the error counter and tries again at its next tick.
         for interval_s, name, step in (
+            (_CONFIRM_INTERVAL_S, "costflux.acknowledge_confirmed", self._acknowledge_confirmed),
             (0.25, "costflux.publish_view", self._publish_view),
             (1.0, "costflux.advance_watermark", self._advance_watermark),
             (10.0, "costflux.resync_view", self._resync_view),
@@ -101,20 +119,43 @@ class CostCombiner:
             app.timer(interval_s, name=name)(guarded(health, name, step))
 
     async def _combine(self, stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            key_bytes = event.key
-            if not isinstance(key_bytes, bytes) or not isinstance(event.value, bytes):
-                continue
-            try:
-                await self._apply(event, key_bytes, event.value)
-            except Exception as exc:  # noqa: BLE001 - dead-lettered, counted, reported
-                # Raising here would restart the agent on the same partial forever (a stall);
-                # skipping it silently would lose it. It goes to the dead-letter topic, byte
-                # for byte (it can be re-published once the cause is fixed), the error counter
-                # rises and /readyz fails for a while.
-                log.exception("combine could not apply a partial; dead-lettered")
-                self._health.error("costflux.combine", exc)
-                await self._send_unapplied(event, exc)
+        # Acknowledged by _acknowledge_confirmed, once their changelog records are stored: an
+        # acknowledged event's offset may be committed at any time (see agents.confirmed_table).
+        manual: faust.StreamT[bytes] = stream.noack()  # type: ignore[attr-defined]
+        async for event in manual.events():
+            await self._combine_one(event)
+            self._unacknowledged.append((manual, event))
+            if len(self._unacknowledged) >= _CONFIRM_EVERY:
+                await self._acknowledge_confirmed()
+
+    async def _acknowledge_confirmed(self) -> None:
+        async with self._confirming:  # from the agent and the timer: one at a time
+            if not self._unacknowledged:
+                return
+            # Taken together, with no await between: every event taken has its writes in
+            # the table's unconfirmed set, which the confirmation below covers.
+            events, self._unacknowledged = self._unacknowledged, []
+            await self.table.changelog_confirmed()
+            for stream, event in events:
+                await stream.ack(event)
+
+    async def _combine_one(self, event: faust.EventT[bytes]) -> None:
+        key_bytes = event.key
+        if not isinstance(key_bytes, bytes) or not isinstance(event.value, bytes):
+            return
+        try:
+            if key_bytes == SOURCE_MARKS_KEY:
+                self._applied.observe(event.message.partition, orjson.loads(event.value)["marks"])
+                return
+            await self._apply(event, key_bytes, event.value)
+        except Exception as exc:  # noqa: BLE001 - dead-lettered, counted, reported
+            # Raising here would restart the agent on the same partial forever (a stall);
+            # skipping it silently would lose it. It goes to the dead-letter topic, byte
+            # for byte (it can be re-published once the cause is fixed), the error counter
+            # rises and /readyz fails for a while.
+            log.exception("combine could not apply a partial; dead-lettered")
+            self._health.error("costflux.combine", exc)
+            await self._send_unapplied(event, exc)
 
     async def _apply(self, event: faust.EventT[bytes], key_bytes: bytes, value: bytes) -> None:
         partial = orjson.loads(value)
@@ -152,7 +193,7 @@ class CostCombiner:
                     self._metrics.count_row(decode_dimensions(row_key), sums)
 
     def _closed_for_good(self, shard: PartialKey) -> bool:
-        watermark = self.global_watermark_ms
+        watermark = self._closing_watermark_ms
         return watermark is not None and shard.end_ms + self._options.retention_ms <= watermark
 
     async def _send_late(self, event: faust.EventT[bytes], shard: PartialKey) -> None:
@@ -227,21 +268,47 @@ class CostCombiner:
         )
 
     async def _advance_watermark(self) -> None:
+        """Close windows on what this worker's combiner has applied; publish it per partials
+        partition; take the pipeline's watermark (detection, unit costs) as the minimum over
+        every partition, whoever applies it."""
         raw = await self._redis.hgetall(watermarks_key(self._options.namespace))
-        marks = {}
+        activity = {}
         for name, value in raw.items():
             watermark, _, last_data = _text(value).partition("|")
-            marks[_text(name)] = PartitionMark(
+            activity[_text(name)] = PartitionMark(
                 int(watermark) if watermark else None, int(last_data or 0)
             )
         now_ms = time.time_ns() // 1_000_000
-        current = global_watermark(marks, now_ms, self._options.partition_idle_ms)
-        if current is None:
-            return
+        own = self._own_partitions()
+        self._applied.keep_only(own)
+        applied = {partition: self._applied.watermark(
+            partition, activity, now_ms, self._options.partition_idle_ms) for partition in own}
+        known = [w for w in applied.values() if w is not None]
+        self._closing_watermark_ms = (
+            min(known) if own and len(known) == len(own) else None)
+        self._evict_closed()
+        await self._advance_pipeline_watermark(
+            {p: w for p, w in applied.items() if w is not None})
+
+    async def _advance_pipeline_watermark(self, applied: dict[int, int]) -> None:
+        key = applied_watermarks_key(self._options.namespace)
+        published = {int(p): int(w) for p, w in (await self._redis.hgetall(key)).items()}
+        raised = {p: w for p, w in applied.items() if w > published.get(p, w - 1)}
+        if raised:
+            # Only raised: the next owner of a partition briefly re-reads what this one had.
+            await self._redis.hset(key, mapping=raised)  # type: ignore[arg-type]
+            published.update(raised)
+        if len(published) < self._options.partitions:
+            return  # some partition has not been applied by anyone yet
+        current = min(published[p] for p in range(self._options.partitions))
         if self.global_watermark_ms is None or current > self.global_watermark_ms:
             self.global_watermark_ms = current
             self._metrics.watermark.set(current / 1000)
-        self._evict_closed()
+
+    def _own_partitions(self) -> list[int]:
+        topic = self._options.partials_topic
+        return sorted(tp.partition for tp in self._app.consumer.assignment()
+                      if tp.topic == topic)
 
     def _evict_closed(self) -> None:
         expired = [

@@ -27,6 +27,7 @@ import faust
 
 from agents.alert_metrics import AlertMetrics
 from agents.alerts_view import AlertsView
+from agents.confirmed_table import confirmed_table
 from agents.serving import ServingView
 from costflux.core.alerts import AlertState
 from costflux.core.detect import Detection, StepResult
@@ -74,7 +75,8 @@ class Detector:
         self._settled_ms: int | None = None
         self._last_tick = -1
         self._tiles: dict[Tile, Rows] = {}
-        self.table = app.Table("alert-states", partitions=1, key_type=bytes, default=None)
+        self.table = confirmed_table(app, "alert-states", partitions=1, key_type=bytes,
+                                     default=None)
         self._ticks = app.topic(options.ticks_topic, key_type=bytes, value_type=bytes,
                                 key_serializer="raw", value_serializer="raw", partitions=1)
         self._alerts = app.topic(options.alerts_topic, key_serializer="raw",
@@ -103,6 +105,9 @@ class Detector:
     async def _detect(self, stream: faust.StreamT[bytes]) -> None:
         async for value in stream:
             await self._advance_to(int(value))
+            # Before the tick is acknowledged: a committed tick with its states lost would
+            # re-run its steps after a crash (harmless, alerts are idempotent, but noisy).
+            await self.table.changelog_confirmed()
 
     async def _advance_to(self, tick_ms: int) -> None:
         evaluated = self.table.get(_EVALUATED)

@@ -157,6 +157,7 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
                 batch_size=settings.ingest_batch_size,
                 flush_interval_s=settings.ingest_flush_s,
                 dedup_horizon_s=settings.dedup_horizon_s,
+                partials_partitions=partitions,
                 kind=kind,
             ),
             # A 16 MiB prefetch per consumer instead of librdkafka's 64 MiB: no slower, far

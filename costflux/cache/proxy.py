@@ -295,8 +295,11 @@ class SemanticCacheProxy:
     async def _upstream_call(self, request: web.Request,
                              raw: bytes) -> tuple[int, dict[str, str], bytes]:
         assert self._session is not None
+        # Redirects (here and in _stream) go back to the client: following them would send
+        # its credentials wherever the upstream points.
         async with self._session.request(request.method, self._target(request), data=raw,
-                                         headers=_forwarded(request.headers)) as upstream:
+                                         headers=_forwarded(request.headers),
+                                         allow_redirects=False) as upstream:
             body = await upstream.read()
             return upstream.status, _returned(upstream.headers), body
 
@@ -306,7 +309,8 @@ class SemanticCacheProxy:
         scanner = StreamUsageScanner()
         try:
             async with self._session.post(self._target(request), data=raw,
-                                          headers=_forwarded(request.headers)) as upstream:
+                                          headers=_forwarded(request.headers),
+                                          allow_redirects=False) as upstream:
                 response = web.StreamResponse(status=upstream.status,
                                               headers=_returned(upstream.headers))
                 response.headers[CACHE_HEADER] = "bypass:stream"

@@ -21,7 +21,7 @@ from costflux.cache.embedder import Embedder
 from costflux.core.events import Rejected, decode_usage_message
 from costflux.embedded import free_port
 from costflux.settings import Settings
-from tests.cache.upstream import FAIL_MARKER, Upstream, usage_for
+from tests.cache.upstream import FAIL_MARKER, REDIRECT_MARKER, Upstream, usage_for
 from tests.integration.test_producer import read_all
 from tests.paths import REPO
 
@@ -210,6 +210,25 @@ def test_upstream_errors_are_returned_unchanged_and_not_cached(
     published = events(settings, 2)
     assert [e["status"] for e in published] == ["error", "error"]
     assert not any(e["cache_hit"] for e in published)
+
+
+def test_an_upstream_redirect_is_returned_to_the_client_not_followed_with_its_key(
+    settings_for: Callable[..., Settings], start_proxy: Callable[..., Proxy],
+) -> None:
+    """Following it would send the client's credentials to wherever the upstream points."""
+    settings = settings_for()
+    with Upstream() as upstream, Upstream() as elsewhere:
+        upstream.redirect_to = elsewhere.url
+        proxy = start_proxy(settings, upstream.url)
+        answer = requests.post(
+            f"{proxy.url}/v1/chat/completions", timeout=30, allow_redirects=False,
+            json={"model": "gpt-4", "messages": [
+                {"role": "user", "content": f"{REDIRECT_MARKER} now"}], "temperature": 0},
+            headers={"Authorization": f"Bearer {API_KEY}", "X-Costflux-Team": "search"})
+        assert answer.status_code == 307
+        assert answer.headers["Location"] == f"{elsewhere.url}/v1/chat/completions"
+        assert upstream.calls == 1
+        assert elsewhere.calls == 0
 
 
 def test_streams_pass_through_uncached_with_their_reported_usage(

@@ -9,6 +9,8 @@ from typing import Any
 
 #: A prompt containing this makes the upstream fail with 500.
 FAIL_MARKER = "please-fail"
+#: A prompt containing this makes the upstream answer 307 to ``Upstream.redirect_to``.
+REDIRECT_MARKER = "please-redirect"
 
 
 def prompt_of(body: dict[str, Any]) -> str:
@@ -30,6 +32,7 @@ class Upstream:
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, str], dict[str, Any]]] = []
+        self.redirect_to = ""
         self._lock = threading.Lock()
         upstream = self
 
@@ -46,6 +49,12 @@ class Upstream:
                 prompt = prompt_of(body)
                 if FAIL_MARKER in prompt:
                     self._send(500, b'{"error": {"message": "upstream broke", "type": "x"}}')
+                    return
+                if REDIRECT_MARKER in prompt:
+                    self.send_response(307)
+                    self.send_header("Location", upstream.redirect_to + self.path)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                     return
                 if body.get("stream"):
                     self._stream(body, prompt, number)

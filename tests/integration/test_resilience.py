@@ -284,15 +284,9 @@ def test_a_flush_held_up_by_redis_then_sigkill_leaves_no_offset_gap(
     restarted = start_worker(settings)
     restarted.wait_ready()
     expected = [iso(e) for e in events]
-    try:
-        served = served_totals(restarted, len(expected))
-    except AssertionError as short:
-        # Intermittent (2 of ~15 runs): 19,737 of 20,000 served after the restart, with no
-        # replayed partials and no duplicates, i.e. one partial's state lost between the
-        # killed combiner and its changelog. Cause not found yet (closing note of issue 7);
-        # the offset checks above still hold every time.
-        pytest.xfail(f"known intermittent loss after SIGKILL: {str(short)[:200]}")
-    assert_exact(served, expected)
+    # Before agents.confirmed_table, 2 runs in ~15 served 19,737 of 20,000 here: Faust had
+    # committed a partial whose changelog record died with the worker.
+    assert_exact(served_totals(restarted, len(expected)), expected)
     assert restarted.metric("costflux_duplicates_total") == 0
     time.sleep(1.5)
     assert_exact(restarted.allocation(window_of([]), "model"), expected)
@@ -322,8 +316,10 @@ def test_broker_restart_loses_its_log_and_counting_resumes_on_the_new_one(
         produce(settings, before)
         assert_exact(served_totals(worker, len(before)), [iso(e) for e in before])
         broker.restart(down_s=2.0)
-        assert sorted(AdminClient({"bootstrap.servers": broker.bootstrap})
-                      .list_topics(timeout=10).topics) == []  # memory storage: all gone
+        # Memory storage: all gone. (A worker that carries on re-creates its own topics at
+        # once, its changelogs and partials; nothing creates the usage topic but us.)
+        assert settings.topic_usage not in AdminClient(
+            {"bootstrap.servers": broker.bootstrap}).list_topics(timeout=10).topics
         # The worker does not carry on by itself against a restarted Tansu: seen here, either
         # librdkafka's main thread segfaults on the restarted broker's first metadata answers
         # (dmesg: "rdk:main segfault at 0"), or Faust's commits and ingest's publishes keep
