@@ -28,6 +28,7 @@ import faust
 from agents.alert_metrics import AlertMetrics
 from agents.alerts_view import AlertsView
 from agents.confirmed_table import confirmed_table
+from agents.health import Health, guarded
 from agents.serving import ServingView
 from costflux.core.alerts import AlertState
 from costflux.core.detect import Detection, StepResult
@@ -62,6 +63,7 @@ class Detector:
         windows: ServingView,
         view: AlertsView,
         metrics: AlertMetrics,
+        health: Health,
     ) -> None:
         self._detection = detection
         self._options = options
@@ -82,7 +84,10 @@ class Detector:
         self._alerts = app.topic(options.alerts_topic, key_serializer="raw",
                                  value_serializer="raw")
         app.agent(self._ticks, name="costflux.detect")(self._detect)
-        app.timer(0.2, name="costflux.detect_tick")(self._send_tick)
+        # Guarded: a tick the broker refuses is reported and sent again at the next beat,
+        # instead of the timer's exception stopping the worker.
+        app.timer(0.2, name="costflux.detect_tick")(
+            guarded(health, "costflux.detect_tick", self._send_tick))
 
     # --- ticks ----------------------------------------------------------------------------
 

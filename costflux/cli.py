@@ -184,7 +184,7 @@ def _run_notify(args: argparse.Namespace, settings: Settings) -> int:
     except KafkaSetupError as exc:
         print(f"costflux notify: {exc}", file=sys.stderr)
         return 1
-    client = redis.Redis.from_url(settings.redis_url, password=settings.redis_password_value())
+    client = redis.Redis.from_url(settings.redis_url, **settings.redis_client_options())
     options = NotifyOptions(
         topic=settings.topic_alerts, deadletter_topic=settings.topic_deadletter,
         namespace=settings.consumer_group, webhook_url=url,

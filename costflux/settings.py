@@ -19,7 +19,11 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-__all__ = ["ConfigError", "Settings", "load_settings"]
+__all__ = ["REDIS_TIMEOUT_S", "ConfigError", "Settings", "load_settings"]
+
+#: Far above a dedup round trip of 20,000 events (~0.1 s).
+REDIS_TIMEOUT_S = 10.0
+REDIS_CONNECT_TIMEOUT_S = 5.0
 
 
 class ConfigError(ValueError):
@@ -195,6 +199,12 @@ class Settings(BaseSettings):
     def redis_password_value(self) -> str | None:
         """The Redis password for a client, None when unset (kept a SecretStr elsewhere)."""
         return self.redis_password.get_secret_value() if self.redis_password else None
+
+    def redis_client_options(self, timeout_s: float = REDIS_TIMEOUT_S) -> dict[str, Any]:
+        """Keyword arguments for every Redis client of every command: the password, and
+        timeouts that make a hung Redis an error (retried and reported), not a silent stall."""
+        return {"password": self.redis_password_value(), "socket_timeout": timeout_s,
+                "socket_connect_timeout": min(timeout_s, REDIS_CONNECT_TIMEOUT_S)}
 
     @field_validator("window_sizes", mode="before")
     @classmethod

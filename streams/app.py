@@ -10,7 +10,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import faust
 import mode
@@ -130,11 +129,7 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
     metrics = CostMetrics(label_cap=settings.metric_label_cap, allowed=settings.metric_label_allow)
     health = Health(metrics.registry)
     pricing = PricingSource(settings.pricing_file)
-    # Timeouts make a hung Redis an error that is retried and reported, not a silent stall.
-    redis_options: dict[str, Any] = {
-        "password": settings.redis_password_value(), "socket_timeout": _REDIS_TIMEOUT_S,
-        "socket_connect_timeout": _REDIS_CONNECT_TIMEOUT_S,
-    }
+    redis_options = settings.redis_client_options()
     sync_redis = redis.Redis.from_url(_redis_url(settings), **redis_options)
     async_redis = aioredis.Redis.from_url(_redis_url(settings), **redis_options)
     view = ServingView(async_redis, namespace, serving_retention(settings))
@@ -201,6 +196,7 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
             settings.eval_backfill_s * 1000, min(settings.window_sizes)),
         lambda: combiner.global_watermark_ms, view, alerts_view,
         AlertMetrics(metrics.registry, settings.metric_label_cap, settings.metric_label_allow),
+        health,
     )
     app.add_dependency(IngestService([ingest, gpu_ingest]))
 
@@ -238,10 +234,6 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
         other_costs=lambda: pricing.current().other_costs,  # re-read: prices reload live
     )
     return Worker(app, ingest, gpu_ingest, combiner, detector, metrics, pricing)
-
-
-_REDIS_TIMEOUT_S = 10.0  # far above a dedup round trip of 20,000 events (~0.1 s)
-_REDIS_CONNECT_TIMEOUT_S = 5.0
 
 
 def serving_retention(settings: Settings) -> Callable[[int], int]:

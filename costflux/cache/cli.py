@@ -96,7 +96,10 @@ def _run_cache(args: argparse.Namespace, settings: Settings) -> int:
     except (KafkaSetupError, EmbedderError) as exc:
         print(f"costflux cache: {exc}", file=sys.stderr)
         return 1
-    client = aioredis.Redis.from_url(settings.redis_url, password=settings.redis_password_value())
+    # A short timeout: a Redis that hangs costs each request this long, then the request
+    # goes upstream without the cache (proxy.py).
+    client = aioredis.Redis.from_url(
+        settings.redis_url, **settings.redis_client_options(cache.redis_timeout_s))
     store = EntryStore(client, cache.namespace, max_entries=cache.max_entries,
                        ttl_s=cache.ttl_s)
     config = ProxyConfig(cache.upstream, policy, labels, cache.upstream_timeout_s,

@@ -24,6 +24,7 @@ import aiohttp
 import numpy as np
 import orjson
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from costflux.cache.embedder import Embedder
 from costflux.cache.index import VectorIndex
@@ -110,7 +111,8 @@ class SemanticCacheProxy:
         self._sync_task: asyncio.Task[None] | None = None
         # One embedding at a time: numpy already uses the cores, and a queue beats thrashing.
         self._embed_lock = asyncio.Lock()
-        self.stats = {"hits": 0, "misses": 0, "bypassed": 0, "stored": 0, "evicted": 0}
+        self.stats = {"hits": 0, "misses": 0, "bypassed": 0, "stored": 0, "evicted": 0,
+                      "redis_errors": 0}
 
     def app(self) -> web.Application:
         """The aiohttp application (index rebuilt from Redis on start-up)."""
@@ -201,6 +203,22 @@ class SemanticCacheProxy:
                 return await self._stream(request, raw, outcome, started, labels)
             return await self._forward(request, raw, outcome, started, labels, lookup=None,
                                        decision=f"bypass:{decision.reason}")
+        try:
+            looked_up = await self._look_up(decision, started, labels)
+        except RedisError as exc:
+            # The cache is an optimisation: without its Redis, requests still get answers.
+            self._redis_failed("look-up", exc)
+            return await self._forward(request, raw, outcome, started, labels, lookup=None,
+                                       decision="bypass:cache_unavailable")
+        if isinstance(looked_up, web.Response):
+            return looked_up
+        self.stats["misses"] += 1
+        return await self._forward(request, raw, outcome, started, labels, lookup=looked_up,
+                                   decision="miss")
+
+    async def _look_up(self, decision: Lookup, started: float,
+                       labels: dict[str, str]) -> web.Response | _Remember:
+        """A hit's answer, or what storing the upstream's answer to a miss needs."""
         text_sha = text_digest(decision.text)
         # The same text needs no embedding and cannot be missed by the approximate index.
         exact = await self._store.exact(decision.partition, text_sha)
@@ -216,10 +234,13 @@ class SemanticCacheProxy:
             if hit is not None:
                 return hit
             self._index.remove(found.entry_id)
-        self.stats["misses"] += 1
-        return await self._forward(request, raw, outcome, started, labels,
-                                   lookup=(decision, vector, digest, text_sha),
-                                   decision="miss")
+        return decision, vector, digest, text_sha
+
+    def _redis_failed(self, step: str, exc: RedisError) -> None:
+        self.stats["redis_errors"] += 1
+        # The type only: a connection error's text may name the server.
+        log.warning("semantic cache: Redis failed in %s (%s); answered without the cache",
+                    step, type(exc).__name__)
 
     async def _answer(self, entry_id: int, similarity: float, started: float,
                       labels: dict[str, str]) -> web.Response | None:
@@ -263,7 +284,10 @@ class SemanticCacheProxy:
         outcome.ok = 200 <= status < 300
         outcome.usage = token_usage(answer) if answer is not None else None
         if lookup is not None and status == 200 and outcome.usage is not None:
-            await self._remember(lookup, body, outcome)
+            try:
+                await self._remember(lookup, body, outcome)
+            except RedisError as exc:
+                self._redis_failed("store", exc)
         self._emit(outcome, started, labels)
         headers[CACHE_HEADER] = decision
         return web.Response(status=status, body=body, headers=headers)

@@ -30,5 +30,7 @@ class CacheSettings(BaseSettings):
     labels: str = Field("", description="default event labels, k=v,k=v (headers "
                         "X-Costflux-<Label> override them)")
     upstream_timeout_s: float = Field(600.0, gt=0, description="seconds to wait for upstream")
+    redis_timeout_s: float = Field(1.0, gt=0, description="seconds to wait for Redis before a "
+                                   "request goes upstream without the cache")
     namespace: str = Field("costflux:cache", min_length=1, description="Redis key prefix")
     candidates: int = Field(8, ge=1, le=256, description="index neighbours checked per lookup")

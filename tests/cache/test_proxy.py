@@ -19,10 +19,11 @@ import requests
 
 from costflux.cache.embedder import Embedder
 from costflux.core.events import Rejected, decode_usage_message
-from costflux.embedded import free_port
+from costflux.embedded import EmbeddedRedis, free_port
 from costflux.settings import Settings
 from tests.cache.upstream import FAIL_MARKER, REDIRECT_MARKER, Upstream, usage_for
 from tests.integration.test_producer import read_all
+from tests.integration.test_resilience import in_background
 from tests.paths import REPO
 
 pytestmark = pytest.mark.integration
@@ -307,3 +308,40 @@ def test_replicas_share_entries_through_redis(
             time.sleep(0.2)
         assert second.chat(PARAPHRASE, temperature=0).headers["X-Costflux-Cache"] == "hit"
         assert upstream.calls == 1
+
+
+def test_without_its_redis_requests_are_answered_upstream_and_caching_resumes_after(
+    settings_for: Callable[..., Settings], start_proxy: Callable[..., Proxy],
+) -> None:
+    """The cache is an optimisation: Redis refusing or hanging must not fail a request."""
+    with EmbeddedRedis(durable=True) as own_redis, Upstream() as upstream:
+        settings = settings_for(redis_url=own_redis.url)
+        proxy = start_proxy(settings, upstream.url)
+
+        def decisions(*prompts: str) -> list[str]:
+            answers = [proxy.chat(prompt, temperature=0) for prompt in prompts]
+            assert [a.status_code for a in answers] == [200] * len(prompts)
+            return [a.headers["X-Costflux-Cache"] for a in answers]
+
+        assert decisions(QUESTION, QUESTION) == ["miss", "hit"]
+        client = redis.Redis.from_url(own_redis.url)
+        try:  # hung: every command waits longer than the proxy's 1 s Redis timeout
+            client.execute_command("CLIENT", "PAUSE", "3000", "ALL")
+            started = time.monotonic()
+            assert decisions(QUESTION) == ["bypass:cache_unavailable"]
+            assert time.monotonic() - started < 2.5
+        finally:
+            client.close()
+        time.sleep(3)
+        down = in_background(lambda: own_redis.restart(down_s=3.0))
+        time.sleep(1)  # refused
+        assert decisions(QUESTION, UNRELATED) == ["bypass:cache_unavailable"] * 2
+        down.join(30)
+        assert decisions(QUESTION, UNRELATED, UNRELATED) == ["hit", "miss", "hit"]
+        assert upstream.calls == 1 + 3 + 1
+        health = requests.get(f"{proxy.url}/healthz", timeout=5).json()
+        assert health["redis_errors"] == 3
+    published = events(settings, 8)
+    assert [e["cache_hit"] for e in published] == [False, True, False, False, False,
+                                                   True, False, True]
+    assert proxy.log.read_text().count("answered without the cache") == 3
