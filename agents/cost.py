@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 HOUR_MS = 3_600_000
 #: Partials applied between two changelog confirmations (one broker round trip each), at
-#: most; a timer confirms what is pending every _CONFIRM_INTERVAL_S.
+#: most; a task confirms what is pending every _CONFIRM_INTERVAL_S.
 _CONFIRM_EVERY = 500
 _CONFIRM_INTERVAL_S = 0.05
 
@@ -109,8 +109,8 @@ class CostCombiner:
         app.agent(self._partials, name="costflux.combine")(self._combine)
         # A timer that raises would stop the whole worker (Faust crashes the app); guarded,
         # it reports through /readyz and the error counter and tries again at its next tick.
+        app.task(self._acknowledge_until_stopped)
         for interval_s, name, step in (
-            (_CONFIRM_INTERVAL_S, "costflux.acknowledge_confirmed", self._acknowledge_confirmed),
             (0.25, "costflux.publish_view", self._publish_view),
             (1.0, "costflux.advance_watermark", self._advance_watermark),
             (10.0, "costflux.resync_view", self._resync_view),
@@ -127,6 +127,16 @@ class CostCombiner:
             self._unacknowledged.append((manual, event))
             if len(self._unacknowledged) >= _CONFIRM_EVERY:
                 await self._acknowledge_confirmed()
+
+    async def _acknowledge_until_stopped(self) -> None:
+        # A task, not an app.timer: timers end as soon as the worker starts stopping, and
+        # Faust's shutdown then waits for every event the agent took to be acknowledged
+        # (Consumer.wait_empty): without this loop it waited forever on a backlog. Tasks
+        # are cancelled only after the consumer has stopped.
+        step = guarded(self._health, "costflux.acknowledge_confirmed", self._acknowledge_confirmed)
+        while True:
+            await asyncio.sleep(_CONFIRM_INTERVAL_S)
+            await step()
 
     async def _acknowledge_confirmed(self) -> None:
         async with self._confirming:  # from the agent and the timer: one at a time
