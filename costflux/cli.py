@@ -167,8 +167,10 @@ def _run_notify(args: argparse.Namespace, settings: Settings) -> int:
     import signal
 
     import redis
+    from prometheus_client import CollectorRegistry, start_http_server
 
     from agents.notify import Notifier, NotifyOptions
+    from agents.notify_metrics import NotifyCollector
     from streams.kafka import KafkaSetupError, consumer_config, ensure_topics, producer_config
 
     url = settings.slack_webhook()  # first: a missing secret is a config error (exit 2)
@@ -197,6 +199,14 @@ def _run_notify(args: argparse.Namespace, settings: Settings) -> int:
         notifier.stop()
 
     log = logging.getLogger("costflux.notify")
+    metrics_server = None
+    if settings.notify_metrics_port is not None:
+        registry = CollectorRegistry()
+        registry.register(NotifyCollector(notifier))
+        metrics_server, _ = start_http_server(settings.notify_metrics_port,
+                                              addr=settings.http_host, registry=registry)
+        log.info("notify metrics on http://%s:%d/metrics", settings.http_host,
+                 settings.notify_metrics_port)
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         notifier.run()
@@ -207,6 +217,9 @@ def _run_notify(args: argparse.Namespace, settings: Settings) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         client.close()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
     stats = notifier.stats
     log.info("notify stopped: %d delivered, %d duplicates skipped, %d dead-lettered",
              stats.delivered, stats.duplicates, stats.deadlettered)

@@ -175,6 +175,10 @@ class Settings(BaseSettings):
         1.0, ge=0, description="least seconds between two posts to one webhook, across all "
         "notifier instances (Slack allows about 1/s)"
     )
+    notify_metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="port of `costflux notify`'s /metrics on "
+        "COSTFLUX_HTTP_HOST; unset = not served"
+    )
 
     # --- HTTP / metrics ---
     http_host: str = "127.0.0.1"

@@ -351,6 +351,20 @@ def test_the_webhook_url_file_is_the_secret_mounted() -> None:
     assert item["path"] == path.name and item["key"] in example["stringData"]
 
 
+def test_the_notifier_serves_metrics_on_the_port_its_podmonitor_scrapes() -> None:
+    notify = k8s_object("Deployment", "costflux-notify")
+    (container,) = notify["spec"]["template"]["spec"]["containers"]
+    env = {var["name"]: var.get("value") for var in container["env"]}
+    (port,) = container["ports"]
+    assert env["COSTFLUX_NOTIFY_METRICS_PORT"] == str(port["containerPort"])
+    assert env["COSTFLUX_HTTP_HOST"] == "0.0.0.0"  # reachable from outside the pod
+    monitor = k8s_object("PodMonitor", "costflux-notify")
+    pod_labels = notify["spec"]["template"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert [(e["port"], e["path"]) for e in monitor["spec"]["podMetricsEndpoints"]] == [
+        (port["name"], "/metrics")]
+
+
 def test_example_secret_holds_only_placeholders() -> None:
     example = k8s_object("Secret")
     values = {**example.get("stringData", {}), **example.get("data", {})}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -14,11 +15,13 @@ from pathlib import Path
 
 import pytest
 import redis
+import requests
 from confluent_kafka import Producer
 
 from agents.notify import Notifier, NotifyOptions
 from agents.notify_redis import SlotLimiter, claim_key, slot_key
 from costflux.cli import main
+from costflux.embedded import free_port
 from costflux.settings import Settings
 from schemas.alert import AlertEvent
 from schemas.deadletter import DeadLetterRecord
@@ -240,15 +243,37 @@ def test_the_cli_reads_the_url_from_a_secret_file_and_stops_on_sigterm(
         monkeypatch.setenv(f"COSTFLUX_{name.upper()}", str(getattr(settings, name)))
     monkeypatch.setenv("COSTFLUX_SLACK_WEBHOOK_URL_FILE", str(secret))
     monkeypatch.setenv("COSTFLUX_TOPIC_PARTITIONS", "1")
-    publish(settings, [as_message(make_alert())])
+    metrics_port = free_port()
+    monkeypatch.setenv("COSTFLUX_NOTIFY_METRICS_PORT", str(metrics_port))
+    # One alert, and one message that is not an alert (dead-lettered).
+    publish(settings, [as_message(make_alert()), (None, b"not json")])
+    scraped: list[str] = []
 
-    def stop_when_posted() -> None:
-        deadline = time.monotonic() + 20
-        while not receiver.received and time.monotonic() < deadline:
-            time.sleep(0.05)
+    def notify_metrics(text: str) -> dict[str, float]:
+        return {name: float(value) for name, _, value in
+                (line.partition(" ") for line in text.splitlines())
+                if name.startswith("costflux_notify_")}
+
+    def stop_when_counted() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(requests.ConnectionError):
+                scraped.append(requests.get(f"http://127.0.0.1:{metrics_port}/metrics",
+                                            timeout=2).text)
+                if notify_metrics(scraped[-1]).get("costflux_notify_deadlettered_total"):
+                    break
+            time.sleep(0.1)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    threading.Thread(target=stop_when_posted, daemon=True).start()
+    threading.Thread(target=stop_when_counted, daemon=True).start()
     assert main(["notify"]) == 0
     assert len(receiver.received) == 1
     assert "1 delivered" in caplog.text and SECRET not in caplog.text
+    # Alerts are handled in order: the dead letter counted means the post was too.
+    assert notify_metrics(scraped[-1]) == {
+        "costflux_notify_delivered_total": 1.0, "costflux_notify_duplicates_total": 0.0,
+        "costflux_notify_deadlettered_total": 1.0, "costflux_notify_redis_retries_total": 0.0,
+        "costflux_notify_assigned_partitions": 1.0}
+    assert not any(SECRET in text or "/services/" in text for text in scraped)
+    with pytest.raises(requests.ConnectionError):  # the server went with the command
+        requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2)
