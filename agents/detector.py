@@ -57,7 +57,7 @@ class Detector:
     def __init__(
         self,
         app: faust.App,
-        detection: Detection,
+        detection: Callable[[], Detection],  # the current rules and budgets (reloaded)
         options: DetectorOptions,
         watermark: Callable[[], int | None],
         windows: ServingView,
@@ -67,7 +67,7 @@ class Detector:
     ) -> None:
         self._detection = detection
         self._options = options
-        self._step_ms = detection.options.step_ms
+        self._step_ms = detection().options.step_ms  # from the settings: never reloaded
         self._settle_s = options.settle_s
         self._watermark = watermark
         self._windows = windows
@@ -121,12 +121,13 @@ class Detector:
         else:
             first = evaluated["t"] + self._step_ms
         last: StepResult | None = None
+        detection = self._detection()  # one set of rules for the whole tick
         for number, t_ms in enumerate(range(first, tick_ms + 1, self._step_ms)):
-            last = await self._step(t_ms)
+            last = await self._step(detection, t_ms)
             if number % 50 == 49:
                 await asyncio.sleep(0)  # a long catch-up must not starve the other agents
         if last is not None:
-            await self._view.write(last.budgets, self._detection.active(self._states()),
+            await self._view.write(last.budgets, detection.active(self._states()),
                                    tick_ms)
             self._metrics.set_budgets(last.budgets)
 
@@ -142,14 +143,14 @@ class Detector:
         start = max(oldest or tick_ms, tick_ms - self._options.backfill_ms)
         return min(tick_ms, -(-start // self._step_ms) * self._step_ms + self._step_ms)
 
-    async def _step(self, t_ms: int) -> StepResult:
-        needed = self._detection.tiles_for(t_ms)
+    async def _step(self, detection: Detection, t_ms: int) -> StepResult:
+        needed = detection.tiles_for(t_ms)
         missing = [tile for tile in needed if tile not in self._tiles]
         if missing:
             # Windows before the watermark are final: read each once, keep it while needed.
             self._tiles.update(zip(missing, await self._windows.read_windows(missing),
                                    strict=True))
-        result = self._detection.step(t_ms, self._tiles, self._states())
+        result = detection.step(t_ms, self._tiles, self._states())
         for event in result.events:
             delivery = await self._alerts.send(key=event.alert_id.encode(),
                                                value=event.model_dump_json().encode())

@@ -11,9 +11,10 @@ from costflux.core.alerts import Rule
 from costflux.core.allocation import AllocationOptions
 from costflux.core.budgets import Budget, BudgetError, parse_budgets_text
 from costflux.core.detect import Detection, DetectOptions
+from costflux.file_watch import ReloadedFiles
 from costflux.settings import ConfigError, Settings
 
-__all__ = ["advice_assumptions_from", "detection_from"]
+__all__ = ["DetectionSource", "advice_assumptions_from", "detection_from"]
 
 
 def detection_from(settings: Settings) -> Detection:
@@ -41,6 +42,15 @@ def detection_from(settings: Settings) -> Detection:
         allocation=AllocationOptions(settings.gpu_share_idle, settings.gpu_allocation_weight),
     )
     return Detection(rules, budgets, options)
+
+
+class DetectionSource(ReloadedFiles[Detection]):
+    """The current rules and budgets, re-read when their files change; an invalid change
+    keeps the last good ones together (logged with the file and the field), like prices."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__("rules and budgets", (settings.rules_file, settings.budgets_file),
+                         lambda: detection_from(settings), (ConfigError,))
 
 
 def advice_assumptions_from(settings: Settings) -> Assumptions:

@@ -20,11 +20,11 @@ from agents.alert_metrics import AlertMetrics
 from agents.alerts_view import AlertsView
 from agents.cost import CostAgentOptions, CostCombiner
 from agents.detector import Detector, DetectorOptions
-from agents.health import Health
+from agents.health import Health, guarded
 from agents.http import AdviceInputs, register_http
 from agents.metrics import CostMetrics
 from agents.serving import ServingView
-from costflux.alerting_source import advice_assumptions_from, detection_from
+from costflux.alerting_source import DetectionSource, advice_assumptions_from
 from costflux.core.allocation import AllocationOptions
 from costflux.core.ingest import IngestRules
 from costflux.pricing_source import PricingSource
@@ -96,7 +96,7 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
     """Wire a worker from settings: topics, clients, the ingest loop, agents and HTTP."""
     namespace = settings.consumer_group
     partitions = settings.topic_partitions
-    detection = detection_from(settings)  # first: a bad rules or budgets file stops here
+    detection = DetectionSource(settings)  # first: a bad rules or budgets file stops here
     assumptions = advice_assumptions_from(settings)
     ensure_topics(
         settings,
@@ -191,7 +191,7 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
     )
     alerts_view = AlertsView(async_redis, namespace)
     detector = Detector(
-        app, detection, DetectorOptions(
+        app, detection.current, DetectorOptions(
             ticks_topic(settings), settings.topic_alerts, settings.eval_settle_s,
             settings.eval_backfill_s * 1000, min(settings.window_sizes)),
         lambda: combiner.global_watermark_ms, view, alerts_view,
@@ -200,10 +200,12 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
     )
     app.add_dependency(IngestService([ingest, gpu_ingest]))
 
-    async def reload_pricing() -> None:
+    async def reload_files() -> None:
         pricing.reload_if_changed()
+        detection.reload_if_changed()
 
-    app.timer(5.0, name="costflux.reload_pricing")(reload_pricing)
+    app.timer(5.0, name="costflux.reload_files")(
+        guarded(health, "costflux.reload_files", reload_files))
 
     def liveness() -> tuple[bool, str]:
         # A dead ingest thread never comes back by itself: fail liveness so the worker is

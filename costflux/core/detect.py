@@ -120,6 +120,10 @@ class Detection:
 
     def step(self, t_ms: int, tiles: Tiles, states: Mapping[str, AlertState]) -> StepResult:
         result = StepResult()
+        names = {rule.name for rule in self.rules}
+        for key in states:  # of a rule since removed from the rules file: nothing evaluates it
+            if instance_of(key)[0] not in names:
+                result.states[key] = None
         statuses = self._budget_statuses(t_ms, tiles)
         result.budgets = list(statuses.values())
         for rule in self.rules:

@@ -192,3 +192,18 @@ rules:
     (status,) = run.detection.step(t, {k: tiles.get(k, {}) for k in
                                        run.detection.tiles_for(t)}, run.states).budgets
     assert status.spend_pico == 1_200 * PICO
+
+
+def test_a_rule_removed_by_a_reload_leaves_no_state_behind_and_the_others_go_on() -> None:
+    start = ms(2026, 11, 1)
+    events = [(start + h * HOUR_MS, "ads", 100 * PICO, 1) for h in range(12)]
+    run = Run(Detection([RULES["HighDailyCost"]], [], DetectOptions(SIZES, MINUTE)), events)
+    run.until(start, start + 11 * HOUR_MS)
+    assert [e.state for _, e in run.sent] == ["firing"]
+    assert run.states  # the firing instance
+    # The rules file changed: HighDailyCost is gone, CostSpike is new.
+    run.detection = Detection([RULES["CostSpike"]], [], DetectOptions(SIZES, MINUTE))
+    run.until(start + 11 * HOUR_MS + MINUTE, start + 11 * HOUR_MS + MINUTE)
+    assert run.states == {}
+    assert [e.state for _, e in run.sent] == ["firing"]  # nothing more: it is not evaluated
+    assert run.detection.active(run.states) == []

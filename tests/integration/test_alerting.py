@@ -271,3 +271,67 @@ def _evaluated_to(worker: WorkerProcess) -> int:
 
 def _ms(iso: str) -> int:
     return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def test_budgets_and_rules_edited_while_the_worker_runs_apply_and_a_broken_edit_is_ignored(
+    settings_for: Callable[..., Settings], start_worker: Callable[[Settings], WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    """Files mounted from a ConfigMap change under a running worker (Kubernetes swaps them)."""
+    budgets, rules = tmp_path / "budgets.yaml", tmp_path / "rules.yaml"
+    budget = ("budgets: [{name: ml-daily, scope: {team: ml}, period: daily, amount: %s, "
+              "thresholds: [50, 80, 100]}]\n")
+    rule = "rules: [{name: %s, signal: budget_spent_pct, op: '>=', threshold: 0}]\n"
+    budgets.write_text(budget % 100)
+    rules.write_text(rule % "BudgetThreshold")
+    (tmp_path / "pricing.yaml").write_text(PRICING)
+    settings = settings_for(**FAST_DETECTION, eval_interval_s=60, budgets_file=budgets,
+                            rules_file=rules, pricing_file=tmp_path / "pricing.yaml")
+    day = (int(time.time() * 1000) // DAY_MS - 3) * DAY_MS  # a whole past day
+    reader = AlertsReader(settings)
+    worker = start_worker(settings)
+
+    def evaluated(at_ms: int) -> dict[str, Any]:
+        """Moves event time past ``at_ms`` ($0 of another team) and returns the budget."""
+        produce(settings, [{**dollars(f"clock-{at_ms}", at_ms + 1, "other", 0),
+                            "input_tokens": 1}])
+        worker.wait_for(lambda: _evaluated_to(worker) >= at_ms, 60, f"evaluating {at_ms}")
+        (status,) = worker.get("/api/budgets")[1]["data"]
+        return {k: status[k] for k in ("limit", "spend", "thresholdsReached")}
+
+    def firing() -> set[tuple[str, str]]:
+        return {(a["rule"], a["labels"]["threshold"])
+                for a in worker.get("/api/alerts")[1]["data"]}
+
+    try:
+        worker.wait_ready()
+        produce(settings, [dollars("spent", day + HOUR_MS, "ml", 60)])
+        assert evaluated(day + 2 * HOUR_MS) == {
+            "limit": "100.000000000000", "spend": "60.000000000000", "thresholdsReached": [50]}
+        # The budget lowered: the same spend now passes 100 % of it.
+        budgets.write_text(budget % 50)
+        time.sleep(6)  # the worker looks at its files every 5 s
+        assert evaluated(day + 3 * HOUR_MS) == {
+            "limit": "50.000000000000", "spend": "60.000000000000",
+            "thresholdsReached": [50, 80, 100]}
+        assert firing() == {("BudgetThreshold", t) for t in ("50", "80", "100")}
+        # A broken edit, with a rule renamed in the same change: logged with the file, and
+        # the last good set kept whole (the renamed rule waits for the mended budgets).
+        budgets.write_text(budget % "'fifty'")
+        rules.write_text(rule % "BudgetReached")
+        worker.wait_for(lambda: "keeping the last good rules and budgets" in
+                        worker.log_path.read_text(errors="replace"), 30, "the broken edit")
+        assert "budgets.yaml" in worker.log_path.read_text(errors="replace")
+        assert evaluated(day + 4 * HOUR_MS)["limit"] == "50.000000000000"
+        assert firing() == {("BudgetThreshold", t) for t in ("50", "80", "100")}
+        # Mended: the renamed rule replaces the old one, whose states are dropped.
+        budgets.write_text(budget % 50)
+        time.sleep(6)
+        evaluated(day + 5 * HOUR_MS)
+        assert firing() == {("BudgetReached", t) for t in ("50", "80", "100")}
+        alerts = reader.read_until(lambda got: len(got) >= 6, 30, worker)
+    finally:
+        reader.close()
+    assert sorted((a["rule"], a["state"], a["labels"]["threshold"]) for a in alerts) == sorted(
+        (name, "firing", t) for name in ("BudgetThreshold", "BudgetReached")
+        for t in ("50", "80", "100"))
