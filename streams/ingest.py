@@ -348,15 +348,16 @@ class IngestLoop:
         return str(described.topic_id)
 
     def _restore(self, state: dict[str, str]) -> _PartitionBuffer:
-        if not state:
-            return _PartitionBuffer(next_offset=-1, clock=PartitionClock())
-        next_offset = int(state["next"])
+        # No "next" but an intent: a crash during the partition's first flush. That flush
+        # began where Kafka starts a group without a committed offset (-1 below), and its
+        # partials may be published: it is re-cut at the intent like any other.
+        next_offset = int(state.get("next", "-1"))
         pending = int(state.get("pending_last", "-1"))
         max_ts = state.get("max_ts", "")
         buffer = _PartitionBuffer(
             next_offset=next_offset, clock=PartitionClock(int(max_ts) if max_ts else None)
         )
-        if pending >= next_offset:
+        if pending >= 0 and pending >= next_offset:
             buffer.cut = pending
         return buffer
 

@@ -251,6 +251,28 @@ def test_sigterm_mid_stream_flushes_commits_and_exits_within_the_deadline(
     assert_exact(restarted.allocation(window_of([]), "model"), expected)
 
 
+def test_a_crash_in_a_partitions_first_flush_resumes_at_its_intent(
+    settings_for: Callable[..., Settings], start_worker: Callable[[Settings], WorkerProcess],
+    redis_client: redis.Redis,
+) -> None:
+    """A partition's first flush records its intent before any checkpoint exists, so a crash
+    there leaves an intent and no "next" (written here as the crash leaves it; the worker
+    used to fail on it at start-up, for good). The restart re-cuts at the intent, counts every
+    event once and checkpoints past them."""
+    settings = settings_for(topic_partitions=1, ingest_flush_s=0.05)
+    ensure_topics(settings, {settings.topic_usage: 1})
+    events = [usage(i) for i in range(300)]
+    produce(settings, events, per_message=1)
+    key = checkpoint_key(settings.consumer_group, settings.topic_usage, 0)
+    redis_client.hset(key, mapping={"pending_last": 149})
+    worker = start_worker(settings)
+    worker.wait_ready()
+    expected = [iso(e) for e in events]
+    assert_exact(served_totals(worker, len(expected)), expected)
+    worker.wait_for(lambda: redis_client.hget(key, "next") == b"300", 30, "checkpointing")
+    assert redis_client.hget(key, "pending_last") == b"-1"
+
+
 def test_a_flush_held_up_by_redis_then_sigkill_leaves_no_offset_gap(
     settings_for: Callable[..., Settings], start_worker: Callable[[Settings], WorkerProcess],
     own_redis: EmbeddedRedis,
