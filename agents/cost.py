@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 
 from agents.confirmed_table import confirmed_table
 from agents.health import Health, guarded
+from agents.holes import HoleFiller, PartialRecord, ReadOffsets
 from agents.metrics import CostMetrics
 from agents.serving import ServingView
 from costflux.core.aggregate import PartialKey, apply_partial, decode_dimensions
@@ -68,8 +69,10 @@ class CostCombiner:
         view: ServingView,
         metrics: CostMetrics,
         health: Health,
+        read_offsets: ReadOffsets,
     ) -> None:
         self._options = options
+        self._holes = HoleFiller(read_offsets, health, metrics.reread_partials)
         self._redis = redis_client
         self._view = view
         self._metrics = metrics
@@ -123,6 +126,10 @@ class CostCombiner:
         # acknowledged event's offset may be committed at any time (see agents.confirmed_table).
         manual: faust.StreamT[bytes] = stream.noack()  # type: ignore[attr-defined]
         async for event in manual.events():
+            message = event.message
+            await self._holes.before(message.topic, message.partition,
+                                     message.generation_id or 0, message.offset,
+                                     self._combine_partial)
             await self._combine_one(event)
             self._unacknowledged.append((manual, event))
             if len(self._unacknowledged) >= _CONFIRM_EVERY:
@@ -150,14 +157,17 @@ class CostCombiner:
                 await stream.ack(event)
 
     async def _combine_one(self, event: faust.EventT[bytes]) -> None:
-        key_bytes = event.key
-        if not isinstance(key_bytes, bytes) or not isinstance(event.value, bytes):
-            return
+        message = event.message
+        if isinstance(event.key, bytes) and isinstance(event.value, bytes):
+            await self._combine_partial(PartialRecord(
+                message.topic, message.partition, message.offset, event.key, event.value))
+
+    async def _combine_partial(self, partial: PartialRecord) -> None:
         try:
-            if key_bytes == SOURCE_MARKS_KEY:
-                self._applied.observe(event.message.partition, orjson.loads(event.value)["marks"])
+            if partial.key == SOURCE_MARKS_KEY:
+                self._applied.observe(partial.partition, orjson.loads(partial.value)["marks"])
                 return
-            await self._apply(event, key_bytes, event.value)
+            await self._apply(partial)
         except Exception as exc:  # noqa: BLE001 - dead-lettered, counted, reported
             # Raising here would restart the agent on the same partial forever (a stall);
             # skipping it silently would lose it. It goes to the dead-letter topic, byte
@@ -165,13 +175,14 @@ class CostCombiner:
             # rises and /readyz fails for a while.
             log.exception("combine could not apply a partial; dead-lettered")
             self._health.error("costflux.combine", exc)
-            await self._send_unapplied(event, exc)
+            await self._send_unapplied(partial, exc)
 
-    async def _apply(self, event: faust.EventT[bytes], key_bytes: bytes, value: bytes) -> None:
-        partial = orjson.loads(value)
+    async def _apply(self, record: PartialRecord) -> None:
+        key_bytes = record.key
+        partial = orjson.loads(record.value)
         shard = PartialKey.decode(key_bytes)
         if self._closed_for_good(shard):
-            await self._send_late(event, shard)
+            await self._send_late(record, shard)
             return
         state = self.table.get(key_bytes)
         overflowed = state.get("overflowed", 0) if state else 0
@@ -206,31 +217,29 @@ class CostCombiner:
         watermark = self._closing_watermark_ms
         return watermark is not None and shard.end_ms + self._options.retention_ms <= watermark
 
-    async def _send_late(self, event: faust.EventT[bytes], shard: PartialKey) -> None:
-        await self._send_deadletter(event, DeadLetterReason.LATE, (
+    async def _send_late(self, record: PartialRecord, shard: PartialKey) -> None:
+        await self._send_deadletter(record, DeadLetterReason.LATE, (
             f"partial for window {shard.size_s}s@{shard.start_ms} arrived after the window "
             "closed and its retention passed; raise COSTFLUX_STATE_RETENTION_S"
         ))
 
-    async def _send_unapplied(self, event: faust.EventT[bytes], exc: Exception) -> None:
+    async def _send_unapplied(self, record: PartialRecord, exc: Exception) -> None:
         reason = (DeadLetterReason.BAD_JSON if isinstance(exc, orjson.JSONDecodeError)
                   else DeadLetterReason.INVALID_VALUE)
-        await self._send_deadletter(event, reason, (
+        await self._send_deadletter(record, reason, (
             f"partial could not be applied ({type(exc).__name__}); only costflux ingest "
             "should write to the partials topic"
         ))
 
-    async def _send_deadletter(self, event: faust.EventT[bytes], reason: DeadLetterReason,
+    async def _send_deadletter(self, partial: PartialRecord, reason: DeadLetterReason,
                                detail: str) -> None:
-        message = event.message
-        value = event.value if isinstance(event.value, bytes) else b""
         record = DeadLetterRecord(
             reason=reason,
             detail=detail,
-            source_topic=message.topic,
-            source_partition=message.partition,
-            source_offset=message.offset,
-            original_b64=base64.b64encode(value).decode(),
+            source_topic=partial.topic,
+            source_partition=partial.partition,
+            source_offset=partial.offset,
+            original_b64=base64.b64encode(partial.value).decode(),
         )
         self._metrics.deadletters.labels(reason.value).inc()
         await self._deadletters.send(value=record.model_dump_json().encode())

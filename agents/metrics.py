@@ -103,6 +103,11 @@ class CostMetrics:
             "costflux_partials_replayed", "Partials skipped because their offsets were applied",
             registry=self.registry,
         )
+        self.reread_partials = Counter(
+            "costflux_partials_reread", "Partials the consumer fetched but never delivered, "
+            "read back from the topic and applied in order",
+            registry=self.registry,
+        )
         self.overflowed_rows = Counter(
             "costflux_overflowed_rows", "New label combinations a full window shard folded "
             "into its __overflow__ row (money exact, label detail lost)",

@@ -9,6 +9,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import faust
@@ -36,6 +37,7 @@ from streams.kafka import (
     ensure_topics,
     faust_broker_options,
     producer_config,
+    read_offsets,
 )
 
 __all__ = ["Worker", "build_worker"]
@@ -188,6 +190,7 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
         view,
         metrics,
         health,
+        partial(read_offsets, consumer_config(settings, f"{settings.consumer_group}-reread")),
     )
     alerts_view = AlertsView(async_redis, namespace)
     detector = Detector(

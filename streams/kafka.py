@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import re
 import ssl
+import time
 from collections.abc import Mapping
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import Any
 
 import faust
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 # confluent_kafka.admin re-exports NewTopic but its stubs declare it only here.
@@ -32,6 +33,7 @@ __all__ = [
     "ensure_topics",
     "faust_broker_options",
     "producer_config",
+    "read_offsets",
     "redact",
 ]
 
@@ -173,6 +175,35 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "partitioner": "murmur2_random",
         **overrides,
     }
+
+
+def read_offsets(config: Mapping[str, Any], topic: str, partition: int, offsets: range,
+                 timeout_s: float = 30.0) -> list[tuple[int, bytes | None, bytes | None]]:
+    """The (offset, key, value) of each of ``offsets`` in one partition, read directly.
+
+    Assigned, not subscribed: no group join, nothing committed. Blocking; raises
+    TimeoutError if the broker has not returned them all in time.
+    """
+    if not offsets:
+        return []
+    consumer = Consumer({**config, "enable.auto.commit": False})
+    try:
+        consumer.assign([TopicPartition(topic, partition, offsets.start)])
+        found: list[tuple[int, bytes | None, bytes | None]] = []
+        deadline = time.monotonic() + timeout_s
+        while len(found) < len(offsets):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}:{partition}: read {len(found)} of offsets "
+                                   f"{offsets.start}..{offsets.stop - 1} in {timeout_s} s")
+            message = consumer.poll(0.1)
+            if message is None or message.error() is not None:
+                continue
+            offset = message.offset()
+            if offset is not None and offset in offsets:
+                found.append((offset, message.key(), message.value()))
+        return found
+    finally:
+        consumer.close()
 
 
 def redact(config: Mapping[str, object]) -> dict[str, object]:

@@ -1,0 +1,36 @@
+"""Which offsets of a partition a consumer never saw: the holes between those it did.
+
+Every topic costflux consumes through Faust has contiguous offsets (no compaction, no
+transactions), so a jump forward between two messages of one consumer generation means
+messages were fetched and lost before the agent got them. Faust then counts the hole as
+acknowledged (most likely its fetch loop, which takes a jump for a compaction gap), so its
+committed offset passes messages nobody applied: one partial short for good, seen after a
+restart in tests/integration/test_scale_out.py. The agent reads a hole back and applies it
+first (agents.holes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["OffsetHoles"]
+
+
+@dataclass(slots=True)
+class OffsetHoles:
+    """The next offset expected per partition, within one consumer generation."""
+
+    _expected: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    def observe(self, partition: int, generation: int, offset: int) -> range:
+        """Record that ``offset`` arrived; return the offsets skipped just before it.
+
+        Empty for the first message of a partition in a generation (it starts wherever
+        the group's committed offset says) and for one at or behind the expected offset
+        (a re-delivery after a seek: applying it again is harmless).
+        """
+        seen = self._expected.get(partition)
+        self._expected[partition] = (generation, offset + 1)
+        if seen is None or seen[0] != generation or offset <= seen[1]:
+            return range(0)
+        return range(seen[1], offset)
