@@ -130,7 +130,9 @@ class CostCombiner:
             await self._holes.before(message.topic, message.partition,
                                      message.generation_id or 0, message.offset,
                                      self._combine_partial)
-            await self._combine_one(event)
+            if isinstance(event.key, bytes) and isinstance(event.value, bytes):
+                await self._combine_partial(PartialRecord(
+                    message.topic, message.partition, message.offset, event.key, event.value))
             self._unacknowledged.append((manual, event))
             if len(self._unacknowledged) >= _CONFIRM_EVERY:
                 await self._acknowledge_confirmed()
@@ -155,12 +157,6 @@ class CostCombiner:
             await self.table.changelog_confirmed()
             for stream, event in events:
                 await stream.ack(event)
-
-    async def _combine_one(self, event: faust.EventT[bytes]) -> None:
-        message = event.message
-        if isinstance(event.key, bytes) and isinstance(event.value, bytes):
-            await self._combine_partial(PartialRecord(
-                message.topic, message.partition, message.offset, event.key, event.value))
 
     async def _combine_partial(self, partial: PartialRecord) -> None:
         try:

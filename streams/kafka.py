@@ -181,12 +181,13 @@ def read_offsets(config: Mapping[str, Any], topic: str, partition: int, offsets:
                  timeout_s: float = 30.0) -> list[tuple[int, bytes | None, bytes | None]]:
     """The (offset, key, value) of each of ``offsets`` in one partition, read directly.
 
-    Assigned, not subscribed: no group join, nothing committed. Blocking; raises
-    TimeoutError if the broker has not returned them all in time.
+    ``config`` is a ``consumer_config`` (which never commits); assigned, not subscribed, so
+    there is no group join. Blocking; raises TimeoutError if the broker has not returned
+    them all in time.
     """
     if not offsets:
         return []
-    consumer = Consumer({**config, "enable.auto.commit": False})
+    consumer = Consumer(dict(config))
     try:
         consumer.assign([TopicPartition(topic, partition, offsets.start)])
         found: list[tuple[int, bytes | None, bytes | None]] = []
