@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from schemas._types import EventTime, Identifier, Labels, TokenCount, epoch_ms
 
-__all__ = ["UsageEvent"]
+__all__ = ["UsageEvent", "cached_within_input"]
+
+
+def cached_within_input(fields: Mapping[str, Any]) -> bool:
+    """The rule across fields: cached input tokens are part of the input tokens."""
+    return bool(fields.get("cached_input_tokens", 0) <= fields["input_tokens"])
 
 
 class UsageEvent(BaseModel):
@@ -44,7 +50,7 @@ class UsageEvent(BaseModel):
 
     @model_validator(mode="after")
     def _cached_within_input(self) -> UsageEvent:
-        if self.cached_input_tokens > self.input_tokens:
+        if not cached_within_input(self.__dict__):
             raise ValueError(
                 "cached_input_tokens exceeds input_tokens; cached tokens are part of the input"
             )

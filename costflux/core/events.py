@@ -9,20 +9,22 @@ from __future__ import annotations
 import base64
 import json
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, NotRequired, TypeVar
 
 import orjson
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 from schemas._types import MAX_TOKENS_PER_REQUEST
 from schemas.deadletter import DeadLetterReason, DeadLetterRecord
 from schemas.gpu import GpuSample
-from schemas.usage import UsageEvent
+from schemas.usage import UsageEvent, cached_within_input
 
 __all__ = [
     "DEADLETTER_RECORD_MAX_BYTES", "Rejected", "deadletter_record", "decode_gpu_message",
-    "decode_usage_message",
+    "decode_usage_fields", "decode_usage_message",
 ]
 
 Event = TypeVar("Event", bound=BaseModel)
@@ -76,7 +78,7 @@ class _Decoder(Generic[Event]):
     """Decodes messages holding one event of a schema, or a JSON array of them."""
 
     def __init__(self, schema: type[Event]) -> None:
-        self._schema = schema
+        self.schema = schema
         self._batch: TypeAdapter[list[Event]] = TypeAdapter(list[schema])  # type: ignore[valid-type]
 
     def __call__(self, value: bytes | None) -> tuple[list[Event | Rejected], bool]:
@@ -88,7 +90,7 @@ class _Decoder(Generic[Event]):
         first = value[:1]
         if first == b"{":
             try:
-                return [self._schema.model_validate_json(value)], False
+                return [self.schema.model_validate_json(value)], False
             except ValidationError:
                 pass
         elif first == b"[":
@@ -138,15 +140,69 @@ class _Decoder(Generic[Event]):
                 _original(item, index, message),
             )
         try:
-            return self._schema.model_validate(item)
+            return self.schema.model_validate(item)
         except ValidationError as exc:
             reason, detail = classify_validation_error(exc)
             return Rejected(reason, detail, index, _original(item, index, message))
 
 
+class _FieldsDecoder(Generic[Event]):
+    """The hot path's decoder: ``decoder``'s verdicts, each valid event as a dict of its fields.
+
+    pydantic-core validating into a dict costs under half of building a model instance (about
+    3 against 7 µs an event on this machine), and ingest validates every event. The dict's type
+    is derived from the model's fields, so the two cannot drift; an optional field the event
+    leaves out is absent from its dict (read it with ``.get`` and the model's default). A
+    message the fast path refuses, or one whose event breaks a rule across fields (the model's
+    own validator, ``fields_ok``), takes the model's path: the verdicts are the model's.
+    """
+
+    def __init__(
+        self, decoder: _Decoder[Event], fields_ok: Callable[[Mapping[str, Any]], bool]
+    ) -> None:
+        fields = _fields_of(decoder.schema)
+        self._one: TypeAdapter[dict[str, Any]] = TypeAdapter(fields)
+        self._batch: TypeAdapter[list[dict[str, Any]]] = TypeAdapter(list[fields])  # type: ignore[valid-type]
+        self._decoder = decoder
+        self._fields_ok = fields_ok
+
+    def __call__(self, value: bytes | None) -> tuple[list[dict[str, Any] | Rejected], bool]:
+        """Return one entry per event in the message, in order, and whether it was a batch."""
+        entries: list[dict[str, Any]] = []
+        batched = False
+        try:
+            if value and value[:1] == b"{":
+                entries = [self._one.validate_json(value)]
+            elif value and value[:1] == b"[":
+                entries, batched = self._batch.validate_json(value), True
+        except ValidationError:
+            entries = []
+        if entries and all(map(self._fields_ok, entries)):
+            return list(entries), batched
+        events, batched = self._decoder(value)
+        return [e if isinstance(e, Rejected) else dict(e) for e in events], batched
+
+
+def _fields_of(model: type[BaseModel]) -> Any:
+    """A TypedDict of the model's fields, with their types, constraints and the model's config
+    (unknown fields, NaN); fields with a default are not required."""
+    annotations: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        annotation: Any = info.annotation
+        if info.metadata:
+            annotation = Annotated[(annotation, *info.metadata)]
+        annotations[name] = annotation if info.is_required() else NotRequired[annotation]
+    config = model.model_config
+    return with_config(ConfigDict(
+        extra=config.get("extra"), allow_inf_nan=config.get("allow_inf_nan", True)
+    ))(TypedDict(f"{model.__name__}Fields", annotations))  # type: ignore[operator]
+
+
 #: Usage messages (``llm.usage.v1``) and GPU sample messages (``gpu.samples.v1``).
 decode_usage_message = _Decoder(UsageEvent)
 decode_gpu_message = _Decoder(GpuSample)
+#: Usage messages as dicts of fields, for the hot path (``costflux.core.ingest.judge``).
+decode_usage_fields = _FieldsDecoder(decode_usage_message, cached_within_input)
 
 
 def _parse_with_non_finite(value: bytes) -> Any | None:

@@ -7,12 +7,12 @@ in the adapter between ``judge`` and ``aggregate``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from costflux.core.aggregate import DimKey, PartitionAggregate
-from costflux.core.events import Rejected, decode_usage_message
+from costflux.core.events import Rejected, decode_usage_fields
 from costflux.core.pricing import ModelPrice, PriceBook
 from schemas._types import epoch_ms
 from schemas.deadletter import DeadLetterReason
@@ -77,6 +77,10 @@ class Judged(Generic[CandidateT]):
     rejected: list[tuple[int, Rejected]] = field(default_factory=list)  # (offset, verdict)
 
 
+#: A valid usage event's fields, as costflux.core.events.decode_usage_fields gives them.
+EventFields = Mapping[str, Any]
+_NO_LABELS: Mapping[str, str] = {}
+
 # Building a NamedTuple through its generated __new__ costs a Python call per event;
 # tuple.__new__ builds the same object in C (the hot loop makes one per event).
 _new_candidate = tuple.__new__
@@ -106,7 +110,7 @@ def judge(
     watermark = clock.watermark_ms(lateness_ms)
     for offset, value in messages:
         try:
-            entries, batched = decode_usage_message(value)
+            entries, batched = decode_usage_fields(value)
         except Exception as exc:  # noqa: BLE001 - a poison message must not stop the partition
             detail = f"could not be decoded ({type(exc).__name__}); please report this input"
             rejected.append(
@@ -117,10 +121,11 @@ def judge(
             if isinstance(entry, Rejected):
                 rejected.append((offset, entry))
                 continue
-            ts_ms = epoch_ms(entry.ts)
-            span = spans.get(entry.model)
+            ts_ms = epoch_ms(entry["ts"])
+            model = entry["model"]
+            span = spans.get(model)
             if span is None or not span[1] <= ts_ms < span[2]:
-                span = spans[entry.model] = prices.model_price_span(entry.model, ts_ms)
+                span = spans[model] = prices.model_price_span(model, ts_ms)
             if ts_ms > future_limit:
                 verdict = _future(rules)
             elif span is None:
@@ -132,27 +137,31 @@ def judge(
                     max_ts = clock.max_ts_ms = ts_ms
                     watermark = clock.watermark_ms(lateness_ms)
                 price = span[0]
-                cached = entry.cached_input_tokens
-                labels = entry.labels
+                # Optional fields are absent from the dict when the event leaves them out:
+                # read with the model's defaults (schemas.usage.UsageEvent).
+                cached = entry.get("cached_input_tokens", 0)
+                labels = entry.get("labels", _NO_LABELS)
                 position = f"{offset}:{index}" if batched else str(offset)
-                dims = (entry.model, labels.get("team", ""), labels.get("project", ""),
+                dims = (model, labels.get("team", ""), labels.get("project", ""),
                         labels.get("app", ""), labels.get("namespace", ""),
-                        entry.deployment or labels.get("deployment", ""),
+                        entry.get("deployment") or labels.get("deployment", ""),
                         labels.get("cluster", ""))
-                if entry.cache_hit:
+                if entry.get("cache_hit"):
                     candidates.append(_semantic_cache_hit(entry, position, ts_ms, dims, price))
                     continue
+                input_tokens, output_tokens = entry["input_tokens"], entry["output_tokens"]
+                gpu_seconds = entry.get("gpu_seconds")
                 candidates.append(_new_candidate(Candidate, (
-                    entry.event_id,
+                    entry["event_id"],
                     position,
                     ts_ms,
                     dims,
-                    price.cost(entry.input_tokens, entry.output_tokens, cached),
-                    entry.input_tokens,
-                    entry.output_tokens,
+                    price.cost(input_tokens, output_tokens, cached),
+                    input_tokens,
+                    output_tokens,
                     cached,
-                    round(entry.gpu_seconds * 1000) if entry.gpu_seconds else 0,
-                    price.cache_saving(entry.input_tokens, cached) if cached else 0,
+                    round(gpu_seconds * 1000) if gpu_seconds else 0,
+                    price.cache_saving(input_tokens, cached) if cached else 0,
                     None,
                 )))
                 continue
@@ -163,12 +172,14 @@ def judge(
 
 
 def _semantic_cache_hit(
-    event: UsageEvent, position: str, ts_ms: int, dims: DimKey, price: ModelPrice
+    event: EventFields, position: str, ts_ms: int, dims: DimKey, price: ModelPrice
 ) -> Candidate:
     """A request the semantic cache answered: a request served at no cost and no tokens, and
     the avoided cost, its tokens priced as the model would have billed them at ``ts_ms``."""
-    avoided = price.cost(event.input_tokens, event.output_tokens, event.cached_input_tokens)
-    return Candidate(event.event_id, position, ts_ms, dims, 0, 0, 0, 0, 0, 0, avoided)
+    avoided = price.cost(
+        event["input_tokens"], event["output_tokens"], event.get("cached_input_tokens", 0)
+    )
+    return Candidate(event["event_id"], position, ts_ms, dims, 0, 0, 0, 0, 0, 0, avoided)
 
 
 def _future(rules: IngestRules) -> Rejected:
@@ -179,10 +190,10 @@ def _future(rules: IngestRules) -> Rejected:
     )
 
 
-def _unpriced(event: UsageEvent) -> Rejected:
+def _unpriced(event: EventFields) -> Rejected:
     return _reject(
         DeadLetterReason.UNKNOWN_MODEL,
-        f"model {event.model!r} has no price at {event.ts.isoformat()}; "
+        f"model {event['model']!r} has no price at {event['ts'].isoformat()}; "
         "add it to model_costs in pricing.yaml",
     )
 
@@ -200,9 +211,12 @@ def _reject(reason: DeadLetterReason, detail: str) -> Rejected:
 
 
 def _with_context(
-    verdict: Rejected, event: UsageEvent, index: int | None, value: bytes | None
+    verdict: Rejected, event: EventFields, index: int | None, value: bytes | None
 ) -> Rejected:
-    original = (value or b"") if index is None else event.model_dump_json().encode()
+    # A batch element is kept as the model writes it (defaults filled in), as the decoder's
+    # own dead letters are.
+    original = ((value or b"") if index is None
+                else UsageEvent.model_construct(**event).model_dump_json().encode())
     return Rejected(verdict.reason, verdict.detail, index, original)
 
 

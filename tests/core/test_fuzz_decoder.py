@@ -25,10 +25,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from costflux.core.events import DEADLETTER_RECORD_MAX_BYTES, Rejected, deadletter_record
+from costflux.core.events import (
+    DEADLETTER_RECORD_MAX_BYTES,
+    Rejected,
+    deadletter_record,
+    decode_usage_fields,
+    decode_usage_message,
+)
 from costflux.core.ingest import Candidate, IngestRules, Judged, PartitionClock, judge
 from costflux.core.pricing import parse_pricing_text
 from schemas.deadletter import DeadLetterReason as R
+from schemas.usage import UsageEvent
 
 #: Model m changes price on 2024-01-01; big has a long-context tier; newcomer is priced only
 #: from 2024-06-01 (earlier events of it are unknown_model).
@@ -509,6 +516,38 @@ def test_judge_never_raises_and_accounts_for_every_element(sequence: list[Messag
             assert (got.event_id, got.ts_ms, got.dims) == (valid.event_id, valid.ts_ms, valid.dims)
             assert (got.input_tokens, got.output_tokens, got.cached_input_tokens) == (
                 valid.input_tokens, valid.output_tokens, valid.cached)
+
+
+DEFAULTS = {name: info.get_default(call_default_factory=True)
+            for name, info in UsageEvent.model_fields.items() if not info.is_required()}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(messages())
+def test_the_hot_paths_dict_decoder_gives_the_models_verdicts(message: Message) -> None:
+    """judge reads events as dicts (decode_usage_fields, for speed): every verdict must be the
+    model's (decode_usage_message), and a valid event's dict must hold what the model holds,
+    bar the defaults it leaves out."""
+    fields, fields_batched = decode_usage_fields(message.value)
+    models, models_batched = decode_usage_message(message.value)
+    assert fields_batched == models_batched
+    assert len(fields) == len(models)
+    for got, want in zip(fields, models, strict=True):
+        if isinstance(want, Rejected):
+            assert got == want
+        else:
+            assert isinstance(got, dict), got
+            assert {**DEFAULTS, **got} == dict(want)
+
+
+def test_a_valid_batch_takes_the_fast_path() -> None:
+    """Left-out defaults are absent only on the fast path (the model path fills them in): a
+    valid batch, the common case, must not fall back to building models."""
+    document = {"event_id": "e1", "ts": "2024-06-30T23:59:00Z", "model": "m",
+                "input_tokens": 7, "output_tokens": 3, "cached_input_tokens": 2}
+    entries, batched = decode_usage_fields(dumps([document, {**document, "event_id": "e2"}]))
+    assert batched
+    assert [sorted(e) for e in entries] == [sorted(document)] * 2  # type: ignore[arg-type]
 
 
 def test_counted_candidates_carry_the_event_as_sent() -> None:
