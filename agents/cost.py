@@ -15,10 +15,12 @@ import base64
 import logging
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import faust
 import orjson
 import redis.asyncio as aioredis
+from faust.types import TP
 
 from agents.confirmed_table import confirmed_table
 from agents.health import Health, guarded
@@ -30,6 +32,7 @@ from costflux.core.allocation import AllocationOptions, TimeRange, allocate, cov
 from costflux.core.gpu_samples import decode_gpu_row_key, is_gpu_row
 from costflux.core.windows import SOURCE_MARKS_KEY, AppliedWatermarks, PartitionMark
 from schemas.deadletter import DeadLetterReason, DeadLetterRecord
+from streams.faust_transport import ContiguousOffsetsConsumer
 from streams.ingest import applied_watermarks_key, watermarks_key
 
 __all__ = ["CostAgentOptions", "CostCombiner"]
@@ -79,6 +82,7 @@ class CostCombiner:
         self._health = health
         self._dirty: set[bytes] = set()
         self._unacknowledged: list[tuple[faust.StreamT[bytes], faust.EventT[bytes]]] = []
+        self._filled: list[tuple[TP, range]] = []  # holes read back, not yet acknowledged
         self._confirming = asyncio.Lock()
         self._app = app
         self._applied = AppliedWatermarks()
@@ -127,9 +131,11 @@ class CostCombiner:
         manual: faust.StreamT[bytes] = stream.noack()  # type: ignore[attr-defined]
         async for event in manual.events():
             message = event.message
-            await self._holes.before(message.topic, message.partition,
-                                     message.generation_id or 0, message.offset,
-                                     self._combine_partial)
+            filled = await self._holes.before(message.topic, message.partition,
+                                              message.generation_id or 0, message.offset,
+                                              self._combine_partial)
+            if filled:
+                self._filled.append((message.tp, filled))
             if isinstance(event.key, bytes) and isinstance(event.value, bytes):
                 await self._combine_partial(PartialRecord(
                     message.topic, message.partition, message.offset, event.key, event.value))
@@ -149,12 +155,16 @@ class CostCombiner:
 
     async def _acknowledge_confirmed(self) -> None:
         async with self._confirming:  # from the agent and the timer: one at a time
-            if not self._unacknowledged:
+            if not self._unacknowledged and not self._filled:
                 return
             # Taken together, with no await between: every event taken has its writes in
             # the table's unconfirmed set, which the confirmation below covers.
             events, self._unacknowledged = self._unacknowledged, []
+            filled, self._filled = self._filled, []
             await self.table.changelog_confirmed()
+            consumer = cast(ContiguousOffsetsConsumer, self._app.consumer)
+            for tp, offsets in filled:
+                await consumer.acknowledge_offsets(tp, offsets)
             for stream, event in events:
                 await stream.ack(event)
 

@@ -3,7 +3,8 @@
 See costflux.core.offsets for why a hole means a lost message. Holes are read straight from
 the topic (streams.kafka.read_offsets, in a thread) and handed to the agent's combine step
 before the message that revealed them, so no later partial of a source makes an earlier
-one look like a replay.
+one look like a replay. Faust does not count them as done (streams.faust_transport): the
+agent acknowledges them once what it applied from them is stored.
 """
 
 from __future__ import annotations
@@ -49,11 +50,12 @@ class HoleFiller:
         self._holes = OffsetHoles()
 
     async def before(self, topic: str, partition: int, generation: int, offset: int,
-                     combine: Callable[[PartialRecord], Awaitable[None]]) -> None:
-        """Combine the offsets skipped just before ``offset``, if any, in order."""
+                     combine: Callable[[PartialRecord], Awaitable[None]]) -> range:
+        """Combine the offsets skipped just before ``offset``, if any, in order; return them
+        (to be acknowledged once their changelog writes are stored)."""
         hole = self._holes.observe(partition, generation, offset)
         if not hole:
-            return
+            return hole
         log.warning("partials %s:%d: offsets %d..%d were fetched but never delivered; "
                     "reading them back", topic, partition, hole.start, hole.stop - 1)
         self._reread.inc(len(hole))
@@ -67,3 +69,4 @@ class HoleFiller:
         for read_offset, key, value in records:
             if isinstance(key, bytes) and isinstance(value, bytes):
                 await combine(PartialRecord(topic, partition, read_offset, key, value))
+        return hole

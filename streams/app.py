@@ -30,6 +30,7 @@ from costflux.core.allocation import AllocationOptions
 from costflux.core.ingest import IngestRules
 from costflux.pricing_source import PricingSource
 from costflux.settings import Settings
+from streams.faust_transport import use_costflux_transport
 from streams.ingest import GPU_SAMPLES, USAGE, IngestLoop, IngestOptions, SourceKind
 from streams.kafka import (
     admin_config,
@@ -71,7 +72,7 @@ class IngestService(mode.Service):
 def _tune_garbage_collector() -> None:
     """Make cyclic GC rare: it cost as much as decoding on the hot path.
 
-    Ingest allocates a few containers per event (the validated model, its dict, its labels),
+    Ingest allocates a few containers per event (the validated fields, the labels, a tuple),
     nearly all freed at once by reference counting; with the default threshold (700) the
     collector ran every ~150 events and re-walked the survivors each time. Freezing moves
     what start-up allocated (Faust, aiokafka, pydantic schemas) out of full collections.
@@ -128,6 +129,7 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
         topic_allow_declare=True,
         producer_linger=0.02,
     )
+    use_costflux_transport(app, contiguous_topics=[settings.topic_partials])
     metrics = CostMetrics(label_cap=settings.metric_label_cap, allowed=settings.metric_label_allow)
     health = Health(metrics.registry)
     pricing = PricingSource(settings.pricing_file)

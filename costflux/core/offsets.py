@@ -2,11 +2,12 @@
 
 Every topic costflux consumes through Faust has contiguous offsets (no compaction, no
 transactions), so a jump forward between two messages of one consumer generation means
-messages were fetched and lost before the agent got them. Faust then counts the hole as
-acknowledged (most likely its fetch loop, which takes a jump for a compaction gap), so its
-committed offset passes messages nobody applied: one partial short for good, seen after a
-restart in tests/integration/test_scale_out.py. The agent reads a hole back and applies it
-first (agents.holes).
+messages were fetched and lost before the agent got them. Faust's own consumer counts the
+hole as acknowledged (its fetch loop takes a jump for a compaction gap), so its committed
+offset passed messages nobody applied: one partial short for good, seen after a restart in
+tests/integration/test_scale_out.py. The worker's consumer does not
+(streams.faust_transport); the agent reads a hole back, applies it first and acknowledges
+it (agents.holes).
 """
 
 from __future__ import annotations
