@@ -284,10 +284,13 @@ def run_costflux(bench: Bench, kind: str, attempt: int) -> dict[str, Any]:
             time.sleep(READY_POLL_S)
         ready_at = time.time()
         first_at = ingest_done_at = None
+        progress = []  # (s since ready, events ingest has published, events combined)
         while True:
             _check_alive(child, deadline, f"llm_requests_total == {bench.events}")
             now = time.time()
             sums = scrape(port)
+            progress.append((round(now - ready_at, 2), int(sums["costflux_ingest_events_total"]),
+                             int(sums["llm_requests_total"])))
             if first_at is None and sums["costflux_ingest_events_total"] > 0:
                 first_at = now
             if ingest_done_at is None and sums["costflux_ingest_events_total"] >= bench.events:
@@ -328,6 +331,7 @@ def run_costflux(bench: Bench, kind: str, attempt: int) -> dict[str, Any]:
         "redis_bytes_per_event": round(redis_growth / bench.events, 1),
         "cost_dollars": sums["llm_request_cost_dollars_total"],
         "deadletters": sums["costflux_deadletter_total"],
+        "progress": progress,
         "duplicates": sums["costflux_duplicates_total"],
         **stopped,
     }
