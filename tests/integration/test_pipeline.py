@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 import redis
+from confluent_kafka import Consumer, TopicPartition
 
 from costflux.settings import Settings
-from streams.kafka import ensure_topics, producer_config
+from streams.kafka import consumer_config, ensure_topics, producer_config
 from streams.producer import UsageProducer
 from streams.replay import Assignment, ColumnMapping, iter_usage_events, replay
 from tests.integration.expected import (
@@ -48,6 +49,32 @@ def wait_for_requests(worker: WorkerProcess, expected: int, timeout_s: float = 1
         return sum(int(r["requests"]) for r in rows.values()) == expected
 
     worker.wait_for(served, timeout_s, f"serving {expected} requests")
+
+
+def partials_ends(settings: Settings) -> dict[int, int]:
+    """Per partials partition: 1 + its last record's offset, read from the records themselves
+    (Tansu's ListOffsets answers the base offset of the last batch + 1)."""
+    consumer = Consumer(consumer_config(settings, f"{settings.consumer_group}-test-ends"))
+    ends = dict.fromkeys(range(settings.topic_partitions), 0)
+    try:
+        consumer.assign([TopicPartition(settings.topic_partials, p, 0) for p in ends])
+        while (message := consumer.poll(2.0)) is not None:
+            if message.error() is None:
+                ends[message.partition()] = max(ends[message.partition()], message.offset() + 1)
+    finally:
+        consumer.close()
+    return ends
+
+
+def partials_committed(settings: Settings) -> dict[int, int]:
+    """Per partials partition: the combiner's (the Faust app's group) committed offset."""
+    consumer = Consumer(consumer_config(settings, settings.consumer_group))
+    try:
+        committed = consumer.committed([TopicPartition(settings.topic_partials, p)
+                                        for p in range(settings.topic_partitions)], timeout=10)
+        return {tp.partition: tp.offset for tp in committed}
+    finally:
+        consumer.close()
 
 
 def assert_matches(served: dict[str, dict[str, Any]], expected: dict[str, dict[str, Any]]) -> None:
@@ -89,6 +116,12 @@ def test_azure_trace_totals_equal_independent_recomputation(
     finally:
         client.close()
     assert worker.metric("llm_requests_total") == len(expected_events)
+
+    # The combiner commits what it applied: its committed offsets reach every partial read so
+    # far (a commit rule that waits for an offset nobody acknowledges would stall here).
+    ends = partials_ends(settings)
+    worker.wait_for(lambda: all(partials_committed(settings)[p] >= end for p, end in ends.items()),
+                    60, f"committing the partials up to {ends}")
 
 
 def test_full_speed_and_paced_replays_give_identical_totals(
