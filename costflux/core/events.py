@@ -79,6 +79,7 @@ class _Decoder(Generic[Event]):
 
     def __init__(self, schema: type[Event]) -> None:
         self.schema = schema
+        self._one: TypeAdapter[Event] = TypeAdapter(schema)
         self._batch: TypeAdapter[list[Event]] = TypeAdapter(list[schema])  # type: ignore[valid-type]
 
     def __call__(self, value: bytes | None) -> tuple[list[Event | Rejected], bool]:
@@ -87,20 +88,10 @@ class _Decoder(Generic[Event]):
             return [Rejected(DeadLetterReason.BAD_JSON, "empty message", None, b"")], False
         # The common cases, validated straight from bytes by pydantic-core; anything it
         # refuses goes the slow way below, element by element, which names each reason.
-        first = value[:1]
-        if first == b"{":
-            try:
-                return [self.schema.model_validate_json(value)], False
-            except ValidationError:
-                pass
-        elif first == b"[":
-            try:
-                events = self._batch.validate_json(value)
-            except ValidationError:
-                pass
-            else:
-                if events:
-                    return list(events), True
+        fast = _validate_json(value, self._one, self._batch)
+        if fast is not None:
+            events, batched = fast
+            return list(events), batched
         lenient = False
         try:
             document = orjson.loads(value)
@@ -149,12 +140,13 @@ class _Decoder(Generic[Event]):
 class _FieldsDecoder(Generic[Event]):
     """The hot path's decoder: ``decoder``'s verdicts, each valid event as a dict of its fields.
 
-    pydantic-core validating into a dict costs under half of building a model instance (about
-    3 against 7 µs an event on this machine), and ingest validates every event. The dict's type
-    is derived from the model's fields, so the two cannot drift; an optional field the event
-    leaves out is absent from its dict (read it with ``.get`` and the model's default). A
-    message the fast path refuses, or one whose event breaks a rule across fields (the model's
-    own validator, ``fields_ok``), takes the model's path: the verdicts are the model's.
+    pydantic-core validating into a dict costs less than building a model instance (about 1.8
+    against 2.3 µs an event on this machine), and ingest validates every event. The dict's
+    type is derived from the model's fields, so the two cannot drift; an optional field the
+    event leaves out is absent from its dict (read it with ``.get`` and the model's default).
+    A message the fast path refuses, or one whose event breaks a rule across fields (the
+    model's own validator, ``fields_ok``), takes the model's path: the verdicts are the
+    model's.
     """
 
     def __init__(
@@ -168,19 +160,27 @@ class _FieldsDecoder(Generic[Event]):
 
     def __call__(self, value: bytes | None) -> tuple[list[dict[str, Any] | Rejected], bool]:
         """Return one entry per event in the message, in order, and whether it was a batch."""
-        entries: list[dict[str, Any]] = []
-        batched = False
-        try:
-            if value and value[:1] == b"{":
-                entries = [self._one.validate_json(value)]
-            elif value and value[:1] == b"[":
-                entries, batched = self._batch.validate_json(value), True
-        except ValidationError:
-            entries = []
-        if entries and all(map(self._fields_ok, entries)):
-            return list(entries), batched
+        fast = _validate_json(value, self._one, self._batch) if value else None
+        if fast is not None and all(map(self._fields_ok, fast[0])):
+            return fast
         events, batched = self._decoder(value)
         return [e if isinstance(e, Rejected) else dict(e) for e in events], batched
+
+
+def _validate_json(
+    value: bytes, one: TypeAdapter[Any], batch: TypeAdapter[list[Any]]
+) -> tuple[list[Any], bool] | None:
+    """One event ({...}) or a non-empty batch ([...]) validated straight from the bytes by
+    pydantic-core, and whether it was a batch; None for anything it refuses."""
+    try:
+        if value[:1] == b"{":
+            return [one.validate_json(value)], False
+        if value[:1] == b"[":
+            events = batch.validate_json(value)
+            return (events, True) if events else None
+    except ValidationError:
+        pass
+    return None
 
 
 def _fields_of(model: type[BaseModel]) -> Any:
