@@ -75,7 +75,8 @@ class CostCombiner:
         read_offsets: ReadOffsets,
     ) -> None:
         self._options = options
-        self._holes = HoleFiller(read_offsets, health, metrics.reread_partials)
+        self._holes = HoleFiller(read_offsets, self._resume_offset, health,
+                                 metrics.reread_partials)
         self._redis = redis_client
         self._view = view
         self._metrics = metrics
@@ -166,7 +167,11 @@ class CostCombiner:
             for tp, offsets in filled:
                 await consumer.acknowledge_offsets(tp, offsets)
             for stream, event in events:
-                await stream.ack(event)
+                await consumer.acknowledge_applied(stream, event)
+
+    def _resume_offset(self, topic: str, partition: int) -> int | None:
+        consumer = cast(ContiguousOffsetsConsumer, self._app.consumer)
+        return consumer.resume_offset(TP(topic, partition))
 
     async def _combine_partial(self, partial: PartialRecord) -> None:
         try:

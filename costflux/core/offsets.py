@@ -7,7 +7,8 @@ hole as acknowledged (its fetch loop takes a jump for a compaction gap), so its 
 offset passed messages nobody applied: one partial short for good, seen after a restart in
 tests/integration/test_scale_out.py. The worker's consumer does not
 (streams.faust_transport); the agent reads a hole back, applies it first and acknowledges
-it (agents.holes).
+it (agents.holes). A generation's first messages can be lost the same way: the first one
+delivered is compared with the offset the generation began at.
 """
 
 from __future__ import annotations
@@ -23,15 +24,25 @@ class OffsetHoles:
 
     _expected: dict[int, tuple[int, int]] = field(default_factory=dict)
 
-    def observe(self, partition: int, generation: int, offset: int) -> range:
+    def starts_generation(self, partition: int, generation: int) -> bool:
+        """Whether a message of ``partition`` in ``generation`` would be its first."""
+        seen = self._expected.get(partition)
+        return seen is None or seen[0] != generation
+
+    def observe(self, partition: int, generation: int, offset: int,
+                start: int | None = None) -> range:
         """Record that ``offset`` arrived; return the offsets skipped just before it.
 
-        Empty for the first message of a partition in a generation (it starts wherever
-        the group's committed offset says) and for one at or behind the expected offset
-        (a re-delivery after a seek: applying it again is harmless).
+        The first message of a partition in a generation is compared with ``start``, the
+        offset the generation began at (the group's committed offset): a consumer can lose
+        its first messages too. Unknown (None), it opens no hole. A message at or behind the
+        expected offset (a re-delivery after a seek: applying it again is harmless) opens
+        none either.
         """
         seen = self._expected.get(partition)
+        if seen is None or seen[0] != generation:
+            seen = (generation, offset if start is None else start)
         self._expected[partition] = (generation, offset + 1)
-        if seen is None or seen[0] != generation or offset <= seen[1]:
+        if offset <= seen[1]:
             return range(0)
         return range(seen[1], offset)

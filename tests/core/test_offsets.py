@@ -23,6 +23,17 @@ def test_a_new_generation_or_a_step_back_is_not_a_hole() -> None:
     assert not holes.observe(1, 2, 7)  # partitions are independent
 
 
+def test_a_generations_first_message_is_compared_with_where_it_began() -> None:
+    holes = OffsetHoles()
+    assert holes.starts_generation(0, 1)
+    assert list(holes.observe(0, 1, 12, start=10)) == [10, 11]  # its first two were lost
+    assert not holes.starts_generation(0, 1)
+    assert not holes.observe(0, 1, 13, start=0)  # start only counts for the first
+    assert holes.starts_generation(0, 2)
+    assert not holes.observe(0, 2, 20, start=20)
+    assert not holes.observe(0, 3, 5, start=9)  # behind where it began: a re-delivery
+
+
 @given(st.lists(st.integers(0, 60), min_size=1, max_size=40, unique=True))
 def test_holes_and_seen_offsets_cover_the_range_without_overlap(delivered: list[int]) -> None:
     """Delivered in increasing order within one generation: the holes are the complement."""
