@@ -163,15 +163,18 @@ class CostCombiner:
             events, self._unacknowledged = self._unacknowledged, []
             filled, self._filled = self._filled, []
             await self.table.changelog_confirmed()
-            consumer = cast(ContiguousOffsetsConsumer, self._app.consumer)
+            consumer = self._consumer
             for tp, offsets in filled:
                 await consumer.acknowledge_offsets(tp, offsets)
             for stream, event in events:
                 await consumer.acknowledge_applied(stream, event)
 
+    @property
+    def _consumer(self) -> ContiguousOffsetsConsumer:
+        return cast(ContiguousOffsetsConsumer, self._app.consumer)  # streams.app sets it up
+
     def _resume_offset(self, topic: str, partition: int) -> int | None:
-        consumer = cast(ContiguousOffsetsConsumer, self._app.consumer)
-        return consumer.resume_offset(TP(topic, partition))
+        return self._consumer.resume_offset(TP(topic, partition))
 
     async def _combine_partial(self, partial: PartialRecord) -> None:
         try:

@@ -15,7 +15,6 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from prometheus_client import Counter
 
@@ -25,8 +24,6 @@ from costflux.core.offsets import OffsetHoles
 __all__ = ["HoleFiller", "PartialRecord", "ReadOffsets", "ResumeOffset"]
 
 log = logging.getLogger(__name__)
-
-_T = TypeVar("_T")
 
 #: Reads (offset, key, value) of a range of offsets of one partition (blocking).
 ReadOffsets = Callable[[str, int, range], list[tuple[int, bytes | None, bytes | None]]]
@@ -71,26 +68,25 @@ class HoleFiller:
                     "reading them back", topic, partition, hole.start, hole.stop - 1,
                     "" if start is None else " (at the start of a consumer generation)")
         self._reread.inc(len(hole))
-        records = await self._until_done(
-            f"reading back {hole.start}..{hole.stop - 1}", topic, partition,
-            lambda: asyncio.to_thread(self._read_offsets, topic, partition, hole))
+        records = await self._read_back(topic, partition, hole)
         for read_offset, key, value in records:
             if isinstance(key, bytes) and isinstance(value, bytes):
                 await combine(PartialRecord(topic, partition, read_offset, key, value))
         return hole
 
-    async def _until_done(self, what: str, topic: str, partition: int,
-                          attempt: Callable[[], Awaitable[_T]]) -> _T:
-        """``attempt()`` until it succeeds: skipping a hole would lose it, so the agent waits
-        (a warning, then /readyz and the error counter say why)."""
+    async def _read_back(self, topic: str, partition: int,
+                         hole: range) -> list[tuple[int, bytes | None, bytes | None]]:
+        """Read ``hole`` in a thread until it succeeds: skipping it would lose it, so the
+        agent waits (a warning, then /readyz and the error counter say why)."""
         warned = False
         while True:
             try:
-                return await attempt()
+                return await asyncio.to_thread(self._read_offsets, topic, partition, hole)
             except Exception as exc:  # noqa: BLE001 - waited out, reported
                 if not warned:
-                    log.warning("partials %s:%d: %s failed (%r); retrying every %.1f s",
-                                topic, partition, what, exc, self._retry_s)
+                    log.warning("partials %s:%d: reading back %d..%d failed (%r); retrying "
+                                "every %.1f s", topic, partition, hole.start, hole.stop - 1,
+                                exc, self._retry_s)
                     warned = True
                 self._health.error("costflux.combine", exc)
                 await asyncio.sleep(self._retry_s)

@@ -147,7 +147,8 @@ def judge(
                         entry.get("deployment") or labels.get("deployment", ""),
                         labels.get("cluster", ""))
                 if entry.get("cache_hit"):
-                    candidates.append(_semantic_cache_hit(entry, position, ts_ms, dims, price))
+                    candidates.append(
+                        _semantic_cache_hit(entry, cached, position, ts_ms, dims, price))
                     continue
                 input_tokens, output_tokens = entry["input_tokens"], entry["output_tokens"]
                 gpu_seconds = entry.get("gpu_seconds")
@@ -172,13 +173,11 @@ def judge(
 
 
 def _semantic_cache_hit(
-    event: EventFields, position: str, ts_ms: int, dims: DimKey, price: ModelPrice
+    event: EventFields, cached: int, position: str, ts_ms: int, dims: DimKey, price: ModelPrice
 ) -> Candidate:
     """A request the semantic cache answered: a request served at no cost and no tokens, and
     the avoided cost, its tokens priced as the model would have billed them at ``ts_ms``."""
-    avoided = price.cost(
-        event["input_tokens"], event["output_tokens"], event.get("cached_input_tokens", 0)
-    )
+    avoided = price.cost(event["input_tokens"], event["output_tokens"], cached)
     return Candidate(event["event_id"], position, ts_ms, dims, 0, 0, 0, 0, 0, 0, avoided)
 
 
