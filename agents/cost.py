@@ -26,6 +26,7 @@ from agents.confirmed_table import confirmed_table
 from agents.health import Health, guarded
 from agents.holes import HoleFiller, PartialRecord, ReadOffsets
 from agents.metrics import CostMetrics
+from agents.progress import CHECK_INTERVAL_S, CombineProgress
 from agents.serving import ServingView
 from costflux.core.aggregate import PartialKey, apply_partial, decode_dimensions
 from costflux.core.allocation import AllocationOptions, TimeRange, allocate, cover
@@ -59,6 +60,7 @@ class CostAgentOptions:
     retention_ms: int
     partition_idle_ms: int
     shard_max_bytes: int
+    stall_after_s: float
 
 
 class CostCombiner:
@@ -77,6 +79,8 @@ class CostCombiner:
         self._options = options
         self._holes = HoleFiller(read_offsets, self._resume_offset, health,
                                  metrics.reread_partials)
+        self._progress = CombineProgress(options.partials_topic, lambda: self._consumer,
+                                         options.stall_after_s, health, metrics.registry)
         self._redis = redis_client
         self._view = view
         self._metrics = metrics
@@ -123,6 +127,7 @@ class CostCombiner:
             (1.0, "costflux.advance_watermark", self._advance_watermark),
             (10.0, "costflux.resync_view", self._resync_view),
             (15.0, "costflux.unit_costs", self._publish_unit_costs),
+            (CHECK_INTERVAL_S, "costflux.combine_progress", self._progress.check),
         ):
             app.timer(interval_s, name=name)(guarded(health, name, step))
 
@@ -141,6 +146,7 @@ class CostCombiner:
                 await self._combine_partial(PartialRecord(
                     message.topic, message.partition, message.offset, event.key, event.value))
             self._unacknowledged.append((manual, event))
+            self._progress.took(message.partition, message.offset)
             if len(self._unacknowledged) >= _CONFIRM_EVERY:
                 await self._acknowledge_confirmed()
 

@@ -55,6 +55,11 @@ class Health:
         self._report(component, f"{component} waiting for {dependency}: {type(exc).__name__}",
                      sticky=True)
 
+    def unready(self, part: str, why: str) -> None:
+        """``part`` cannot do its work for a reason that is not an exception (a stall):
+        unready until it is ``recovered``."""
+        self._report(part, why, sticky=True)
+
     def recovered(self, part: str) -> None:
         with self._lock:
             self._problems.pop(part, None)

@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     )
     ingest_batch_size: int = Field(10000, ge=1, description="messages per consume() call")
     ingest_flush_s: float = Field(0.5, gt=0, description="how often partials are flushed")
+    combine_stall_s: float = Field(
+        60.0, gt=0, description="seconds a partials partition may stay behind its log end "
+        "with nothing taken before /readyz fails (table recovery after a rebalance counts)",
+    )
     buckets_per_window: int = Field(
         8, ge=1, le=256, description="state shards per window (spread over workers)"
     )

@@ -187,6 +187,7 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
             retention_ms=settings.state_retention_s * 1000,
             partition_idle_ms=int(settings.partition_idle_s * 1000),
             shard_max_bytes=settings.shard_max_bytes,
+            stall_after_s=settings.combine_stall_s,
         ),
         async_redis,
         view,

@@ -186,13 +186,16 @@ def test_redis_slow_for_seconds_only_delays_counting(
     assert_exact(worker.allocation(window_of([]), "model"), expected)
 
 
-def test_an_exception_in_the_combiner_is_reported_not_swallowed_and_counting_goes_on(
+def test_an_exception_in_the_combiner_is_reported_not_swallowed_and_counting_goes_on_unstalled(
     settings_for: Callable[..., Settings], start_worker: Callable[[Settings], WorkerProcess],
 ) -> None:
-    settings = settings_for(topic_partitions=2)
+    # A tight stall threshold: the progress check must not take a healthy catch-up, or the
+    # poison partial's dead-lettering, for a stall.
+    settings = settings_for(topic_partitions=2, combine_stall_s=5.0)
     ensure_topics(settings, {settings.topic_usage: 2})
     worker = start_worker(settings)
     worker.wait_ready()
+    watch = Watch(worker)
     first = [usage(i) for i in range(500)]
     produce(settings, first)
     served_totals(worker, len(first))
@@ -218,6 +221,15 @@ def test_an_exception_in_the_combiner_is_reported_not_swallowed_and_counting_goe
     produce(settings, second)
     expected = [iso(e) for e in first + second]
     assert_exact(served_totals(worker, len(expected)), expected)
+    # Caught up: the progress check (every 2 s) sees nothing behind, after a threshold's wait.
+    worker.wait_for(lambda: readiness(worker)[0] == 200, 60, "ready again")
+    time.sleep(5.0 + 2 * 2.0)
+    assert readiness(worker)[0] == 200
+    exported = worker.get("/metrics")[1]
+    assert "\ncostflux_combine_behind_partials " in exported  # present, not absent-as-0
+    assert worker.metric("costflux_combine_behind_partials") == 0
+    assert worker.metric("costflux_combine_still_seconds") == 0
+    assert not [why for why in watch.stop() if "stalled" in why]
 
 
 def test_sigterm_mid_stream_flushes_commits_and_exits_within_the_deadline(

@@ -25,7 +25,7 @@ _ENV_FIELDS = (
     "topic_partitions", "allowed_lateness_s", "partition_idle_s", "dedup_horizon_s",
     "state_retention_s", "pricing_file", "ingest_flush_s", "rules_file", "budgets_file",
     "eval_interval_s", "eval_settle_s", "eval_backfill_s", "advice_file", "table_store",
-    "buckets_per_window", "metric_label_cap",
+    "buckets_per_window", "metric_label_cap", "combine_stall_s",
 )
 
 

@@ -1,0 +1,141 @@
+"""The combine agent's progress check against a real broker's log ends: how far behind, a
+stall named in /readyz's reasons, and cleared once the agent moves again.
+
+The agent is played by the test (a stall is the absence of ``took`` calls); the log ends are
+the broker's, read as the worker reads them (per owned partition, one request per check).
+The worker-level check (no stall reported through a real catch-up, nothing left behind) is
+in tests/integration/test_resilience.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Set
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from faust.types import TP
+from prometheus_client import CollectorRegistry
+
+from agents.health import Health
+from agents.progress import CombineProgress
+from costflux.settings import Settings
+from streams.kafka import consumer_config, ensure_topics, producer_config
+
+pytestmark = pytest.mark.integration
+
+
+class BrokerPositions:
+    """The worker consumer's three answers for a fixed assignment: log ends from the broker."""
+
+    def __init__(self, settings: Settings, topic: str, partitions: Set[int],
+                 resumed: Mapping[int, int]) -> None:
+        self._config = consumer_config(settings, f"{topic}-ends")
+        self._tps = {TP(topic, p) for p in partitions}
+        self._resumed = resumed
+
+    def assignment(self) -> Set[TP]:
+        return self._tps
+
+    async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
+        return await asyncio.to_thread(self._ends, partitions)
+
+    def _ends(self, partitions: tuple[TP, ...]) -> dict[TP, int]:
+        consumer = Consumer(dict(self._config))
+        try:
+            return {tp: consumer.get_watermark_offsets(
+                TopicPartition(tp.topic, tp.partition), timeout=10)[1] for tp in partitions}
+        finally:
+            consumer.close()
+
+    def resume_offset(self, tp: TP) -> int | None:
+        return self._resumed.get(tp.partition)
+
+
+def _produce(settings: Settings, topic: str, counts: Mapping[int, int]) -> None:
+    """One record per batch: Tansu 0.6 answers a ListOffsets for the latest offset with the
+    last batch's base offset + 1, short of the end by the rest of that batch (Apache Kafka
+    answers the end). The worker only under-reads a backlog by part of one batch there."""
+    producer = Producer(producer_config(settings))
+    for partition, count in counts.items():
+        for n in range(count):
+            producer.produce(topic, value=b"%d" % n, partition=partition)
+            assert producer.flush(10) == 0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _progress(settings: Settings, topic: str, resumed: Mapping[int, int], partitions: Set[int],
+              ) -> tuple[CombineProgress, Health, CollectorRegistry, Clock]:
+    registry, clock = CollectorRegistry(), Clock()
+    health = Health(registry)
+    positions = BrokerPositions(settings, topic, partitions, resumed)
+    progress = CombineProgress(topic, lambda: positions, 60.0, health, registry, clock)
+    return progress, health, registry, clock
+
+
+def _gauges(registry: CollectorRegistry) -> tuple[float | None, float | None]:
+    return (registry.get_sample_value("costflux_combine_behind_partials"),
+            registry.get_sample_value("costflux_combine_still_seconds"))
+
+
+def test_a_partition_left_behind_is_named_once_still_for_the_threshold_then_cleared(
+    settings_for: Callable[..., Settings], unique: Callable[[str], str]
+) -> None:
+    settings = settings_for()
+    topic = unique("partials")
+    ensure_topics(settings, {topic: 2})
+    _produce(settings, topic, {0: 10, 1: 4})
+    progress, health, registry, clock = _progress(settings, topic, {0: 0, 1: 4}, {0, 1})
+    for offset in range(4):
+        progress.took(0, offset)
+    progress.took(0, 1)  # a re-delivery after a seek does not move the position back
+
+    asyncio.run(progress.check())
+    assert _gauges(registry) == (6.0, 0.0) and health.problems() == []
+    clock.now = 59.0
+    asyncio.run(progress.check())
+    assert _gauges(registry) == (6.0, 59.0) and health.problems() == []
+    clock.now = 61.0
+    asyncio.run(progress.check())
+    assert health.problems() == [
+        "costflux.combine stalled: partition 0: 6 behind the log end (at offset 4 of 10), "
+        "nothing taken for 61 s"]
+
+    for offset in range(4, 10):
+        progress.took(0, offset)
+    clock.now = 62.0
+    asyncio.run(progress.check())
+    assert _gauges(registry) == (0.0, 0.0) and health.problems() == []
+
+
+def test_a_partition_nothing_was_taken_from_yet_is_where_the_group_resumed_it(
+    settings_for: Callable[..., Settings], unique: Callable[[str], str]
+) -> None:
+    settings = settings_for()
+    topic = unique("partials")
+    ensure_topics(settings, {topic: 3})
+    _produce(settings, topic, {0: 5, 1: 5, 2: 5})
+    # 0 resumed at its end, 1 three short of it, 2 not known (not judged).
+    progress, health, registry, clock = _progress(settings, topic, {0: 5, 1: 2}, {0, 1, 2})
+    asyncio.run(progress.check())
+    assert _gauges(registry) == (3.0, 0.0)
+    clock.now = 120.0
+    asyncio.run(progress.check())
+    (reason,) = health.problems()
+    assert reason.startswith("costflux.combine stalled: partition 1: 3 behind") and \
+        "partition 2" not in reason
+    progress.took(1, 0)  # a re-delivery behind where it resumed: no progress
+    clock.now = 121.0
+    asyncio.run(progress.check())
+    assert health.problems() == [reason.replace("120 s", "121 s")]
+    progress.took(1, 2)
+    clock.now = 122.0
+    asyncio.run(progress.check())
+    assert _gauges(registry) == (2.0, 0.0) and health.problems() == []
