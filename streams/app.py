@@ -11,11 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 import faust
 import mode
 import redis
 import redis.asyncio as aioredis
+from faust.tables.manager import TableManager
 
 from agents.alert_metrics import AlertMetrics
 from agents.alerts_view import AlertsView
@@ -67,6 +69,11 @@ class IngestService(mode.Service):
             loop.stop()
         for thread in self._threads:
             await asyncio.to_thread(thread.join, 15)
+
+
+#: /readyz's reason while ingest runs and the combine agent has not yet started (the
+#: benchmark starts its clock here: events flow from this moment).
+COMBINE_STARTING = "combine waiting for its first partition assignment and table recovery"
 
 
 def _tune_garbage_collector() -> None:
@@ -228,6 +235,11 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
         for loop in (ingest, gpu_ingest):
             if not loop.ready.is_set():
                 return False, f"{loop.kind} ingest waiting for partition assignment"
+        # Set once the agents' first assignment is recovered and their streams resume (never
+        # cleared: later rebalances are the stall check's, agents.progress). Before it, the
+        # worker has not started combining, however ready ingest is.
+        if not cast(TableManager, app.tables).recovery.completed.is_set():
+            return False, COMBINE_STARTING
         problems = health.problems()
         if problems:
             return False, "; ".join(problems)

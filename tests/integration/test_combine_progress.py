@@ -20,7 +20,9 @@ from prometheus_client import CollectorRegistry
 from agents.health import Health
 from agents.progress import CombineProgress
 from costflux.settings import Settings
+from streams.app import COMBINE_STARTING
 from streams.kafka import consumer_config, ensure_topics, producer_config
+from tests.integration.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -139,3 +141,29 @@ def test_a_partition_nothing_was_taken_from_yet_is_where_the_group_resumed_it(
     clock.now = 122.0
     asyncio.run(progress.check())
     assert _gauges(registry) == (2.0, 0.0) and health.problems() == []
+
+
+def test_the_worker_is_ready_only_once_the_combine_agent_has_started(
+    settings_for: Callable[..., Settings], start_worker: Callable[[Settings], WorkerProcess],
+) -> None:
+    """/readyz turns 200 after the combine agent's first group join and table recovery, not
+    as soon as ingest has its partitions (the join ends seconds later on Tansu)."""
+    settings = settings_for(topic_partitions=2)
+    ensure_topics(settings, {settings.topic_usage: 2})
+    worker = start_worker(settings)
+    reasons: list[str] = []
+
+    def ready() -> bool:
+        status, body = worker.get("/readyz")
+        if status != 200:
+            reasons.append(body.get("detail", "") if isinstance(body, dict) else str(body))
+        return status == 200
+
+    worker.wait_for(ready, 90, "ready")
+    # Faust logs this right after it marks recovery complete, with no await in between: it
+    # is in the log before any request can see the worker ready.
+    assert "Resuming flow" in worker.log_path.read_text(errors="replace")
+    # Start-up's own reasons only (whether the combine agent's shows depends on how far its
+    # join trails ingest's: ~1.7 s here, polled every 0.3 s).
+    assert set(reasons) <= {"usage ingest waiting for partition assignment",
+                            "gpu ingest waiting for partition assignment", COMBINE_STARTING}
