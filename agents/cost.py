@@ -79,8 +79,9 @@ class CostCombiner:
         self._options = options
         self._holes = HoleFiller(read_offsets, self._resume_offset, health,
                                  metrics.reread_partials)
-        self._progress = CombineProgress(options.partials_topic, lambda: self._consumer,
-                                         options.stall_after_s, health, metrics.registry)
+        self._progress = CombineProgress(
+            options.partials_topic, lambda: self._consumer, lambda: app.rebalancing,
+            options.stall_after_s, health, metrics.registry)
         self._redis = redis_client
         self._view = view
         self._metrics = metrics

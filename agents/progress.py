@@ -19,7 +19,7 @@ from faust.types import TP
 from prometheus_client import CollectorRegistry, Gauge
 
 from agents.health import Health
-from costflux.core.progress import StallCheck
+from costflux.core.progress import Held, StallCheck
 
 __all__ = ["CHECK_INTERVAL_S", "CombineProgress", "Positions"]
 
@@ -44,10 +44,14 @@ class CombineProgress:
     """Where the agent is per partials partition, and the check behind /readyz and the gauges."""
 
     def __init__(self, topic: str, consumer: Callable[[], Positions],
-                 stall_after_s: float, health: Health, registry: CollectorRegistry,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 rebalancing: Callable[[], bool], stall_after_s: float, health: Health,
+                 registry: CollectorRegistry, clock: Callable[[], float] = time.monotonic,
+                 ) -> None:
         self._topic = topic
         self._consumer = consumer
+        self._rebalancing = rebalancing
+        self._in_rebalance = Held()
+        self._stall_after_s = stall_after_s
         self._check = StallCheck(stall_after_s)
         self._health = health
         self._clock = clock
@@ -60,7 +64,8 @@ class CombineProgress:
         self._still = Gauge(
             "costflux_combine_still_seconds",
             "Longest time a partials partition behind its log end has gone without the "
-            "combine agent taking anything (0 when none is behind)", registry=registry)
+            "combine agent taking anything, or the worker has been in a rebalance (group "
+            "join or table recovery); 0 when neither", registry=registry)
 
     def took(self, partition: int, offset: int) -> None:
         """The agent is done with ``offset`` (applied, skipped as a replay or dead-lettered)."""
@@ -68,6 +73,8 @@ class CombineProgress:
             self._next[partition] = offset + 1
 
     async def check(self) -> None:
+        now = self._clock()
+        rebalancing_s = self._in_rebalance.observe(now, self._rebalancing())
         consumer = self._consumer()
         owned = [tp for tp in consumer.assignment() if tp.topic == self._topic]
         for partition in self._next.keys() - {tp.partition for tp in owned}:
@@ -76,11 +83,18 @@ class CombineProgress:
                      if (position := self._position(consumer, tp)) is not None}
         log_ends = {tp.partition: end for tp, end in
                     (await consumer.highwaters(*owned)).items()} if owned else {}
-        progress = self._check.check(self._clock(), positions, log_ends)
+        progress = self._check.check(now, positions, log_ends)
         self._behind.set(progress.behind)
-        self._still.set(progress.longest_still_s)
-        if progress.stalled:
-            why = "; ".join(stall.describe() for stall in progress.stalled)
+        self._still.set(max(progress.longest_still_s, rebalancing_s))
+        problems = [stall.describe() for stall in progress.stalled]
+        if rebalancing_s >= self._stall_after_s:
+            problems.insert(0, f"in a rebalance (group join or table recovery) for "
+                               f"{rebalancing_s:.0f} s")
+        self._report(problems)
+
+    def _report(self, problems: list[str]) -> None:
+        if problems:
+            why = "; ".join(problems)
             if not self._stalled:
                 log.warning("the combine agent has stopped taking partials (the worker serves "
                             "totals that no longer move; a restart resumes at the committed "
@@ -89,7 +103,7 @@ class CombineProgress:
         elif self._stalled:
             log.info("the combine agent is taking partials again")
             self._health.recovered(_PART + "_stalled")
-        self._stalled = bool(progress.stalled)
+        self._stalled = bool(problems)
 
     def _position(self, consumer: Positions, tp: TP) -> int | None:
         # Nothing taken yet in this assignment: it is where the group resumed the partition.

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["PartitionStall", "StallCheck"]
+__all__ = ["Held", "PartitionStall", "Progress", "StallCheck"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,3 +79,20 @@ class StallCheck:
             if still >= self.stall_after_s:
                 stalled.append(PartitionStall(partition, position, log_end, still))
         return Progress(behind, tuple(stalled), longest)
+
+
+@dataclass(slots=True)
+class Held:
+    """How long a condition has held, unbroken, at the checks that saw it (a rebalance that
+    never ends: Faust's group join or table recovery can hang, and then no partition is
+    assigned for the stall check to judge)."""
+
+    _since: float | None = None
+
+    def observe(self, now: float, holds: bool) -> float:
+        if not holds:
+            self._since = None
+            return 0.0
+        if self._since is None:
+            self._since = now
+        return now - self._since

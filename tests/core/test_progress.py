@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from costflux.core.progress import PartitionStall, StallCheck
+from costflux.core.progress import Held, PartitionStall, StallCheck
 
 
 def test_a_partition_behind_and_still_stalls_once_the_threshold_has_passed() -> None:
@@ -69,3 +69,13 @@ def test_a_stale_log_end_below_the_position_counts_as_caught_up() -> None:
     check.check(0.0, {0: 12}, {0: 10})
     progress = check.check(5.0, {0: 12}, {0: 10})
     assert progress.stalled == () and progress.behind == 0
+
+
+def test_held_counts_only_an_unbroken_stretch() -> None:
+    held = Held()
+    assert held.observe(0.0, False) == 0.0
+    assert held.observe(2.0, True) == 0.0
+    assert held.observe(6.0, True) == 4.0
+    assert held.observe(8.0, False) == 0.0
+    assert held.observe(10.0, True) == 0.0
+    assert held.observe(13.0, True) == 3.0

@@ -68,6 +68,7 @@ def _produce(settings: Settings, topic: str, counts: Mapping[int, int]) -> None:
 class Clock:
     def __init__(self) -> None:
         self.now = 0.0
+        self.rebalancing = False
 
     def __call__(self) -> float:
         return self.now
@@ -75,10 +76,12 @@ class Clock:
 
 def _progress(settings: Settings, topic: str, resumed: Mapping[int, int], partitions: Set[int],
               ) -> tuple[CombineProgress, Health, CollectorRegistry, Clock]:
+    """The check on a fixed assignment, its clock and rebalancing flag set by the test."""
     registry, clock = CollectorRegistry(), Clock()
     health = Health(registry)
     positions = BrokerPositions(settings, topic, partitions, resumed)
-    progress = CombineProgress(topic, lambda: positions, 60.0, health, registry, clock)
+    progress = CombineProgress(topic, lambda: positions, lambda: clock.rebalancing, 60.0,
+                               health, registry, clock)
     return progress, health, registry, clock
 
 
@@ -141,6 +144,31 @@ def test_a_partition_nothing_was_taken_from_yet_is_where_the_group_resumed_it(
     clock.now = 122.0
     asyncio.run(progress.check())
     assert _gauges(registry) == (2.0, 0.0) and health.problems() == []
+
+
+def test_a_rebalance_that_does_not_end_is_a_stall_too(
+    settings_for: Callable[..., Settings], unique: Callable[[str], str]
+) -> None:
+    """Nothing behind (or nothing assigned to judge), but the worker has been rebalancing
+    for the threshold: a hung group join or table recovery."""
+    settings = settings_for()
+    topic = unique("partials")
+    ensure_topics(settings, {topic: 1})
+    _produce(settings, topic, {0: 3})
+    progress, health, registry, clock = _progress(settings, topic, {0: 3}, {0})
+    clock.rebalancing = True
+    asyncio.run(progress.check())
+    clock.now = 30.0
+    asyncio.run(progress.check())
+    assert _gauges(registry) == (0.0, 30.0) and health.problems() == []
+    clock.now = 61.0
+    asyncio.run(progress.check())
+    assert health.problems() == [
+        "costflux.combine stalled: in a rebalance (group join or table recovery) for 61 s"]
+    clock.rebalancing = False
+    clock.now = 62.0
+    asyncio.run(progress.check())
+    assert _gauges(registry) == (0.0, 0.0) and health.problems() == []
 
 
 def test_the_worker_is_ready_only_once_the_combine_agent_has_started(
