@@ -81,7 +81,7 @@ class CostCombiner:
                                  metrics.reread_partials)
         self._progress = CombineProgress(
             options.partials_topic, lambda: self._consumer, lambda: app.rebalancing,
-            options.stall_after_s, health, metrics.registry)
+            options.stall_after_s, health, metrics)
         self._redis = redis_client
         self._view = view
         self._metrics = metrics

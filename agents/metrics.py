@@ -119,6 +119,18 @@ class CostMetrics:
             "Event time before which every active partition is complete",
             registry=self.registry,
         )
+        # agents.progress sets these at each check.
+        self.combine_behind = Gauge(
+            "costflux_combine_behind_partials",
+            "Partials in this worker's partitions not yet taken by the combine agent "
+            "(log end minus position, at the last check)", registry=self.registry,
+        )
+        self.combine_still = Gauge(
+            "costflux_combine_still_seconds",
+            "Longest time a partials partition behind its log end has gone without the "
+            "combine agent taking anything, or the worker has been in a rebalance (group "
+            "join or table recovery); 0 when neither", registry=self.registry,
+        )
 
     def _add_gpu_metrics(self) -> None:
         gpu_labels = ("node", "gpu_type", "pricing_tier", "namespace", "model")

@@ -16,9 +16,9 @@ from collections.abc import Callable, Mapping, Set
 from typing import Protocol
 
 from faust.types import TP
-from prometheus_client import CollectorRegistry, Gauge
 
 from agents.health import Health
+from agents.metrics import CostMetrics
 from costflux.core.progress import Held, StallCheck
 
 __all__ = ["CHECK_INTERVAL_S", "CombineProgress", "Positions"]
@@ -45,8 +45,7 @@ class CombineProgress:
 
     def __init__(self, topic: str, consumer: Callable[[], Positions],
                  rebalancing: Callable[[], bool], stall_after_s: float, health: Health,
-                 registry: CollectorRegistry, clock: Callable[[], float] = time.monotonic,
-                 ) -> None:
+                 metrics: CostMetrics, clock: Callable[[], float] = time.monotonic) -> None:
         self._topic = topic
         self._consumer = consumer
         self._rebalancing = rebalancing
@@ -57,15 +56,7 @@ class CombineProgress:
         self._clock = clock
         self._next: dict[int, int] = {}  # partition -> the offset after the last one taken
         self._stalled = False
-        self._behind = Gauge(
-            "costflux_combine_behind_partials",
-            "Partials in this worker's partitions not yet taken by the combine agent "
-            "(log end minus position, at the last check)", registry=registry)
-        self._still = Gauge(
-            "costflux_combine_still_seconds",
-            "Longest time a partials partition behind its log end has gone without the "
-            "combine agent taking anything, or the worker has been in a rebalance (group "
-            "join or table recovery); 0 when neither", registry=registry)
+        self._metrics = metrics
 
     def took(self, partition: int, offset: int) -> None:
         """The agent is done with ``offset`` (applied, skipped as a replay or dead-lettered)."""
@@ -84,8 +75,8 @@ class CombineProgress:
         log_ends = {tp.partition: end for tp, end in
                     (await consumer.highwaters(*owned)).items()} if owned else {}
         progress = self._check.check(now, positions, log_ends)
-        self._behind.set(progress.behind)
-        self._still.set(max(progress.longest_still_s, rebalancing_s))
+        self._metrics.combine_behind.set(progress.behind)
+        self._metrics.combine_still.set(max(progress.longest_still_s, rebalancing_s))
         problems = [stall.describe() for stall in progress.stalled]
         if rebalancing_s >= self._stall_after_s:
             problems.insert(0, f"in a rebalance (group join or table recovery) for "

@@ -67,6 +67,9 @@ SEED_ALERTS: dict[str, tuple[str | None, str, str]] = {
     "CostSpike": (None, "warning", "成本激增200%"),
 }
 SEED_GROUPS = {"llm-costs", "cost_management"}
+#: costflux's own alerts on the worker's health, in a group of their own.
+WORKER_ALERTS = {"CostfluxCombineStalled"}
+WORKER_GROUP = "costflux-worker"
 
 SETTINGS_ENV = {"COSTFLUX_" + name.upper() for name in Settings.model_fields}
 SECRET_ENV = {
@@ -190,8 +193,9 @@ def test_rules_file_and_prometheusrule_hold_the_same_rules() -> None:
 @pytest.mark.parametrize("rules", [_file_rules, _crd_rules], ids=["rules.yml", "crd"])
 def test_every_seed_alert_is_present_with_the_seeds_for_and_severity(rules: Any) -> None:
     found = rules()
-    assert set(SEED_ALERTS) <= found.keys()
-    assert {rule["group"] for rule in found.values()} == SEED_GROUPS
+    assert found.keys() == set(SEED_ALERTS) | WORKER_ALERTS
+    assert {rule["group"] for name, rule in found.items() if name in SEED_ALERTS} == SEED_GROUPS
+    assert {found[name]["group"] for name in WORKER_ALERTS} == {WORKER_GROUP}
     for name, (for_, severity, summary_zh) in SEED_ALERTS.items():
         rule = found[name]
         assert rule.get("for") == for_, name
@@ -697,7 +701,7 @@ def test_dockerfile_builds_a_non_root_worker_image() -> None:
 
 
 def test_promtool_checks_the_rules_file() -> None:
-    assert "SUCCESS: 6 rules found" in run_promtool("check", "rules", str(RULES_FILE))
+    assert "SUCCESS: 7 rules found" in run_promtool("check", "rules", str(RULES_FILE))
 
 
 def test_promtool_checks_the_prometheusrule_groups(tmp_path: Path) -> None:
@@ -715,6 +719,7 @@ COST = 'llm_request_cost_dollars_total{model="gpt-4",team="chat",namespace="llm"
 REQUESTS = 'llm_requests_total{model="gpt-4",team="chat",namespace="llm"}'
 UTIL = 'llm_gpu_utilization_ratio{node="gpu-node-1",gpu_uuid="GPU-0",gpu_type="nvidia-a10"}'
 IDLE = 'llm_gpu_idle_cost_dollars_total{node="gpu-node-1",gpu_uuid="GPU-0",gpu_type="nvidia-a10"}'
+STILL = "costflux_combine_still_seconds"  # no labels: the alert keeps a series' own
 
 # (alert, input series at 1m steps, evaluation time, fires?): one case above the threshold for
 # longer than `for`, and cases just outside it (below the threshold, or not yet for long enough).
@@ -735,12 +740,17 @@ ALERT_CASES: list[tuple[str, dict[str, str], str, bool]] = [
     ("CostSpike", {COST: "0+1x1440 1440+5x120"}, "25h", True),  # 5x the usual hour
     ("CostSpike", {COST: "0+1x1440 1440+1.5x120"}, "25h", False),  # 1.5x
     ("CostSpike", {COST: "0+1x1600"}, "25h", False),
+    # Still for a minute more at every 1m step: past 60 s from the 2nd minute, firing 2m later.
+    ("CostfluxCombineStalled", {STILL: "0+60x10"}, "5m", True),
+    ("CostfluxCombineStalled", {STILL: "0+60x10"}, "3m", False),  # for
+    ("CostfluxCombineStalled", {STILL: "0+30x2 0x8"}, "6m", False),  # moved again
 ]
 
 
 def test_alert_cases_cover_every_rule() -> None:
     covered = {(alert, fires) for alert, _, _, fires in ALERT_CASES}
-    assert covered == {(alert, fires) for alert in SEED_ALERTS for fires in (True, False)}
+    assert covered == {(alert, fires) for alert in {*SEED_ALERTS, *WORKER_ALERTS}
+                       for fires in (True, False)}
 
 
 def test_promtool_unit_tests_fire_each_alert_only_past_its_threshold(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 from agents.health import Health
+from agents.metrics import CostMetrics
 from agents.progress import CombineProgress
 from costflux.settings import Settings
 from streams.app import COMBINE_STARTING
@@ -81,7 +82,7 @@ def _progress(settings: Settings, topic: str, resumed: Mapping[int, int], partit
     health = Health(registry)
     positions = BrokerPositions(settings, topic, partitions, resumed)
     progress = CombineProgress(topic, lambda: positions, lambda: clock.rebalancing, 60.0,
-                               health, registry, clock)
+                               health, CostMetrics(registry), clock)
     return progress, health, registry, clock
 
 
