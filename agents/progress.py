@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 #: How often the log ends are read (one request to the broker each).
 CHECK_INTERVAL_S = 2.0
-_PART = "costflux.combine"
+#: The /readyz part a stall is reported under (its reason reads "costflux.combine stalled").
+_STALLED = "costflux.combine_stalled"
 
 
 class Positions(Protocol):
@@ -50,7 +51,6 @@ class CombineProgress:
         self._consumer = consumer
         self._rebalancing = rebalancing
         self._in_rebalance = Held()
-        self._stall_after_s = stall_after_s
         self._check = StallCheck(stall_after_s)
         self._health = health
         self._clock = clock
@@ -78,7 +78,7 @@ class CombineProgress:
         self._metrics.combine_behind.set(progress.behind)
         self._metrics.combine_still.set(max(progress.longest_still_s, rebalancing_s))
         problems = [stall.describe() for stall in progress.stalled]
-        if rebalancing_s >= self._stall_after_s:
+        if rebalancing_s >= self._check.stall_after_s:
             problems.insert(0, f"in a rebalance (group join or table recovery) for "
                                f"{rebalancing_s:.0f} s")
         self._report(problems)
@@ -90,10 +90,10 @@ class CombineProgress:
                 log.warning("the combine agent has stopped taking partials (the worker serves "
                             "totals that no longer move; a restart resumes at the committed "
                             "offsets): %s", why)
-            self._health.unready(_PART + "_stalled", f"{_PART} stalled: {why}")
+            self._health.unready(_STALLED, f"costflux.combine stalled: {why}")
         elif self._stalled:
             log.info("the combine agent is taking partials again")
-            self._health.recovered(_PART + "_stalled")
+            self._health.recovered(_STALLED)
         self._stalled = bool(problems)
 
     def _position(self, consumer: Positions, tp: TP) -> int | None:

@@ -66,13 +66,14 @@ class StallCheck:
         behind, stalled, longest = 0, [], 0.0
         for partition in sorted(judged):
             position, log_end = positions[partition], log_ends[partition]
-            seen = self._seen.get(partition)
-            if seen is None or seen[0] != position or log_end <= position:
-                # Moved, new, or caught up (a quiet partition's records arriving after an
-                # idle hour are not an hour late): the clock starts now.
-                seen = self._seen[partition] = (position, now)
             if log_end <= position:
+                # Caught up: the clock starts afresh (a quiet partition's records arriving
+                # after an idle hour are not an hour late).
+                self._seen[partition] = (position, now)
                 continue
+            seen = self._seen.get(partition)
+            if seen is None or seen[0] != position:  # new, or moved
+                seen = self._seen[partition] = (position, now)
             behind += log_end - position
             still = now - seen[1]
             longest = max(longest, still)

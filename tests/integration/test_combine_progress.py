@@ -55,6 +55,14 @@ class BrokerPositions:
         return self._resumed.get(tp.partition)
 
 
+def _partials(settings: Settings, unique: Callable[[str], str], counts: Mapping[int, int]) -> str:
+    """A new topic with ``counts`` records in its partitions."""
+    topic = unique("partials")
+    ensure_topics(settings, {topic: len(counts)})
+    _produce(settings, topic, counts)
+    return topic
+
+
 def _produce(settings: Settings, topic: str, counts: Mapping[int, int]) -> None:
     """One record per batch: Tansu 0.6 answers a ListOffsets for the latest offset with the
     last batch's base offset + 1, short of the end by the rest of that batch (Apache Kafka
@@ -86,6 +94,11 @@ def _progress(settings: Settings, topic: str, resumed: Mapping[int, int], partit
     return progress, health, registry, clock
 
 
+def _check_at(progress: CombineProgress, clock: Clock, now: float) -> None:
+    clock.now = now
+    asyncio.run(progress.check())
+
+
 def _gauges(registry: CollectorRegistry) -> tuple[float | None, float | None]:
     return (registry.get_sample_value("costflux_combine_behind_partials"),
             registry.get_sample_value("costflux_combine_still_seconds"))
@@ -95,29 +108,24 @@ def test_a_partition_left_behind_is_named_once_still_for_the_threshold_then_clea
     settings_for: Callable[..., Settings], unique: Callable[[str], str]
 ) -> None:
     settings = settings_for()
-    topic = unique("partials")
-    ensure_topics(settings, {topic: 2})
-    _produce(settings, topic, {0: 10, 1: 4})
+    topic = _partials(settings, unique, {0: 10, 1: 4})
     progress, health, registry, clock = _progress(settings, topic, {0: 0, 1: 4}, {0, 1})
     for offset in range(4):
         progress.took(0, offset)
     progress.took(0, 1)  # a re-delivery after a seek does not move the position back
 
-    asyncio.run(progress.check())
+    _check_at(progress, clock, 0.0)
     assert _gauges(registry) == (6.0, 0.0) and health.problems() == []
-    clock.now = 59.0
-    asyncio.run(progress.check())
+    _check_at(progress, clock, 59.0)
     assert _gauges(registry) == (6.0, 59.0) and health.problems() == []
-    clock.now = 61.0
-    asyncio.run(progress.check())
+    _check_at(progress, clock, 61.0)
     assert health.problems() == [
         "costflux.combine stalled: partition 0: 6 behind the log end (at offset 4 of 10), "
         "nothing taken for 61 s"]
 
     for offset in range(4, 10):
         progress.took(0, offset)
-    clock.now = 62.0
-    asyncio.run(progress.check())
+    _check_at(progress, clock, 62.0)
     assert _gauges(registry) == (0.0, 0.0) and health.problems() == []
 
 
@@ -125,25 +133,20 @@ def test_a_partition_nothing_was_taken_from_yet_is_where_the_group_resumed_it(
     settings_for: Callable[..., Settings], unique: Callable[[str], str]
 ) -> None:
     settings = settings_for()
-    topic = unique("partials")
-    ensure_topics(settings, {topic: 3})
-    _produce(settings, topic, {0: 5, 1: 5, 2: 5})
+    topic = _partials(settings, unique, {0: 5, 1: 5, 2: 5})
     # 0 resumed at its end, 1 three short of it, 2 not known (not judged).
     progress, health, registry, clock = _progress(settings, topic, {0: 5, 1: 2}, {0, 1, 2})
-    asyncio.run(progress.check())
+    _check_at(progress, clock, 0.0)
     assert _gauges(registry) == (3.0, 0.0)
-    clock.now = 120.0
-    asyncio.run(progress.check())
+    _check_at(progress, clock, 120.0)
     (reason,) = health.problems()
     assert reason.startswith("costflux.combine stalled: partition 1: 3 behind") and \
         "partition 2" not in reason
     progress.took(1, 0)  # a re-delivery behind where it resumed: no progress
-    clock.now = 121.0
-    asyncio.run(progress.check())
+    _check_at(progress, clock, 121.0)
     assert health.problems() == [reason.replace("120 s", "121 s")]
     progress.took(1, 2)
-    clock.now = 122.0
-    asyncio.run(progress.check())
+    _check_at(progress, clock, 122.0)
     assert _gauges(registry) == (2.0, 0.0) and health.problems() == []
 
 
@@ -153,22 +156,17 @@ def test_a_rebalance_that_does_not_end_is_a_stall_too(
     """Nothing behind (or nothing assigned to judge), but the worker has been rebalancing
     for the threshold: a hung group join or table recovery."""
     settings = settings_for()
-    topic = unique("partials")
-    ensure_topics(settings, {topic: 1})
-    _produce(settings, topic, {0: 3})
+    topic = _partials(settings, unique, {0: 3})
     progress, health, registry, clock = _progress(settings, topic, {0: 3}, {0})
     clock.rebalancing = True
-    asyncio.run(progress.check())
-    clock.now = 30.0
-    asyncio.run(progress.check())
+    _check_at(progress, clock, 0.0)
+    _check_at(progress, clock, 30.0)
     assert _gauges(registry) == (0.0, 30.0) and health.problems() == []
-    clock.now = 61.0
-    asyncio.run(progress.check())
+    _check_at(progress, clock, 61.0)
     assert health.problems() == [
         "costflux.combine stalled: in a rebalance (group join or table recovery) for 61 s"]
     clock.rebalancing = False
-    clock.now = 62.0
-    asyncio.run(progress.check())
+    _check_at(progress, clock, 62.0)
     assert _gauges(registry) == (0.0, 0.0) and health.problems() == []
 
 
