@@ -18,6 +18,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -65,7 +67,7 @@ def run_demo(
 ) -> int:
     """Run the demo until Ctrl-C or ``duration`` seconds; return an exit code."""
     console = Console()
-    with embedded_stack(settings) as live:
+    with _sigterm_as_ctrl_c(), embedded_stack(settings) as live:
         port = live.http_port if live.http_port else free_port()
         live = live.model_copy(update={"http_port": port})
         log_path = Path(tempfile.gettempdir()) / f"costflux-demo-worker-{os.getpid()}.log"
@@ -100,6 +102,22 @@ def run_demo(
             console.print("stopping…")
             _stop(worker)
     return 0
+
+
+@contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """``kill`` (or ``timeout``) stops the demo as Ctrl-C does: the worker first, then the
+    broker and Redis. Without it the demo died at once and left its worker running, stuck
+    retrying a broker that was gone."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _without_credentials(url: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -44,3 +45,36 @@ def test_demo_serves_metrics_within_bounded_time_and_stops_cleanly() -> None:
     text = output.decode(errors="replace")
     assert demo.returncode == 0, text
     assert "requests=3000" in text, text
+
+
+def test_sigterm_stops_the_demo_and_its_worker_as_ctrl_c_does() -> None:
+    """`kill` or `timeout` on a demo left running: the worker is stopped before the broker
+    and Redis, so no worker is left behind (it was, stuck retrying a broker that was gone)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COSTFLUX_")}
+    env["COSTFLUX_HTTP_PORT"] = str(port)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "costflux", "demo", "--speed", "0", "--no-table"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and demo.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.5)
+        assert demo.poll() is None, "the demo exited before its worker was ready"
+        demo.send_signal(signal.SIGTERM)
+        output, _ = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    text = output.decode(errors="replace")
+    assert demo.returncode == 0, text
+    assert "stopping" in text, text
+    with pytest.raises((urllib.error.URLError, OSError)):  # the worker is gone with it
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)  # noqa: S310
