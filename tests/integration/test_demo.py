@@ -17,16 +17,18 @@ from costflux.embedded import free_port
 pytestmark = pytest.mark.integration
 
 
-def test_demo_serves_metrics_within_bounded_time_and_stops_cleanly() -> None:
-    port = free_port()
+def _demo(port: int, *args: str) -> subprocess.Popen[bytes]:
+    """``costflux demo ARGS`` with its worker on ``port``, output captured."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("COSTFLUX_")}
     env["COSTFLUX_HTTP_PORT"] = str(port)
+    return subprocess.Popen([sys.executable, "-m", "costflux", "demo", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_demo_serves_metrics_within_bounded_time_and_stops_cleanly() -> None:
+    port = free_port()
     started = time.monotonic()
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "costflux", "demo", "--duration", "15", "--speed", "0",
-         "--limit", "3000", "--no-table"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
+    demo = _demo(port, "--duration", "15", "--speed", "0", "--limit", "3000", "--no-table")
     try:
         metrics = ""
         while time.monotonic() - started < 90 and demo.poll() is None:
@@ -51,12 +53,7 @@ def test_sigterm_stops_the_demo_and_its_worker_as_ctrl_c_does() -> None:
     """`kill` or `timeout` on a demo left running: the worker is stopped before the broker
     and Redis, so no worker is left behind (it was, stuck retrying a broker that was gone)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COSTFLUX_")}
-    env["COSTFLUX_HTTP_PORT"] = str(port)
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "costflux", "demo", "--speed", "0", "--no-table"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
+    demo = _demo(port, "--speed", "0", "--no-table")
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and demo.poll() is None:
