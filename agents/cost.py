@@ -87,6 +87,7 @@ class CostCombiner:
         self._metrics = metrics
         self._health = health
         self._dirty: set[bytes] = set()
+        self._publishing: set[bytes] = set()  # taken from _dirty, being written to the view
         self._unacknowledged: list[tuple[faust.StreamT[bytes], faust.EventT[bytes]]] = []
         self._filled: list[tuple[TP, range]] = []  # holes read back, not yet acknowledged
         self._confirming = asyncio.Lock()
@@ -269,11 +270,14 @@ class CostCombiner:
         if not self._dirty:
             return
         keys, self._dirty = self._dirty, set()
+        self._publishing = keys
         try:
             await self._write_view(keys)
         except BaseException:
             self._dirty |= keys  # Redis unreachable: write them at the next tick
             raise
+        finally:
+            self._publishing = set()
 
     async def _resync_view(self) -> None:
         # After a rebalance or restart the table holds recovered shards that no partial has
@@ -351,9 +355,12 @@ class CostCombiner:
                       if tp.topic == topic)
 
     def _evict_closed(self) -> None:
+        # Not before the view has them: a shard applied and closed between two view
+        # publishes (a backfill whose marks close its windows at once) would never be served.
+        unpublished = self._dirty | self._publishing
         expired = [
             key for key in list(self.table.keys())
-            if self._closed_for_good(PartialKey.decode(key))
+            if key not in unpublished and self._closed_for_good(PartialKey.decode(key))
         ]
         for key in expired:
             del self.table[key]
