@@ -1,8 +1,9 @@
 """The detector agent: evaluates alert rules and budgets as the watermark moves.
 
-Every worker watches the global watermark and, once a value has stood for ``settle_s`` (the
-combiners publish window rows to Redis within a fraction of a second), sends a tick with the
-newest evaluation time it covers to a one-partition topic. Whichever worker owns that
+Every worker watches the global watermark (``agents.watermark``: windows before it are
+complete in the cost store, written in the same atomic step as the clocks it is taken from)
+and, once a value has stood for ``settle_s``, sends a tick with the newest evaluation time it
+covers to a one-partition topic. Whichever worker owns that
 partition runs every evaluation step up to the tick, in order, reading window rows from the
 serving view; ticks from several workers or replayed ticks are no-ops (steps already taken
 are recorded in the table). Rule instances' states live in a Faust table on the same single
@@ -10,7 +11,9 @@ partition, so they move with it on a rebalance and are restored from its changel
 
 Order per step: send the alert events and wait for Kafka to take them, then record the new
 states. A crash in between re-runs the step and re-sends the same events with the same
-``alert_id``, state and repeat, which the notifier delivers once.
+``alert_id``, state and repeat, which the notifier delivers once. The same holds when a
+restarted worker restores the table short of its newest changelog records: each tick names
+the time to evaluate up to, so the steps after the restored one run again, identically.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ import faust
 
 from agents.alert_metrics import AlertMetrics
 from agents.alerts_view import AlertsView
-from agents.confirmed_table import confirmed_table
 from agents.health import Health, guarded
 from agents.serving import ServingView
 from costflux.core.alerts import AlertState
@@ -77,8 +79,7 @@ class Detector:
         self._settled_ms: int | None = None
         self._last_tick = -1
         self._tiles: dict[Tile, Rows] = {}
-        self.table = confirmed_table(app, "alert-states", partitions=1, key_type=bytes,
-                                     default=None)
+        self.table = app.Table("alert-states", partitions=1, key_type=bytes, default=None)
         self._ticks = app.topic(options.ticks_topic, key_type=bytes, value_type=bytes,
                                 key_serializer="raw", value_serializer="raw", partitions=1)
         self._alerts = app.topic(options.alerts_topic, key_serializer="raw",
@@ -110,9 +111,6 @@ class Detector:
     async def _detect(self, stream: faust.StreamT[bytes]) -> None:
         async for value in stream:
             await self._advance_to(int(value))
-            # Before the tick is acknowledged: a committed tick with its states lost would
-            # re-run its steps after a crash (harmless, alerts are idempotent, but noisy).
-            await self.table.changelog_confirmed()
 
     async def _advance_to(self, tick_ms: int) -> None:
         evaluated = self.table.get(_EVALUATED)

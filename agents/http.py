@@ -29,6 +29,7 @@ from costflux.core.allocation import (
 from costflux.core.gpu_report import gpu_report, parse_gpu_aggregate
 from costflux.core.overheads import with_other_costs
 from costflux.core.pricing import ModelPrice, OtherCost
+from costflux.core.rows import WindowRows
 from costflux.core.spike import HOUR_MS
 from schemas._types import from_epoch_ms
 
@@ -83,7 +84,7 @@ def register_http(
     async def window_of(request: faust.web.Request) -> TimeRange:
         return (await window_and_now(request, "24h"))[0]
 
-    async def read_spans(spans: list[TimeRange]) -> list[list[dict[str, list[int]]]]:
+    async def read_spans(spans: list[TimeRange]) -> list[list[WindowRows]]:
         """The rows of the windows tiling each span, one list per span."""
         tiles = [cover(span, window_sizes_s) for span in spans]
         if sum(len(t) for t in tiles) > 20_000:
@@ -97,7 +98,7 @@ def register_http(
 
     async def covered(
         web: faust.web.View, request: faust.web.Request
-    ) -> tuple[TimeRange, list[dict[str, list[int]]]]:
+    ) -> tuple[TimeRange, list[WindowRows]]:
         span = await window_of(request)
         return span, (await read_spans([span]))[0]
 

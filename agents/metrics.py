@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from costflux.core.aggregate import SEMANTIC_HITS, SEMANTIC_SAVING, sum_at
 from costflux.core.gpu import UNITS_PER_PICO, price_of_rates
 from costflux.core.gpu_samples import GpuCandidate
 from costflux.core.money import PICO_PER_DOLLAR, pico_to_dollars
+from costflux.core.rows import DimKey, GpuDims, GpuSums, UsageSums
 
 __all__ = ["CostMetrics", "LabelLimiter"]
 
@@ -99,37 +99,40 @@ class CostMetrics:
             "costflux_ingest_events", "Events priced and pre-aggregated by ingest",
             registry=self.registry,
         )
-        self.replayed_partials = Counter(
-            "costflux_partials_replayed", "Partials skipped because their offsets were applied",
-            registry=self.registry,
-        )
-        self.reread_partials = Counter(
-            "costflux_partials_reread", "Partials the consumer fetched but never delivered, "
-            "read back from the topic and applied in order",
-            registry=self.registry,
-        )
         self.overflowed_rows = Counter(
-            "costflux_overflowed_rows", "New label combinations a full window shard folded "
-            "into its __overflow__ row (money exact, label detail lost)",
+            "costflux_overflowed_rows", "New label combinations a full window folded into "
+            "its model's __overflow__ row (money exact, label detail lost; see "
+            "COSTFLUX_WINDOW_MAX_ROWS)",
             registry=self.registry,
+        )
+        self.resyncs = Counter(
+            "costflux_ingest_resyncs",
+            "Times ingest found a partition's offset in the cost store other than it expected "
+            "(another worker applied the range, or the store lost writes) and resumed from "
+            "the store", ("kind",), registry=self.registry,
+        )
+        self.lost_messages = Counter(
+            "costflux_ingest_lost_messages",
+            "Messages the topic's retention deleted before any worker applied them (found "
+            "where a partition resumes below the topic's oldest offset)", ("kind",),
+            registry=self.registry,
+        )
+        self.unapplied = Gauge(
+            "costflux_ingest_unapplied_messages",
+            "Messages ingest has consumed and not yet applied to the cost store (buffered, "
+            "being judged or being applied)", ("kind",), registry=self.registry,
+        )
+        self.flush_apply_seconds = Histogram(
+            "costflux_flush_apply_seconds",
+            "Time to apply one flush (all its partitions) to the cost store, dead letters "
+            "published first", ("kind",), registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self._add_gpu_metrics()
         self.watermark = Gauge(
             "costflux_watermark_timestamp_seconds",
             "Event time before which every active partition is complete",
             registry=self.registry,
-        )
-        # agents.progress sets these at each check.
-        self.combine_behind = Gauge(
-            "costflux_combine_behind_partials",
-            "Partials in this worker's partitions not yet taken by the combine agent "
-            "(log end minus position, at the last check)", registry=self.registry,
-        )
-        self.combine_still = Gauge(
-            "costflux_combine_still_seconds",
-            "Longest time a partials partition behind its log end has gone without the "
-            "combine agent taking anything, or the worker has been in a rebalance (group "
-            "join or table recovery); 0 when neither", registry=self.registry,
         )
 
     def _add_gpu_metrics(self) -> None:
@@ -168,8 +171,8 @@ class CostMetrics:
             ("model",), registry=self.registry,
         )
 
-    def count_gpu_row(self, dims: Sequence[str], sums: list[int]) -> None:
-        """Add one applied GPU row: dims in GPU_DIMENSIONS order, sums in GPU_SUM_FIELDS order."""
+    def count_gpu_row(self, dims: GpuDims, sums: GpuSums) -> None:
+        """Add one applied GPU row."""
         node, gpu_type, tier, namespace, model, _team, rates = dims
         children = self._gpu_children.get((node, gpu_type, tier, namespace, model, rates))
         if children is None:
@@ -181,9 +184,8 @@ class CostMetrics:
             if len(self._gpu_children) < self._cache_cap:
                 self._gpu_children[(node, gpu_type, tier, namespace, model, rates)] = children
         cost, idle_cost, per_ms = children
-        gpu_ms, _busy_ms, idle_ms = sums
-        cost.inc(gpu_ms * per_ms)
-        idle_cost.inc(idle_ms * per_ms)
+        cost.inc(sums.gpu_ms * per_ms)
+        idle_cost.inc(sums.idle_ms * per_ms)
 
     def observe_gpu_samples(self, samples: Iterable[GpuCandidate]) -> None:
         """Set each GPU's utilization from its newest sample; drop GPUs that stopped reporting.
@@ -230,8 +232,8 @@ class CostMetrics:
             self.cost_per_token.remove(gone)
         self._unit_cost_models = shown
 
-    def count_row(self, dims: tuple[str, ...], sums: list[int]) -> None:
-        """Add one applied aggregate row: dims in DIMENSIONS order, sums in SUM_FIELDS order.
+    def count_row(self, dims: DimKey, sums: UsageSums) -> None:
+        """Add one applied usage row.
 
         Only model, team, app and namespace become labels (project, deployment and cluster
         would multiply the series; the allocation API has them).
@@ -240,15 +242,14 @@ class CostMetrics:
         children = self._children.get((model, team, app, namespace))
         if children is None:
             children = self._children_for(model, team, app, namespace)
-        cost_pico, input_tokens, output_tokens, cached, requests = sums[:5]
         cost, count, tokens_in, tokens_out, tokens_cached, hits, savings = children
-        cost.inc(pico_to_dollars(cost_pico))
-        count.inc(requests)
-        tokens_in.inc(input_tokens)
-        tokens_out.inc(output_tokens)
-        tokens_cached.inc(cached)
-        hits.inc(sum_at(sums, SEMANTIC_HITS))
-        savings.inc(pico_to_dollars(sum_at(sums, SEMANTIC_SAVING)))
+        cost.inc(pico_to_dollars(sums.cost_pico))
+        count.inc(sums.requests)
+        tokens_in.inc(sums.input_tokens)
+        tokens_out.inc(sums.output_tokens)
+        tokens_cached.inc(sums.cached_input_tokens)
+        hits.inc(sums.semantic_cache_hits)
+        savings.inc(pico_to_dollars(sums.semantic_saving_pico))
 
     def _children_for(
         self, model: str, team: str, app: str, namespace: str

@@ -38,7 +38,6 @@ from procs import ConsumerProcess, cpu_seconds
 
 from costflux.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 from costflux.settings import Settings
-from streams.app import COMBINE_STARTING
 from streams.kafka import admin_config, consumer_config, producer_config
 from streams.producer import UsageProducer
 
@@ -239,13 +238,6 @@ def ready(port: int) -> bool:
     return readiness(port)[0] == 200
 
 
-def consuming(port: int) -> bool:
-    """Ingest is consuming: /readyz is 200, or says only that the combine agent has not
-    started yet (its group join and table recovery come after ingest's)."""
-    status, detail = readiness(port)
-    return status == 200 or (status == 503 and detail == COMBINE_STARTING)
-
-
 def readiness(port: int) -> tuple[int | None, str]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
@@ -264,7 +256,6 @@ def costflux_env(bench: Bench, topic: str, prefix: str, group: str, port: int,
         "COSTFLUX_KAFKA_BOOTSTRAP": str(bench.settings.kafka_bootstrap),
         "COSTFLUX_REDIS_URL": str(bench.settings.redis_url),
         "COSTFLUX_TOPIC_USAGE": topic,
-        "COSTFLUX_TOPIC_PARTIALS": f"{prefix}.partials",
         "COSTFLUX_TOPIC_DEADLETTER": f"{prefix}.deadletter",
         "COSTFLUX_TOPIC_ALERTS": f"{prefix}.alerts",
         "COSTFLUX_TOPIC_PARTITIONS": str(bench.partitions),
@@ -293,9 +284,9 @@ def run_costflux(bench: Bench, kind: str, attempt: int) -> dict[str, Any]:
         if bench.profile:
             profiler = start_profiler(child.pid, RESULTS / f"{stage}.pyspy.txt")
         deadline = time.monotonic() + bench.stage_timeout_s
-        # The clock starts as ingest starts consuming, as the baselines' at their first
-        # message: the combine agent's own group join and recovery are in the timed span.
-        while not consuming(port):
+        # The clock starts as ingest starts consuming (/readyz: it has its partitions), as
+        # the baselines' at their first message.
+        while not ready(port):
             _check_alive(child, deadline, "ingest consuming")
             time.sleep(READY_POLL_S)
         ready_at = time.time()

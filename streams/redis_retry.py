@@ -17,8 +17,10 @@ __all__ = ["REDIS_UNAVAILABLE", "until_redis_answers"]
 _T = TypeVar("_T")
 
 #: What an unreachable or too slow Redis raises (BusyLoadingError, a Redis still loading its
-#: data after a restart, is a ConnectionError).
-REDIS_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+#: data after a restart, is a ConnectionError), and a full one (maxmemory reached under
+#: noeviction: it refuses a write before making any, so waiting for room is safe).
+REDIS_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                     redis.exceptions.OutOfMemoryError)
 _RETRY_FIRST_S = 0.1
 _RETRY_MAX_S = 5.0
 

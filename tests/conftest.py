@@ -75,7 +75,6 @@ def settings_for(
             "topic_gpu": unique("gpu"),
             "topic_alerts": unique("alerts"),
             "topic_deadletter": unique("deadletter"),
-            "topic_partials": unique("partials"),
             "consumer_group": unique("group"),
             "http_port": free_port(),
             "data_dir": tmp_path / unique("data"),

@@ -11,8 +11,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shlex
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -68,7 +70,7 @@ SEED_ALERTS: dict[str, tuple[str | None, str, str]] = {
 }
 SEED_GROUPS = {"llm-costs", "cost_management"}
 #: costflux's own alerts on the worker's health, in a group of their own.
-WORKER_ALERTS = {"CostfluxCombineStalled"}
+WORKER_ALERTS = {"CostfluxIngestStalled", "CostfluxStoreResynced", "CostfluxIngestLostMessages"}
 WORKER_GROUP = "costflux-worker"
 
 SETTINGS_ENV = {"COSTFLUX_" + name.upper() for name in Settings.model_fields}
@@ -440,7 +442,8 @@ def test_deployment_runs_the_worker_safely() -> None:
 
 
 BUILTIN_KINDS = {
-    "ConfigMap", "Deployment", "DaemonSet", "Service", "Secret", "HorizontalPodAutoscaler"
+    "ConfigMap", "Deployment", "DaemonSet", "Service", "Secret", "HorizontalPodAutoscaler",
+    "StatefulSet",
 }
 
 
@@ -585,6 +588,142 @@ def test_service_and_servicemonitor_reach_the_metrics_port() -> None:
     ]
 
 
+# --- Redis, the cost store ------------------------------------------------------------------------
+
+#: What the cost store needs of Redis: an append-only file fsynced every second (a restart
+#: loses at most a second, which the workers re-read), and no eviction (window rows carry
+#: TTLs: any volatile-* or allkeys-* policy could evict counted money).
+REDIS_DURABILITY = {
+    "appendonly": ["yes"], "appendfsync": ["everysec"], "maxmemory-policy": ["noeviction"]
+}
+REDIS_STATEFULSETS = ["costflux-redis", "costflux-redis-replica"]  # primary, replica
+_REDIS_UNITS = {"kb": 1024, "mb": 1024**2, "gb": 1024**3, "k": 1000, "m": 1000**2, "g": 1000**3}
+_K8S_UNITS = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "K": 1000, "M": 1000**2, "G": 1000**3}
+
+
+def _redis_server_options(argv: list[str]) -> dict[str, list[str]]:
+    """redis-server's options (name -> values) from a container's command line.
+
+    Either `sh -c 'exec redis-server "$@" ...' name option...` (Kubernetes: the options are
+    the container's args) or one `sh -c` script (compose); the shell only adds the password.
+    """
+    words = list(argv)
+    if words[:2] == ["sh", "-c"]:
+        script = shlex.split(words[2])
+        if "$@" in script:
+            at = script.index("$@")
+            script[at : at + 1] = words[4:]
+        words = script
+    options: dict[str, list[str]] = {}
+    name = None
+    for word in words[words.index("redis-server") + 1 :]:
+        if word.startswith("--"):
+            name = word[2:]
+            assert name not in options, f"--{name} given twice"
+            options[name] = []
+        else:
+            assert name is not None, f"{word} before any option"
+            options[name].append(word)
+    return options
+
+
+def _bytes(quantity: str, units: dict[str, int]) -> int:
+    number, unit = re.fullmatch(r"(\d+)([a-zA-Z]*)", quantity).groups()  # type: ignore[union-attr]
+    return int(number) * (units[unit] if unit else 1)
+
+
+def _redis_container(name: str) -> dict[str, Any]:
+    (container,) = k8s_object("StatefulSet", name)["spec"]["template"]["spec"]["containers"]
+    return container  # type: ignore[no-any-return]
+
+
+def _redis_argv(container: dict[str, Any]) -> list[str]:
+    return [*container.get("command", []), *container.get("args", [])]
+
+
+@pytest.mark.parametrize("name", REDIS_STATEFULSETS)
+def test_kubernetes_redis_persists_every_second_and_never_evicts(name: str) -> None:
+    statefulset = k8s_object("StatefulSet", name)
+    container = _redis_container(name)
+    assert container["image"].startswith("redis:7")
+    options = _redis_server_options(_redis_argv(container))
+    assert REDIS_DURABILITY.items() <= options.items()
+    # The append-only file is written to the pod's own PersistentVolume.
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+    assert options["dir"] == [mounts[claim["metadata"]["name"]]]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    # Full, Redis refuses writes (ingest waits) rather than being killed by the kernel: its
+    # maxmemory leaves the container room for an AOF rewrite's copy-on-write.
+    resources = container["resources"]
+    assert resources["requests"]["memory"] == resources["limits"]["memory"]
+    (maxmemory,) = options["maxmemory"]
+    limit = _bytes(resources["limits"]["memory"], _K8S_UNITS)
+    assert _bytes(maxmemory, _REDIS_UNITS) <= 0.8 * limit
+    assert container["readinessProbe"]["exec"] and container["livenessProbe"]["exec"]
+
+
+def test_compose_redis_persists_every_second_on_a_volume_and_never_evicts() -> None:
+    redis = compose()["services"]["redis"]
+    options = _redis_server_options(redis["command"])
+    assert REDIS_DURABILITY.items() <= options.items()
+    assert options["requirepass"] == ["$$REDIS_PASSWORD"]  # the container's shell expands it
+    # No --dir: the image's working directory, /data, on a named volume that outlives the
+    # container.
+    assert "dir" not in options
+    sources = {target: source for source, target in (v.split(":")[:2] for v in redis["volumes"])}
+    assert sources["/data"] in compose()["volumes"]
+
+
+def test_the_redis_replica_follows_the_primary_which_the_clients_use() -> None:
+    primary, replica = (k8s_object("StatefulSet", name) for name in REDIS_STATEFULSETS)
+    primary_labels = primary["spec"]["template"]["metadata"]["labels"]
+    replica_labels = replica["spec"]["template"]["metadata"]["labels"]
+    headless = k8s_object("Service", primary["spec"]["serviceName"])
+    assert replica["spec"]["serviceName"] == headless["metadata"]["name"]
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"].items() <= primary_labels.items()
+    assert headless["spec"]["selector"].items() <= replica_labels.items()
+    assert primary["spec"]["replicas"] == replica["spec"]["replicas"] == 1  # one primary
+    # The replica copies the primary's pod by its stable name.
+    primary_pod = f"{primary['metadata']['name']}-0.{headless['metadata']['name']}"
+    (port,) = headless["spec"]["ports"]
+    replica_options = _redis_server_options(_redis_argv(_redis_container(REDIS_STATEFULSETS[1])))
+    assert replica_options["replicaof"] == [primary_pod, str(port["port"])]
+    assert "replicaof" not in _redis_server_options(
+        _redis_argv(_redis_container(REDIS_STATEFULSETS[0])))
+    # The clients' Service selects the primary alone; the workers and the notifier use it.
+    service = k8s_object("Service", "costflux-redis")
+    assert service["spec"]["selector"].items() <= primary_labels.items()
+    assert not service["spec"]["selector"].items() <= replica_labels.items()
+    (service_port,) = service["spec"]["ports"]
+    for deployment in ("llm-cost-tracker", "costflux-notify"):
+        env = _pod_env(k8s_object("Deployment", deployment)["spec"]["template"])
+        url = urlsplit(env["COSTFLUX_REDIS_URL"]["value"])
+        assert (url.hostname, url.port) == (service["metadata"]["name"], service_port["port"])
+
+
+@pytest.mark.parametrize("name", REDIS_STATEFULSETS)
+def test_kubernetes_redis_password_is_the_workers_and_never_printed(name: str) -> None:
+    container = _redis_container(name)
+    env = {var["name"]: var for var in container["env"]}
+    workers = _k8s_env()["COSTFLUX_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    # REDIS_PASSWORD for the server's shell, REDISCLI_AUTH for redis-cli in the probes.
+    for var in ("REDIS_PASSWORD", "REDISCLI_AUTH"):
+        assert env[var]["valueFrom"]["secretKeyRef"] == workers, var
+    options = _redis_server_options(_redis_argv(container))
+    assert options["requirepass"] == options["masterauth"] == ["$REDIS_PASSWORD"]
+    for probe in ("readinessProbe", "livenessProbe"):
+        command = container[probe]["exec"]["command"]
+        assert "redis-cli" in command[-1], probe
+        # No -a/--pass/-u with a password: redis-cli reads REDISCLI_AUTH.
+        assert not re.search(r"\s(-a|--pass|--user|-u)\s|PASSWORD|AUTH", command[-1]), probe
+    security = {**k8s_object("StatefulSet", name)["spec"]["template"]["spec"]["securityContext"],
+                **container["securityContext"]}
+    assert security["runAsNonRoot"] is True and security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+
+
 # --- docker compose and the image -----------------------------------------------------------------
 
 
@@ -701,7 +840,7 @@ def test_dockerfile_builds_a_non_root_worker_image() -> None:
 
 
 def test_promtool_checks_the_rules_file() -> None:
-    assert "SUCCESS: 7 rules found" in run_promtool("check", "rules", str(RULES_FILE))
+    assert "SUCCESS: 9 rules found" in run_promtool("check", "rules", str(RULES_FILE))
 
 
 def test_promtool_checks_the_prometheusrule_groups(tmp_path: Path) -> None:
@@ -719,7 +858,18 @@ COST = 'llm_request_cost_dollars_total{model="gpt-4",team="chat",namespace="llm"
 REQUESTS = 'llm_requests_total{model="gpt-4",team="chat",namespace="llm"}'
 UTIL = 'llm_gpu_utilization_ratio{node="gpu-node-1",gpu_uuid="GPU-0",gpu_type="nvidia-a10"}'
 IDLE = 'llm_gpu_idle_cost_dollars_total{node="gpu-node-1",gpu_uuid="GPU-0",gpu_type="nvidia-a10"}'
-STILL = "costflux_combine_still_seconds"  # no labels: the alert keeps a series' own
+# One worker's series, as a scrape labels them; its alerts keep instance and kind.
+WORKER = 'instance="worker-1:8080",job="costflux",kind="usage"'
+UNAPPLIED = f"costflux_ingest_unapplied_messages{{{WORKER}}}"
+APPLIED = f"costflux_flush_apply_seconds_count{{{WORKER}}}"
+RESYNCS = f"costflux_ingest_resyncs_total{{{WORKER}}}"
+LOST = f"costflux_ingest_lost_messages_total{{{WORKER}}}"
+#: The labels an alert keeps from its series, besides its rule's own.
+ALERT_SERIES_LABELS = {
+    "CostfluxIngestStalled": {"instance": "worker-1:8080", "kind": "usage"},
+    "CostfluxStoreResynced": {"instance": "worker-1:8080", "kind": "usage"},
+    "CostfluxIngestLostMessages": {"instance": "worker-1:8080", "kind": "usage"},
+}
 
 # (alert, input series at 1m steps, evaluation time, fires?): one case above the threshold for
 # longer than `for`, and cases just outside it (below the threshold, or not yet for long enough).
@@ -740,10 +890,22 @@ ALERT_CASES: list[tuple[str, dict[str, str], str, bool]] = [
     ("CostSpike", {COST: "0+1x1440 1440+5x120"}, "25h", True),  # 5x the usual hour
     ("CostSpike", {COST: "0+1x1440 1440+1.5x120"}, "25h", False),  # 1.5x
     ("CostSpike", {COST: "0+1x1600"}, "25h", False),
-    # Still for a minute more at every 1m step: past 60 s from the 2nd minute, firing 2m later.
-    ("CostfluxCombineStalled", {STILL: "0+60x10"}, "5m", True),
-    ("CostfluxCombineStalled", {STILL: "0+60x10"}, "3m", False),  # for
-    ("CostfluxCombineStalled", {STILL: "0+30x2 0x8"}, "6m", False),  # moved again
+    # Flushes applied until 5m, then none while 500 messages wait: no flush in the last 5m
+    # from 10m, firing 2m later; applying again from 16m.
+    ("CostfluxIngestStalled", {UNAPPLIED: "500x30", APPLIED: "0+10x5 50x25"}, "13m", True),
+    ("CostfluxIngestStalled", {UNAPPLIED: "500x30", APPLIED: "0+10x5 50x25"}, "11m", False),  # for
+    ("CostfluxIngestStalled", {UNAPPLIED: "500x30", APPLIED: "0+10x5 50x10 60+10x14"}, "17m",
+     False),  # applying again
+    # Stuck before its first flush: the histogram has no series yet.
+    ("CostfluxIngestStalled", {UNAPPLIED: "500x30"}, "5m", True),
+    ("CostfluxIngestStalled", {UNAPPLIED: "0x30", APPLIED: "50x30"}, "13m", False),  # idle
+    ("CostfluxStoreResynced", {RESYNCS: "0x5 1x30"}, "10m", True),  # a resync at 6m
+    # A worker's first resync: the series appears at 1 (increase() alone would miss it).
+    ("CostfluxStoreResynced", {RESYNCS: "_x5 1x30"}, "10m", True),
+    ("CostfluxStoreResynced", {RESYNCS: "0x5 1x30"}, "22m", False),  # 15m on, resolved
+    ("CostfluxStoreResynced", {RESYNCS: "_x5 1x30"}, "22m", False),
+    ("CostfluxIngestLostMessages", {LOST: "0x5 120x30"}, "10m", True),  # 120 lost at 6m
+    ("CostfluxIngestLostMessages", {LOST: "0x30"}, "10m", False),
 ]
 
 
@@ -757,9 +919,8 @@ def test_promtool_unit_tests_fire_each_alert_only_past_its_threshold(tmp_path: P
     rules = _file_rules()
     tests = []
     for alert, series, eval_time, fires in ALERT_CASES:
-        expected = [
-            {"exp_labels": rules[alert]["labels"], "exp_annotations": rules[alert]["annotations"]}
-        ]
+        labels = {**ALERT_SERIES_LABELS.get(alert, {}), **rules[alert]["labels"]}
+        expected = [{"exp_labels": labels, "exp_annotations": rules[alert]["annotations"]}]
         tests.append(
             {
                 "interval": "1m",

@@ -31,18 +31,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
-from costflux.core.aggregate import (
-    CACHE_SAVING,
-    SEMANTIC_HITS,
-    SEMANTIC_SAVING,
-    decode_dimensions,
-    sum_at,
-)
 from costflux.core.allocation import UNALLOCATED, TimeRange
 from costflux.core.gpu import UNITS_PER_PICO, cost_units, price_of_rates
-from costflux.core.gpu_samples import decode_gpu_row_key, is_gpu_row
 from costflux.core.money import PICO_PER_DOLLAR, pico_to_dollars, pico_to_exact_string
 from costflux.core.pricing import ModelPrice
+from costflux.core.rows import WindowRows
 from costflux.core.signals import DAY_MS, UNITS_PER_DOLLAR
 from costflux.core.spike import HOUR_MS
 
@@ -51,7 +44,7 @@ __all__ = ["KINDS", "Advice", "AdviceResult", "Assumptions", "Estimate", "advise
 
 #: The changes, in the order they are applied.
 KINDS = ("rightsize", "batching", "reserved", "spot", "routing")
-Rows = Mapping[str, list[int]]
+Rows = WindowRows
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,35 +177,30 @@ def _read_hour(
     """Add one hour's rows to the pools and models; whether the hour held any."""
     seen = False
     for rows in rows_list:
-        for row_key, sums in rows.items():
-            seen = True
-            if is_gpu_row(row_key):
-                _node, gpu_type, tier, _ns, model, _team, rates = decode_gpu_row_key(row_key)
-                gpu_ms, busy_ms, _idle_ms = sums[:3]
-                price = price_of_rates(rates)
-                hour = pools.setdefault((model, gpu_type), {}).setdefault(index, _PoolHour())
-                hour.gpu_ms += gpu_ms
-                hour.busy_ms += busy_ms
-                hour.units += cost_units(gpu_ms, price, tier)
-                if tier == "on_demand":
-                    hour.od_ms += gpu_ms
-                    hour.od_units += cost_units(gpu_ms, price, "on_demand")
-                    hour.od_spot_units += cost_units(gpu_ms, price, "spot")
-                    hour.od_reserved_units += cost_units(gpu_ms, price, "reserved_1y")
-                continue
-            dims = decode_dimensions(row_key)
+        seen = seen or bool(rows)
+        for (_node, gpu_type, tier, _ns, model, _team, rates), gpu in rows.gpu.items():
+            price = price_of_rates(rates)
+            hour = pools.setdefault((model, gpu_type), {}).setdefault(index, _PoolHour())
+            hour.gpu_ms += gpu.gpu_ms
+            hour.busy_ms += gpu.busy_ms
+            hour.units += cost_units(gpu.gpu_ms, price, tier)
+            if tier == "on_demand":
+                hour.od_ms += gpu.gpu_ms
+                hour.od_units += cost_units(gpu.gpu_ms, price, "on_demand")
+                hour.od_spot_units += cost_units(gpu.gpu_ms, price, "spot")
+                hour.od_reserved_units += cost_units(gpu.gpu_ms, price, "reserved_1y")
+        for dims, sums in rows.usage.items():
             use = usage.setdefault(dims[0], _ModelUse())
-            hits = sum_at(sums, SEMANTIC_HITS)
-            use.cost_pico += sums[0]
-            use.input_tokens += sums[1]
-            use.output_tokens += sums[2]
-            use.cached_input_tokens += sums[3]
-            use.requests += sums[4] - hits
-            use.cache_saving_pico += sum_at(sums, CACHE_SAVING)
-            if hits:
+            use.cost_pico += sums.cost_pico
+            use.input_tokens += sums.input_tokens
+            use.output_tokens += sums.output_tokens
+            use.cached_input_tokens += sums.cached_input_tokens
+            use.requests += sums.served_requests
+            use.cache_saving_pico += sums.cache_saving_pico
+            if sums.semantic_cache_hits:
                 team = use.semantic_by_team.setdefault(dims[1] or UNALLOCATED, [0, 0])
-                team[0] += hits
-                team[1] += sum_at(sums, SEMANTIC_SAVING)
+                team[0] += sums.semantic_cache_hits
+                team[1] += sums.semantic_saving_pico
     return seen
 
 

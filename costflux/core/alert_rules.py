@@ -9,10 +9,10 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any, get_args
 
-from costflux.core.aggregate import DIMENSIONS
 from costflux.core.alerts import Rule, Severity
 from costflux.core.money import MoneyError, to_decimal
 from costflux.core.named_entries import named_entries
+from costflux.core.rows import DIMENSIONS
 from costflux.core.windows import duration_ms
 
 __all__ = ["DEFAULT_RULES", "SIGNALS", "RulesError", "parse_rules_text"]

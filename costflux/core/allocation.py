@@ -7,20 +7,11 @@ used the model in that window (``gpuCost``), its idle part shared or as an ``__i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from costflux.core.aggregate import (
-    CACHE_SAVING,
-    DIMENSIONS,
-    GPU_MS,
-    SEMANTIC_HITS,
-    SEMANTIC_SAVING,
-    decode_dimensions,
-    sum_at,
-)
 from costflux.core.gpu import (
     UNITS_PER_PICO,
     cost_units,
@@ -28,8 +19,8 @@ from costflux.core.gpu import (
     split_in_proportion,
     units_to_dollars,
 )
-from costflux.core.gpu_samples import GpuDims, decode_gpu_row_key, is_gpu_row
 from costflux.core.money import PICO_PER_DOLLAR
+from costflux.core.rows import DIMENSIONS, DimKey, GpuDims, GpuSums, UsageSums, WindowRows
 from costflux.core.windows import duration_ms
 
 __all__ = ["IDLE", "IDLE_KEY", "MAX_STEPS", "UNALLOCATED", "WINDOW_KEYWORDS",
@@ -203,20 +194,20 @@ def parse_aggregate(text: str) -> list[int]:
     return indexes
 
 
-def _tokens(sums: list[int]) -> int:
-    return sums[1] + sums[2]
+def _tokens(sums: UsageSums) -> int:
+    return sums.input_tokens + sums.output_tokens
 
 
-def _requests(sums: list[int]) -> int:
+def _requests(sums: UsageSums) -> int:
     # Only the requests the model served used its GPUs: semantic cache hits did not.
-    return sums[4] - sum_at(sums, SEMANTIC_HITS)
+    return sums.served_requests
 
 
-def _gpu_ms(sums: list[int]) -> int:
-    return sum_at(sums, GPU_MS)
+def _gpu_ms(sums: UsageSums) -> int:
+    return sums.gpu_ms
 
 
-_WEIGHT: dict[str, Callable[[list[int]], int]] = {
+_WEIGHT: dict[str, Callable[[UsageSums], int]] = {
     "tokens": _tokens, "requests": _requests, "gpu_seconds": _gpu_ms,
 }
 GPU_WEIGHTS = tuple(_WEIGHT)
@@ -275,7 +266,7 @@ class AllocationOptions:
 
 
 def allocate(
-    windows_rows: Iterable[Mapping[str, list[int]]],
+    windows_rows: Iterable[WindowRows],
     group_by: list[int],
     span: TimeRange,
     options: AllocationOptions = AllocationOptions(),
@@ -302,7 +293,7 @@ def empty_allocation(name: str, span: TimeRange) -> dict[str, object]:
 
 
 def group_costs(
-    windows_rows: Iterable[Mapping[str, list[int]]],
+    windows_rows: Iterable[WindowRows],
     group_by: Sequence[int],
     options: AllocationOptions = AllocationOptions(),
 ) -> dict[tuple[str, ...], GroupCost]:
@@ -315,25 +306,21 @@ def group_costs(
         return groups.setdefault(key, GroupCost())
 
     for rows in windows_rows:
-        users_by_model: dict[str, list[tuple[str, list[int]]]] = {}
-        gpu_by_model: dict[str, list[tuple[GpuDims, list[int]]]] = {}
-        for row_key, sums in sorted(rows.items()):  # sorted: splits are deterministic
-            if is_gpu_row(row_key):
-                dims = decode_gpu_row_key(row_key)
-                gpu_by_model.setdefault(dims[4], []).append((dims, sums))
-                continue
-            usage_dims = decode_dimensions(row_key)
-            users_by_model.setdefault(usage_dims[0], []).append((row_key, sums))
-            group = group_of(usage_dims)
-            cost_pico, input_tokens, output_tokens, cached, requests = sums[:5]
-            group.token_pico += cost_pico
-            group.input_tokens += input_tokens
-            group.output_tokens += output_tokens
-            group.cached_input_tokens += cached
-            group.requests += requests
-            group.cache_saving_pico += sum_at(sums, CACHE_SAVING)
-            group.semantic_cache_hits += sum_at(sums, SEMANTIC_HITS)
-            group.semantic_saving_pico += sum_at(sums, SEMANTIC_SAVING)
+        users_by_model: dict[str, list[tuple[DimKey, UsageSums]]] = {}
+        gpu_by_model: dict[str, list[tuple[GpuDims, GpuSums]]] = {}
+        for gpu_dims, gpu_sums in sorted(rows.gpu.items()):  # sorted: splits are deterministic
+            gpu_by_model.setdefault(gpu_dims[4], []).append((gpu_dims, gpu_sums))
+        for dims, sums in sorted(rows.usage.items()):
+            users_by_model.setdefault(dims[0], []).append((dims, sums))
+            group = group_of(dims)
+            group.token_pico += sums.cost_pico
+            group.input_tokens += sums.input_tokens
+            group.output_tokens += sums.output_tokens
+            group.cached_input_tokens += sums.cached_input_tokens
+            group.requests += sums.requests
+            group.cache_saving_pico += sums.cache_saving_pico
+            group.semantic_cache_hits += sums.semantic_cache_hits
+            group.semantic_saving_pico += sums.semantic_saving_pico
         for model, gpu_rows in gpu_by_model.items():
             users = users_by_model.get(model) if model else None
             if users:
@@ -344,8 +331,8 @@ def group_costs(
 
 
 def _share_among_users(
-    gpu_rows: list[tuple[GpuDims, list[int]]],
-    users: list[tuple[str, list[int]]],
+    gpu_rows: list[tuple[GpuDims, GpuSums]],
+    users: list[tuple[DimKey, UsageSums]],
     group_of: Callable[[Sequence[str]], GroupCost],
     groups: dict[tuple[str, ...], GroupCost],
     options: AllocationOptions,
@@ -354,7 +341,7 @@ def _share_among_users(
     idle = sum(_idle_units(dims, sums) for dims, sums in gpu_rows)
     weight_of = _WEIGHT[options.weight]
     weights = [weight_of(sums) for _, sums in users]
-    user_groups = [group_of(decode_dimensions(row_key)) for row_key, _ in users]
+    user_groups = [group_of(dims) for dims, _ in users]
     for group, part in zip(user_groups, split_in_proportion(busy, weights), strict=True):
         group.gpu_units += part
     if options.share_idle:
@@ -365,7 +352,7 @@ def _share_among_users(
 
 
 def _charge_to_gpu_labels(
-    gpu_rows: list[tuple[GpuDims, list[int]]],
+    gpu_rows: list[tuple[GpuDims, GpuSums]],
     group_of: Callable[[Sequence[str]], GroupCost],
     groups: dict[tuple[str, ...], GroupCost],
     options: AllocationOptions,
@@ -378,13 +365,12 @@ def _charge_to_gpu_labels(
         idle_group.idle_units += _idle_units(dims, sums)
 
 
-def _busy_units(dims: GpuDims, sums: list[int]) -> int:
-    gpu_ms, _busy_ms, idle_ms = sums
-    return cost_units(gpu_ms - idle_ms, price_of_rates(dims[6]), dims[2])
+def _busy_units(dims: GpuDims, sums: GpuSums) -> int:
+    return cost_units(sums.gpu_ms - sums.idle_ms, price_of_rates(dims[6]), dims[2])
 
 
-def _idle_units(dims: GpuDims, sums: list[int]) -> int:
-    return cost_units(sums[2], price_of_rates(dims[6]), dims[2])
+def _idle_units(dims: GpuDims, sums: GpuSums) -> int:
+    return cost_units(sums.idle_ms, price_of_rates(dims[6]), dims[2])
 
 
 def _allocation(name: str, group: GroupCost, window: dict[str, str]) -> dict[str, object]:

@@ -18,9 +18,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from costflux.core.aggregate import DIMENSIONS
 from costflux.core.money import MoneyError, exact_pico, to_decimal
 from costflux.core.named_entries import named_entries
+from costflux.core.rows import DIMENSIONS
 
 __all__ = [
     "COST_CENTER",

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from fractions import Fraction
 
-from costflux.core.aggregate import DIMENSIONS
 from costflux.core.alerts import AlertState, Notice, Rule, alert_event, evaluate
 from costflux.core.allocation import AllocationOptions, group_costs
 from costflux.core.budgets import Budget, BudgetStatus, budget_status
 from costflux.core.gpu import UNITS_PER_PICO
+from costflux.core.rows import DIMENSIONS, WindowRows
 from costflux.core.signals import (
     SPANS,
     LabelValues,
@@ -243,8 +243,11 @@ def _label_names(rule: Rule) -> tuple[str, ...]:
     return rule.group_by
 
 
+_EMPTY = WindowRows()
+
+
 def _rows(tiles: Tiles, wanted: Iterable[Tile]) -> list[Rows]:
-    return [tiles.get(tile, {}) for tile in wanted]
+    return [tiles.get(tile, _EMPTY) for tile in wanted]
 
 
 def _spend(budget: Budget, rows: list[Rows], options: AllocationOptions) -> int:

@@ -6,13 +6,13 @@ on-demand, all spot or all reserved (the input for savings advice).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 
 from costflux.core.allocation import UNALLOCATED, AllocationQueryError, TimeRange, iso_window
 from costflux.core.gpu import cost_units, price_of_rates, units_to_dollars
-from costflux.core.gpu_samples import GPU_DIMENSIONS, decode_gpu_row_key, is_gpu_row
 from costflux.core.pricing import TIERS
+from costflux.core.rows import GPU_DIMENSIONS, WindowRows
 
 __all__ = ["gpu_report", "gpu_sums", "parse_gpu_aggregate"]
 
@@ -34,7 +34,7 @@ def parse_gpu_aggregate(text: str) -> list[int]:
 
 
 def gpu_report(
-    windows_rows: Iterable[Mapping[str, list[int]]], group_by: list[int], span: TimeRange
+    windows_rows: Iterable[WindowRows], group_by: list[int], span: TimeRange
 ) -> dict[str, dict[str, object]]:
     """GPU time and cost of every covering window, grouped by GPU dimensions."""
     groups = gpu_sums(windows_rows, group_by)
@@ -46,17 +46,13 @@ def gpu_report(
 
 
 def gpu_sums(
-    windows_rows: Iterable[Mapping[str, list[int]]], group_by: Sequence[int]
+    windows_rows: Iterable[WindowRows], group_by: Sequence[int]
 ) -> dict[tuple[str, ...], list[int]]:
     """Per group: gpu_ms, busy_ms, idle_ms, cost and idle cost (GPU cost units), then the cost
     at each tier it ran at, then what its GPU time would cost at every tier."""
     groups: dict[tuple[str, ...], list[int]] = {}
     for rows in windows_rows:
-        for row_key, row_sums in rows.items():
-            if not is_gpu_row(row_key):
-                continue
-            gpu_ms, busy_ms, idle_ms = row_sums
-            dims = decode_gpu_row_key(row_key)
+        for dims, (gpu_ms, busy_ms, idle_ms) in rows.gpu.items():
             tier, price = dims[2], price_of_rates(dims[6])
             key = tuple(dims[i] or UNALLOCATED for i in group_by)
             sums = groups.setdefault(key, [0] * (5 + 2 * len(TIERS)))

@@ -1,12 +1,10 @@
 """Judge one partition of GPU samples and pre-aggregate their GPU time by window.
 
 The GPU twin of ``costflux.core.ingest``: the same checks (future, unpriced, late against the
-partition's own clock) and the same pre-aggregation into partial rows, so the same ingest
-loop, checkpoint protocol and combiner carry both. GPU rows sum milliseconds (GPU, busy and
-idle time); their key carries the prices, and cost is computed exactly when read.
-
-A GPU row's key is ``GPU_ROW_PREFIX`` + the JSON array of its ``GPU_DIMENSIONS``, which keeps
-it apart from usage rows (JSON arrays) in the same window state.
+partition's own clock) and the same pre-aggregation into window rows, so the same ingest
+loop and atomic apply carry both. GPU rows (``costflux.core.rows.GpuSums``) sum milliseconds
+(GPU, busy and idle time); their key carries the prices, and cost is computed exactly when
+read.
 """
 
 from __future__ import annotations
@@ -14,9 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
-import orjson
-
-from costflux.core.aggregate import PartialKey, Rows, partials_of
+from costflux.core.aggregate import FlushRows, by_window
 from costflux.core.events import Rejected, decode_gpu_message
 from costflux.core.gpu import (
     busy_and_idle_ms,
@@ -27,32 +23,20 @@ from costflux.core.gpu import (
 )
 from costflux.core.ingest import IngestRules, Judged, PartitionClock
 from costflux.core.pricing import PriceBook
+from costflux.core.rows import GpuDims
 from schemas._types import epoch_ms
 from schemas.deadletter import DeadLetterReason
 
 __all__ = [
-    "GPU_DIMENSIONS",
-    "GPU_ROW_PREFIX",
-    "GPU_SUM_FIELDS",
     "PROCESS_LABEL",
     "GpuAggregate",
     "GpuCandidate",
-    "decode_gpu_row_key",
-    "is_gpu_row",
     "judge_gpu",
     "model_of",
 ]
 
-GPU_ROW_PREFIX = "gpu:"
-#: What a GPU row is keyed by. ``model`` joins it with usage rows; ``rates`` is the price.
-GPU_DIMENSIONS = ("node", "gpu_type", "pricing_tier", "namespace", "model", "team", "rates")
-#: The integer sums every GPU row carries, in this order.
-GPU_SUM_FIELDS = ("gpu_ms", "busy_ms", "idle_ms")
-
 #: The label the sidecar lists a GPU's compute process ids in ("pids": "400,812").
 PROCESS_LABEL = "pids"
-
-GpuDims = tuple[str, str, str, str, str, str, str]
 
 
 class GpuCandidate(NamedTuple):
@@ -196,20 +180,6 @@ class GpuAggregate:
                 sums[1] += busy_ms
                 sums[2] += idle_ms
 
-    def partials(self, window_sizes_s: Iterable[int], buckets: int) -> dict[PartialKey, Rows]:
-        return partials_of(self._sums, _encode_gpu_dims, window_sizes_s, buckets)
-
-
-def _encode_gpu_dims(dims: GpuDims) -> str:
-    return GPU_ROW_PREFIX + orjson.dumps(dims).decode()
-
-
-def is_gpu_row(row_key: str) -> bool:
-    return row_key.startswith(GPU_ROW_PREFIX)
-
-
-def decode_gpu_row_key(row_key: str) -> GpuDims:
-    node, gpu_type, tier, namespace, model, team, rates = orjson.loads(
-        row_key[len(GPU_ROW_PREFIX):]
-    )
-    return (node, gpu_type, tier, namespace, model, team, rates)
+    def rows(self, window_sizes_s: Iterable[int]) -> FlushRows:
+        """The flush's GPU rows in every window size (sums in ``GpuSums`` field order)."""
+        return FlushRows(gpu=by_window(self._sums, window_sizes_s))

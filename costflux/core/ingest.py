@@ -1,8 +1,8 @@
 """Judge one source partition's messages: price, check time, and pre-aggregate what counts.
 
-Pure and deterministic given the partition's messages and its starting clock, so a flush
-replayed after a crash yields the same partials. Deduplication needs shared state and lives
-in the adapter between ``judge`` and ``aggregate``.
+Pure and deterministic given the partition's messages, its starting clock and the wall clock
+(only events too far in the future depend on it). Deduplication needs shared state and lives
+in the cost store, between ``judge`` and ``aggregate``.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from costflux.core.aggregate import DimKey, PartitionAggregate
+from costflux.core.aggregate import PartitionAggregate
 from costflux.core.events import Rejected, decode_usage_fields
 from costflux.core.pricing import ModelPrice, PriceBook
+from costflux.core.rows import DimKey
 from schemas._types import epoch_ms
 from schemas.deadletter import DeadLetterReason
 from schemas.usage import UsageEvent

@@ -12,19 +12,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from fractions import Fraction
 
-from costflux.core.aggregate import DIMENSIONS
 from costflux.core.allocation import AllocationOptions, TimeRange, cover, group_costs
 from costflux.core.gpu import UNITS_PER_PICO
 from costflux.core.gpu_report import gpu_sums
-from costflux.core.gpu_samples import GPU_DIMENSIONS
 from costflux.core.money import PICO_PER_DOLLAR
+from costflux.core.rows import DIMENSIONS, GPU_DIMENSIONS, WindowRows
 from costflux.core.spike import BASELINE_HOURS, HOUR_MS, spike_ratio
 
 __all__ = ["DAY_MS", "SPANS", "UNITS_PER_DOLLAR", "LabelValues", "Rows", "Tile", "Tiles",
            "fully_loaded", "hourly_signal", "span_tiles", "spike_hours", "window_signal"]
 
 Tile = tuple[int, int]  # (window size in s, window start in ms), as the serving view keys it
-Rows = Mapping[str, list[int]]
+Rows = WindowRows
 Tiles = Mapping[Tile, Rows]
 LabelValues = tuple[str, ...]  # a group's values of the rule's group_by, in order
 

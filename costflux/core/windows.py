@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 __all__ = [
-    "SOURCE_MARKS_KEY",
-    "AppliedWatermarks",
     "PartitionMark",
     "duration_ms",
     "global_watermark",
     "window_start",
 ]
-
-#: The key of the records ingest appends to every partials partition after each flush:
-#: ``{"marks": {source partition: its watermark after the flush}}`` (see AppliedWatermarks).
-#: Not a PartialKey, which always has two colons.
-SOURCE_MARKS_KEY = b"marks"
 
 
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
@@ -72,45 +65,3 @@ def global_watermark(
         return min(w for w in active if w is not None)
     known = [m.watermark_ms for m in marks.values() if m.watermark_ms is not None]
     return max(known) if known else None
-
-
-@dataclass(slots=True)
-class AppliedWatermarks:
-    """Watermarks as far as the combiner has applied partials, per partials partition.
-
-    Ingest publishes a source partition's watermark to Redis once its partials are on the
-    partials topic, and, in the same order, as a marks record on every partials partition.
-    The Redis mark says how far ingest has read; a marks record, once the combiner reaches
-    it in a partition, says that every earlier partial of that source in the partition is
-    applied, and (the source accepts nothing older than its watermark) that later ones hold
-    nothing older. Windows closed on these cannot still have partials queued for them, even
-    with the combiner hours of event time behind ingest on a backlog; closed on the Redis
-    marks, they could (1 % of a 2.8-hour backlog was dead-lettered as late).
-    """
-
-    _seen: dict[int, dict[str, int]] = field(default_factory=dict)
-
-    def observe(self, partition: int, marks: Mapping[str, int | None]) -> None:
-        """A marks record read from ``partition``: source -> watermark (None: none yet)."""
-        seen = self._seen.setdefault(partition, {})
-        for source, watermark in marks.items():
-            if watermark is not None and watermark > seen.get(source, watermark - 1):
-                seen[source] = watermark
-
-    def keep_only(self, partitions: Iterable[int]) -> None:
-        """Forget partitions no longer assigned (a new owner starts from its own reading)."""
-        kept = set(partitions)
-        for partition in [p for p in self._seen if p not in kept]:
-            del self._seen[partition]
-
-    def watermark(self, partition: int, activity: Mapping[str, PartitionMark],
-                  now_wall_ms: int, idle_after_ms: int) -> int | None:
-        """``global_watermark`` over the sources ``activity`` (ingest's Redis marks) names,
-        with the watermarks read in ``partition`` instead of the Redis ones. Which sources
-        are idle is still judged on the Redis marks: a lagging combiner reads old records."""
-        seen = self._seen.get(partition, {})
-        return global_watermark(
-            {source: PartitionMark(seen.get(source), mark.last_data_wall_ms)
-             for source, mark in activity.items()},
-            now_wall_ms, idle_after_ms,
-        )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,7 +24,6 @@ from costflux.embedded import EmbeddedRedis, free_port
 from costflux.settings import Settings
 from tests.cache.upstream import FAIL_MARKER, REDIRECT_MARKER, Upstream, usage_for
 from tests.integration.test_producer import read_all
-from tests.integration.test_resilience import in_background
 from tests.paths import REPO
 
 pytestmark = pytest.mark.integration
@@ -33,6 +33,14 @@ THRESHOLD = 0.95
 QUESTION = "How do I reverse a list in Python?"
 PARAPHRASE = "How can I reverse a list in Python?"
 UNRELATED = "How do I sort a list in Python?"
+
+
+def in_background(action: Callable[[], object]) -> threading.Thread:
+    # Kept here rather than imported from the resilience tests, whose module imports the
+    # worker's internals: this module needs only the proxy and the embedded services.
+    thread = threading.Thread(target=action, daemon=True)
+    thread.start()
+    return thread
 
 
 @pytest.fixture(scope="module")

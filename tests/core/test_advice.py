@@ -17,7 +17,6 @@ Two hours of data, so a month (30 days) is 360 times the measured span.
 
 from __future__ import annotations
 
-import json
 from fractions import Fraction
 from typing import Any
 
@@ -28,6 +27,7 @@ from costflux.core.advice_config import AdviceConfigError, parse_assumptions_tex
 from costflux.core.advice_report import advice_answer, render_advice
 from costflux.core.allocation import TimeRange
 from costflux.core.pricing import ModelPrice
+from costflux.core.rows import DimKey, GpuDims, GpuSums, UsageSums, WindowRows
 
 HOUR = 3_600_000
 A100 = "3500000000000,1200000000000,2100000000000"
@@ -39,26 +39,28 @@ PRICES = {  # pico-dollars per token
 }
 
 
-def gpu_key(model: str, gpu_type: str, tier: str, rates: str) -> str:
-    return "gpu:" + json.dumps(["node-1", gpu_type, tier, "ml", model, "platform", rates])
+def gpu_dims(model: str, gpu_type: str, tier: str, rates: str) -> GpuDims:
+    return ("node-1", gpu_type, tier, "ml", model, "platform", rates)
 
 
-def usage_key(model: str) -> str:
-    return json.dumps([model, "search", "", "", "ml"])
+def usage_dims(model: str) -> DimKey:
+    return (model, "search", "", "", "ml", "", "")
 
 
-def hours() -> list[tuple[TimeRange, list[dict[str, list[int]]]]]:
-    a100 = gpu_key("llama-2-70b", "nvidia-a100-80gb", "on_demand", A100)
-    a10 = gpu_key("llama-2-7b", "nvidia-a10", "spot", A10)
-    first = {
-        a100: [3 * HOUR, 1_260_000, 0],
-        a10: [HOUR, 720_000, 0],
-        usage_key("llama-2-70b"): [2_800_000_000_000, 2_500_000, 500_000, 0, 1000, 0, 0],
-        usage_key("llama-2-7b"): [360_000_000_000, 2_160_000, 720_000, 0, 7200, 0, 0],
-        usage_key("gpt-4"): [36_000_000_000_000, 1_000_000, 200_000, 400_000, 2000, 0,
-                             6_000_000_000_000],
-    }
-    second = {a100: [3 * HOUR, 3_780_000, 0], a10: [HOUR, 720_000, 0]}
+def hours() -> list[tuple[TimeRange, list[WindowRows]]]:
+    a100 = gpu_dims("llama-2-70b", "nvidia-a100-80gb", "on_demand", A100)
+    a10 = gpu_dims("llama-2-7b", "nvidia-a10", "spot", A10)
+    first = WindowRows(
+        usage={
+            usage_dims("llama-2-70b"): UsageSums(2_800_000_000_000, 2_500_000, 500_000, 0, 1000),
+            usage_dims("llama-2-7b"): UsageSums(360_000_000_000, 2_160_000, 720_000, 0, 7200),
+            usage_dims("gpt-4"): UsageSums(36_000_000_000_000, 1_000_000, 200_000, 400_000, 2000,
+                                           0, 6_000_000_000_000),
+        },
+        gpu={a100: GpuSums(3 * HOUR, 1_260_000, 0), a10: GpuSums(HOUR, 720_000, 0)},
+    )
+    second = WindowRows(gpu={a100: GpuSums(3 * HOUR, 3_780_000, 0),
+                             a10: GpuSums(HOUR, 720_000, 0)})
     return [(TimeRange(0, HOUR), [first]), (TimeRange(HOUR, 2 * HOUR), [second])]
 
 
@@ -126,7 +128,7 @@ def test_a_configured_route_and_stricter_assumptions() -> None:
 
 
 def test_no_data_gives_no_advice() -> None:
-    empty = advise([(TimeRange(0, HOUR), [{}])], PRICES.get)
+    empty = advise([(TimeRange(0, HOUR), [WindowRows()])], PRICES.get)
     assert advice_answer(empty)["advice"] == []
     assert "nothing to advise" in render_advice(advice_answer(empty), "table")
 

@@ -9,11 +9,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from costflux.core.aggregate import encode_dimensions
 from costflux.core.alert_rules import DEFAULT_RULES, parse_rules_text
 from costflux.core.alerts import AlertState
 from costflux.core.budgets import parse_budgets_text
 from costflux.core.detect import Detection, DetectOptions
+from costflux.core.rows import (
+    DimKey,
+    UsageSums,
+    WindowRows,
+    decode_usage_dims,
+    decode_usage_sums,
+    encode_sums,
+)
 from costflux.core.signals import Tile
 from costflux.core.spike import HOUR_MS
 from schemas.alert import AlertEvent
@@ -29,17 +36,21 @@ def ms(*parts: int) -> int:
     return int(datetime(*parts, tzinfo=UTC).timestamp() * 1000)  # type: ignore[misc]
 
 
-def windows(events: Iterable[tuple[int, str, int, int]]) -> dict[Tile, dict[str, list[int]]]:
+EMPTY = WindowRows()
+
+
+def windows(events: Iterable[tuple[int, str, int, int]]) -> dict[Tile, WindowRows]:
     """(ts_ms, team, cost_pico, requests) -> the rows of every window of every size."""
-    tiles: dict[Tile, dict[str, list[int]]] = {}
+    tiles: dict[Tile, dict[DimKey, list[int]]] = {}
     for ts, team, cost, requests in events:
-        row = encode_dimensions(("gpt-4o", team, "", "", "prod"))
+        dims = ("gpt-4o", team, "", "", "prod", "", "")
         for size in SIZES:
             tile = (size, ts - ts % (size * 1000))
-            sums = tiles.setdefault(tile, {}).setdefault(row, [0] * 6)
+            sums = tiles.setdefault(tile, {}).setdefault(dims, [0] * 5)
             sums[0] += cost
             sums[4] += requests
-    return tiles
+    return {tile: WindowRows({dims: UsageSums(*sums) for dims, sums in rows.items()})
+            for tile, rows in tiles.items()}
 
 
 class Run:
@@ -54,7 +65,7 @@ class Run:
     def until(self, start_ms: int, end_ms: int) -> None:
         for t in range(start_ms, end_ms + 1, MINUTE):
             needed = self.detection.tiles_for(t)
-            result = self.detection.step(t, {k: self.tiles.get(k, {}) for k in needed},
+            result = self.detection.step(t, {k: self.tiles.get(k, EMPTY) for k in needed},
                                          self.states)
             for key, state in result.states.items():
                 if state is None:
@@ -105,7 +116,7 @@ def test_the_seeds_budget_example_through_steps_then_rollover() -> None:
     run = Run(detection, events)
 
     run.until(start, day15)
-    (status,) = detection.step(day15, {k: run.tiles.get(k, {}) for k in
+    (status,) = detection.step(day15, {k: run.tiles.get(k, EMPTY) for k in
                                        detection.tiles_for(day15)}, run.states).budgets
     assert (status.spend_pico, status.projected_pico, status.status) == (
         25_000 * PICO, 50_000 * PICO, "OK")
@@ -142,7 +153,7 @@ def test_budget_spend_is_the_same_for_a_detector_started_mid_month() -> None:
     running.until(start, t - MINUTE)
     fresh = Detection([], [budget], DetectOptions(SIZES, MINUTE))
     for detection in (running.detection, fresh):
-        (status,) = detection.step(t, {k: running.tiles.get(k, {}) for k in
+        (status,) = detection.step(t, {k: running.tiles.get(k, EMPTY) for k in
                                        detection.tiles_for(t)}, {}).budgets
         expected = sum(cost for ts, _, cost, _ in events if ts < t)
         assert status.spend_pico == expected
@@ -167,21 +178,26 @@ rules:
     (budget,) = parse_budgets_text(
         "budgets: [{name: eu, scope: {cluster: eu-west-1}, period: daily, amount: 5000}]")
     start = ms(2026, 11, 1)
-    tiles: dict[Tile, dict[str, list[int]]] = {}
-    # $100 an hour in eu-west-1, $50 in us-east-1, and $7 an hour in rows an older worker
-    # wrote (five dimensions, five sums: no deployment, no cluster).
-    rows = {encode_dimensions(("gpt-4o", "search", "", "", "prod", "gpt-4o-prod", "eu-west-1")):
-            100, encode_dimensions(("gpt-4o", "search", "", "", "prod", "gpt-4o-prod",
-                                    "us-east-1")): 50,
-            '["gpt-4o","search","","","prod"]': 7}
+    # $100 an hour in eu-west-1, $50 in us-east-1, and $7 an hour in rows an older writer
+    # left in the store (five dimensions, five sums: no deployment, no cluster), read back
+    # the way the serving view reads every row.
+    row_dollars = {
+        '["gpt-4o","search","","","prod","gpt-4o-prod","eu-west-1"]': 100,
+        '["gpt-4o","search","","","prod","gpt-4o-prod","us-east-1"]': 50,
+        '["gpt-4o","search","","","prod"]': 7,
+    }
+    stored: dict[Tile, dict[str, list[int]]] = {}
     for hour in range(12):
         ts = start + hour * HOUR_MS
         for size in SIZES:
-            window = tiles.setdefault((size, ts - ts % (size * 1000)), {})
-            for row, dollars in rows.items():
+            window = stored.setdefault((size, ts - ts % (size * 1000)), {})
+            for row, dollars in row_dollars.items():
                 sums = window.setdefault(row, [0] * (5 if row.count(",") == 4 else 7))
                 sums[0] += dollars * PICO
                 sums[4] += 1
+    tiles = {tile: WindowRows({decode_usage_dims(k): decode_usage_sums(encode_sums(v))
+                               for k, v in rows.items()})
+             for tile, rows in stored.items()}
     run = Run(Detection([rule], [budget], DetectOptions(SIZES, MINUTE)), [])
     run.tiles = tiles
     run.until(start, start + 12 * HOUR_MS)
@@ -189,7 +205,7 @@ rules:
     assert [(t - start, e.state, e.labels) for t, e in run.sent] == [
         (10 * HOUR_MS + MINUTE, "firing", {"cluster": "eu-west-1"})]
     t = start + 12 * HOUR_MS
-    (status,) = run.detection.step(t, {k: tiles.get(k, {}) for k in
+    (status,) = run.detection.step(t, {k: tiles.get(k, EMPTY) for k in
                                        run.detection.tiles_for(t)}, run.states).budgets
     assert status.spend_pico == 1_200 * PICO
 

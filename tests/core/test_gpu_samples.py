@@ -15,13 +15,15 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from agents.metrics import CostMetrics
-from costflux.core.aggregate import PartialKey, encode_dimensions
+from costflux.core.aggregate import FlushRows
 from costflux.core.allocation import IDLE, AllocationOptions, TimeRange, allocate
 from costflux.core.gpu_report import gpu_report, parse_gpu_aggregate
-from costflux.core.gpu_samples import GpuAggregate, decode_gpu_row_key, is_gpu_row, judge_gpu
+from costflux.core.gpu_samples import GpuAggregate, judge_gpu
 from costflux.core.ingest import IngestRules, PartitionClock
 from costflux.core.pricing import parse_pricing_text
+from costflux.core.rows import GPU_DIMENSIONS, DimKey, GpuDims, GpuSums, UsageSums, WindowRows
 from schemas.deadletter import DeadLetterReason as R
+from tests.core.test_rows import stored_windows
 
 PRICES = parse_pricing_text(
     """
@@ -113,43 +115,54 @@ def test_one_bad_sample_in_a_batch_costs_only_itself() -> None:
     assert rejected.batch_index == 1 and json.loads(rejected.original)["gpu_type"] == "nvidia-b200"
 
 
-def rows_of(*samples: dict[str, Any], threshold: float = 5.0) -> dict[PartialKey, dict[str, Any]]:
+def rows_of(*samples: dict[str, Any], threshold: float = 5.0) -> FlushRows:
     judged = judge_gpu([(i, raw(s)) for i, s in enumerate(samples)], PartitionClock(), PRICES,
                        RULES, NOW_MS)
     totals = GpuAggregate(60, threshold)
     totals.add_all(judged.candidates)
-    return totals.partials((60, 3600), 4)
+    return totals.rows((60, 3600))
 
 
 def test_gpu_time_is_cut_at_window_edges_and_summed_in_every_window_size() -> None:
-    partials = rows_of(sample(BASE_MS + 65_000, utilization_pct=2.0))  # 55 s - 65 s
-    minute = {key.start_ms - BASE_MS: rows for key, rows in partials.items() if key.size_s == 60}
+    flush = rows_of(sample(BASE_MS + 65_000, utilization_pct=2.0))  # 55 s - 65 s
+    minute = {start - BASE_MS: rows for (size, start), rows in flush.gpu.items() if size == 60}
     assert {start: list(rows.values()) for start, rows in minute.items()} == {
         0: [[5_000, 100, 5_000]], 60_000: [[5_000, 100, 5_000]]
     }
-    (hour,) = [rows for key, rows in partials.items() if key.size_s == 3600]
+    (hour,) = [rows for (size, _), rows in flush.gpu.items() if size == 3600]
     assert list(hour.values()) == [[10_000, 200, 10_000]]
-    assert all(is_gpu_row(k) for rows in partials.values() for k in rows)
+    assert flush.usage == {}  # GPU samples add GPU rows only, kept apart from usage rows
 
 
 # --- allocation ---------------------------------------------------------------------------
 
 
 def gpu_row(model: str, team: str, gpu_ms: int, idle_ms: int, gpu_type: str = "nvidia-a100-80gb",
-            tier: str = "on_demand") -> tuple[str, list[int]]:
+            tier: str = "on_demand") -> tuple[GpuDims, GpuSums]:
     price = PRICES.gpu_price(gpu_type, 0)
     assert price is not None
     rates = f"{price.on_demand},{price.spot},{price.reserved_1y}"
-    key = "gpu:" + json.dumps(["n1", gpu_type, tier, "serving", model, team, rates],
-                              separators=(",", ":"))
-    assert decode_gpu_row_key(key)[4] == model
-    return key, [gpu_ms, gpu_ms - idle_ms, idle_ms]
+    dims = ("n1", gpu_type, tier, "serving", model, team, rates)
+    assert dict(zip(GPU_DIMENSIONS, dims, strict=True))["model"] == model  # joins usage rows
+    return dims, GpuSums(gpu_ms, gpu_ms - idle_ms, idle_ms)
 
 
 def usage_row(model: str, team: str, cost_pico: int, tokens: int, requests: int,
-              gpu_ms: int = 0) -> tuple[str, list[int]]:
-    dims = encode_dimensions((model, team, "", "", "serving"))
-    return dims, [cost_pico, tokens, 0, 0, requests, gpu_ms]
+              gpu_ms: int = 0) -> tuple[DimKey, UsageSums]:
+    return (model, team, "", "", "serving", "", ""), UsageSums(
+        cost_pico, tokens, 0, 0, requests, gpu_ms)
+
+
+def window(*rows: tuple[DimKey, UsageSums] | tuple[GpuDims, GpuSums]) -> WindowRows:
+    """One window holding ``rows``; a later row with the same dimensions replaces an earlier."""
+    usage: dict[DimKey, UsageSums] = {}
+    gpu: dict[GpuDims, GpuSums] = {}
+    for dims, sums in rows:
+        if isinstance(sums, GpuSums):
+            gpu[dims] = sums
+        else:
+            usage[dims] = sums
+    return WindowRows(usage, gpu)
 
 
 def near(row: dict[str, Any], dollars: Decimal) -> bool:
@@ -162,8 +175,8 @@ def dollars(ms: int, gpu_type: str = "nvidia-a100-80gb", tier: str = "on_demand"
 
 
 def test_gpu_cost_is_split_by_tokens_and_idle_goes_to_its_own_row() -> None:
-    rows = dict([gpu_row("m", "infra", 3_000_000, 600_000),
-                 usage_row("m", "search", 10**12, 300, 1), usage_row("m", "ads", 0, 100, 3)])
+    rows = window(gpu_row("m", "infra", 3_000_000, 600_000),
+                  usage_row("m", "search", 10**12, 300, 1), usage_row("m", "ads", 0, 100, 3))
     result = allocate([rows], [1], HOUR)
     busy, idle = dollars(2_400_000), dollars(600_000)
     assert near(result["search"], 1 + busy * 3 / 4)
@@ -175,9 +188,9 @@ def test_gpu_cost_is_split_by_tokens_and_idle_goes_to_its_own_row() -> None:
 
 
 def test_gpu_cost_can_be_split_by_the_events_own_gpu_seconds() -> None:
-    rows = dict([gpu_row("m", "infra", 3_600_000, 0),
-                 usage_row("m", "search", 0, 900, 9, gpu_ms=1_000),
-                 usage_row("m", "ads", 0, 100, 1, gpu_ms=3_000)])
+    rows = window(gpu_row("m", "infra", 3_600_000, 0),
+                  usage_row("m", "search", 0, 900, 9, gpu_ms=1_000),
+                  usage_row("m", "ads", 0, 100, 1, gpu_ms=3_000))
     result = allocate([rows], [1], HOUR, AllocationOptions(weight="gpu_seconds"))
     assert near(result["ads"], Decimal("3.5") * 3 / 4)
     assert near(result["search"], Decimal("3.5") / 4)
@@ -186,8 +199,8 @@ def test_gpu_cost_can_be_split_by_the_events_own_gpu_seconds() -> None:
 
 
 def test_shared_idle_goes_to_the_users_too() -> None:
-    rows = dict([gpu_row("m", "infra", 3_600_000, 3_600_000),
-                 usage_row("m", "search", 0, 1, 1), usage_row("m", "ads", 0, 2, 1)])
+    rows = window(gpu_row("m", "infra", 3_600_000, 3_600_000),
+                  usage_row("m", "search", 0, 1, 1), usage_row("m", "ads", 0, 2, 1))
     result = allocate([rows], [1], HOUR, AllocationOptions(share_idle=True))
     assert IDLE not in result
     assert near(result["ads"], Decimal("3.5") * 2 / 3)
@@ -195,8 +208,8 @@ def test_shared_idle_goes_to_the_users_too() -> None:
 
 
 def test_gpu_time_of_an_unused_model_is_charged_to_the_gpu_labels() -> None:
-    rows = dict([gpu_row("idle-model", "research", 3_600_000, 0, "nvidia-t4", "spot"),
-                 usage_row("m", "search", 5, 1, 1)])
+    rows = window(gpu_row("idle-model", "research", 3_600_000, 0, "nvidia-t4", "spot"),
+                  usage_row("m", "search", 5, 1, 1))
     result = allocate([rows], [1], HOUR)
     assert near(result["research"], Decimal("0.15"))
     assert result["research"]["gpuCost"] == 0.15 and result["research"]["requests"] == 0
@@ -210,13 +223,11 @@ def test_gpu_time_of_an_unused_model_is_charged_to_the_gpu_labels() -> None:
 def test_allocation_never_creates_or_loses_a_unit(
     gpus: list[tuple[int, int]], users: list[tuple[str, int]], share: bool
 ) -> None:
-    rows: dict[str, list[int]] = {}
-    for index, (gpu_ms, idle_pct) in enumerate(gpus):
-        key, sums = gpu_row("m", f"t{index}", gpu_ms, gpu_ms * idle_pct // 100)
-        rows[key] = sums
-    for team, tokens in users:
-        key, sums = usage_row("m", team, 0, tokens, 1)
-        rows[key] = sums
+    rows = window(
+        *[gpu_row("m", f"t{index}", gpu_ms, gpu_ms * idle_pct // 100)
+          for index, (gpu_ms, idle_pct) in enumerate(gpus)],
+        *[usage_row("m", team, 0, tokens, 1) for team, tokens in users],
+    )
     result = allocate([rows], [1], HOUR, AllocationOptions(share_idle=share))
     total = sum(Decimal(r["totalCostExact"]) for r in result.values())
     expected = sum(dollars(gpu_ms) for gpu_ms, _ in gpus)
@@ -224,9 +235,9 @@ def test_allocation_never_creates_or_loses_a_unit(
 
 
 def test_gpu_report_by_tier_with_what_ifs() -> None:
-    rows = dict([gpu_row("m", "a", 3_600_000, 3_600_000, tier="spot"),
-                 gpu_row("m", "b", 1_800_000, 0, tier="reserved_1y"),
-                 usage_row("m", "a", 1, 1, 1)])
+    rows = window(gpu_row("m", "a", 3_600_000, 3_600_000, tier="spot"),
+                  gpu_row("m", "b", 1_800_000, 0, tier="reserved_1y"),
+                  usage_row("m", "a", 1, 1, 1))
     report = gpu_report([rows], parse_gpu_aggregate("gpu_type"), HOUR)["nvidia-a100-80gb"]
     assert (report["gpuHours"], report["idleHours"], report["busyHours"]) == (1.5, 1.0, 0.5)
     assert report["totalCost"] == pytest.approx(float(Decimal("1.2") + Decimal("2.1") / 2))
@@ -281,7 +292,7 @@ def test_an_hour_of_a_mig_slice_costs_its_share_of_the_gpu_and_idles_without_a_p
     assert not judged.rejected
     totals = GpuAggregate(60, RULES.gpu_idle_threshold_pct)
     totals.add_all(judged.candidates)
-    (hour_rows,) = [rows for key, rows in totals.partials((3600,), 1).items()]
+    (hour_rows,) = stored_windows(totals.rows((3600,))).values()
     report = gpu_report([hour_rows], parse_gpu_aggregate("label:team"), HOUR)
     # $3.50/h x 3/7 = $1.50 exactly; x 1/7 = $0.5 exactly; 1.2 x 1/7 rounds to the pico-dollar.
     assert Decimal(str(report["a"]["totalCost"])) == Decimal("1.5")

@@ -1,8 +1,7 @@
-"""Judging a partition's messages and the two-phase aggregation, against Decimal recomputations."""
+"""Judging a partition's messages and pre-aggregating a flush, against Decimal recomputations."""
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 from collections import defaultdict
@@ -14,22 +13,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from costflux.core.aggregate import (
-    DIMENSIONS,
-    SUM_FIELDS,
-    PartialKey,
-    PartitionAggregate,
-    apply_partial,
-    decode_dimensions,
-    encode_dimensions,
-    merge_rows,
-)
+from costflux.core.aggregate import FlushRows, PartitionAggregate, Window, by_window
 from costflux.core.allocation import TimeRange, allocate, cover, parse_aggregate
 from costflux.core.events import Rejected
 from costflux.core.ingest import Candidate, IngestRules, Judged, PartitionClock, aggregate, judge
 from costflux.core.pricing import parse_pricing_text
+from costflux.core.rows import DIMENSIONS, DimKey, UsageSums, WindowRows
 from schemas.deadletter import DeadLetterReason as R
 from schemas.usage import UsageEvent
+from tests.core.test_rows import stored_windows
 
 PRICES = parse_pricing_text(
     """
@@ -250,11 +242,13 @@ def test_each_candidate_carries_what_the_prompt_cache_saved() -> None:
     assert Decimal(200_000_000) / PICO == Decimal("0.0002")
 
 
-def test_row_keys_of_older_versions_decode_with_empty_deployment_and_cluster() -> None:
-    assert decode_dimensions('["m","t","p","a","ns"]') == ("m", "t", "p", "a", "ns", "", "")
-    dims = ("m", "t", "p", "a", "ns", "m-prod", "eu-west-1")
-    assert decode_dimensions(encode_dimensions(dims)) == dims
-    assert len(DIMENSIONS) == 7 and len(SUM_FIELDS) == 9
+def test_candidates_carry_every_dimension_and_every_sum_a_row_holds() -> None:
+    # How older rows (fewer dimensions or sums) read is tested in test_rows.
+    assert DIMENSIONS == ("model", "team", "project", "app", "namespace", "deployment",
+                          "cluster")
+    assert UsageSums._fields == (
+        "cost_pico", "input_tokens", "output_tokens", "cached_input_tokens", "requests",
+        "gpu_ms", "cache_saving_pico", "semantic_cache_hits", "semantic_saving_pico")
 
 
 # --- a model of judge, property-tested -----------------------------------------------------
@@ -441,18 +435,14 @@ def recompute(
     return dict(groups)
 
 
-def flatten(
-    partials: dict[PartialKey, dict[str, list[int]]], size_s: int
-) -> dict[tuple[int, tuple[str, ...]], list[Any]]:
-    """Partial rows of one window size as {(start, dims): [dollars, input, output, ...]}."""
+def flatten(flush: FlushRows, size_s: int) -> dict[tuple[int, tuple[str, ...]], list[Any]]:
+    """A flush's usage rows of one window size as {(start, dims): [dollars, input, ...]}."""
     out: dict[tuple[int, tuple[str, ...]], list[Any]] = {}
-    for key, rows in partials.items():
-        if key.size_s != size_s:
+    for (window_size_s, start_ms), rows in flush.usage.items():
+        if window_size_s != size_s:
             continue
-        for row_key, sums in rows.items():
-            dims = tuple(json.loads(row_key))
-            assert (key.start_ms, dims) not in out, "a row appears in two buckets"
-            out[(key.start_ms, dims)] = [
+        for dims, sums in rows.items():
+            out[(start_ms, dims)] = [
                 Decimal(sums[0]) / PICO, *sums[1:6], Decimal(sums[6]) / PICO, sums[7],
                 Decimal(sums[8]) / PICO,
             ]
@@ -460,24 +450,20 @@ def flatten(
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(AGG_SPECS, min_size=1, max_size=30), st.integers(min_value=1, max_value=8))
-def test_partials_equal_decimal_recomputation_for_every_window_size(
-    specs: list[tuple[Any, ...]], buckets: int
+@given(st.lists(AGG_SPECS, min_size=1, max_size=30))
+def test_flush_rows_equal_decimal_recomputation_for_every_window_size(
+    specs: list[tuple[Any, ...]],
 ) -> None:
     events = agg_events(specs)
     ts_of = {ev["event_id"]: BASE_MS + spec[0] for ev, spec in zip(events, specs, strict=True)}
-    partials = aggregate(candidates_of(events), 60).partials(SIZES_S, buckets)
-    for key, rows in partials.items():
-        assert key.size_s in SIZES_S
-        assert key.start_ms % (key.size_s * 1000) == 0
-        assert 0 <= key.bucket < buckets
-        assert rows, "no empty shards"
+    flush = aggregate(candidates_of(events), 60).rows(SIZES_S)
+    assert flush.gpu == {}  # usage events add usage rows only
+    for (size_s, start_ms), rows in flush.usage.items():
+        assert size_s in SIZES_S
+        assert start_ms % (size_s * 1000) == 0
+        assert rows, "no empty windows"
         for sums in rows.values():
-            assert len(sums) == len(SUM_FIELDS)
-    bucket_of_row: dict[str, int] = {}
-    for key, rows in partials.items():
-        for row_key in rows:
-            assert bucket_of_row.setdefault(row_key, key.bucket) == key.bucket
+            assert len(sums) == len(UsageSums._fields)
     hits = [ev for ev in events if not served(ev)]
     total_dollars = sum((dollars(ev) for ev in events if served(ev)), Decimal(0))
     totals = [
@@ -486,10 +472,12 @@ def test_partials_equal_decimal_recomputation_for_every_window_size(
     ]
     avoided = sum((dollars(ev) for ev in hits), Decimal(0))
     for size_s in SIZES_S:
-        flat = flatten(partials, size_s)
+        flat = flatten(flush, size_s)
         assert flat == recompute(events, ts_of, size_s)
         sums = [sum(row[i] for row in flat.values()) for i in (0, 1, 2, 3, 4, 7, 8)]
         assert sums == [total_dollars, *totals, len(events), len(hits), avoided]
+    # The finest windows hold every counted event exactly once (what "now" is taken from).
+    assert sum(row[4] for _, row in flush.finest_usage(60)) == len(events)
 
 
 @settings(max_examples=40, deadline=None)
@@ -498,19 +486,27 @@ def test_partials_equal_decimal_recomputation_for_every_window_size(
     st.randoms(use_true_random=False),
     st.integers(min_value=0, max_value=30),
 )
-def test_shuffling_or_splitting_candidates_gives_the_same_partials(
+def test_shuffling_or_splitting_candidates_gives_the_same_rows(
     specs: list[tuple[Any, ...]], rng: random.Random, cut: int
 ) -> None:
     candidates = candidates_of(agg_events(specs))
-    whole = aggregate(candidates, 60).partials(SIZES_S, 4)
+    whole = aggregate(candidates, 60).rows(SIZES_S)
     shuffled = list(candidates)
     rng.shuffle(shuffled)
-    assert aggregate(shuffled, 60).partials(SIZES_S, 4) == whole
-    merged: dict[PartialKey, dict[str, list[int]]] = {}
+    assert aggregate(shuffled, 60).rows(SIZES_S) == whole
+    # A flush cut in two (the rest goes in the next flush) adds to every window what the
+    # whole flush would have: the store just adds the two flushes' rows.
+    added: dict[Window, dict[DimKey, list[int]]] = {}
     for part in (candidates[:cut], candidates[cut:]):
-        for key, rows in aggregate(part, 60).partials(SIZES_S, 4).items():
-            merge_rows(merged.setdefault(key, {}), rows)
-    assert merged == whole
+        for window, rows in aggregate(part, 60).rows(SIZES_S).usage.items():
+            held = added.setdefault(window, {})
+            for dims, sums in rows.items():
+                before = held.get(dims, [0] * len(sums))
+                held[dims] = [a + b for a, b in zip(before, sums, strict=True)]
+    assert added == whole.usage
+    # Hours and days summed from the minutes equal the events summed straight into hours.
+    hourly = aggregate(candidates, 3600).rows((3600, 86400)).usage
+    assert hourly == {window: rows for window, rows in whole.usage.items() if window[0] >= 3600}
 
 
 AGGREGATES = {  # the query's aggregate -> the dimensions it names, written out by hand
@@ -530,10 +526,8 @@ def test_allocation_by_deployment_and_cluster_equals_a_recomputation_from_the_ev
     specs: list[tuple[Any, ...]], aggregate_text: str
 ) -> None:
     events = agg_events(specs)
-    windows: dict[tuple[int, int], dict[str, list[int]]] = {}
-    for key, rows in aggregate(candidates_of(events), 60).partials(SIZES_S, 3).items():
-        merge_rows(windows.setdefault((key.size_s, key.start_ms), {}), rows)
-    allocated = allocate([windows.get(tile, {}) for tile in cover(AGG_SPAN, SIZES_S)],
+    windows = stored_windows(aggregate(candidates_of(events), 60).rows(SIZES_S))
+    allocated = allocate([windows.get(tile, WindowRows()) for tile in cover(AGG_SPAN, SIZES_S)],
                          parse_aggregate(aggregate_text), AGG_SPAN)
 
     expected: dict[str, list[Any]] = defaultdict(
@@ -568,113 +562,34 @@ def test_larger_windows_are_sums_of_the_finest() -> None:
         Candidate("d", "4", BASE_MS + 60_001, dims, 0, 0, 0, 0, 0, 0, 13),  # a semantic hit
     ])
     assert len(totals) == 3
-    partials = totals.partials([3600, 60], 1)
-    row = json.dumps(list(dims), separators=(",", ":"))
-    assert partials == {
-        PartialKey(60, BASE_MS, 0): {row: [5, 1, 2, 0, 1, 0, 0, 0, 0]},
-        PartialKey(60, BASE_MS + 60_000, 0): {row: [7, 3, 4, 1, 2, 250, 3, 1, 13]},
-        PartialKey(60, BASE_MS + HOUR_MS, 0): {row: [11, 5, 6, 2, 1, 0, 9, 0, 0]},
-        PartialKey(3600, BASE_MS, 0): {row: [12, 4, 6, 1, 3, 250, 3, 1, 13]},
-        PartialKey(3600, BASE_MS + HOUR_MS, 0): {row: [11, 5, 6, 2, 1, 0, 9, 0, 0]},
+    flush = totals.rows([3600, 60])
+    assert flush == FlushRows(usage={
+        (60, BASE_MS): {dims: [5, 1, 2, 0, 1, 0, 0, 0, 0]},
+        (60, BASE_MS + 60_000): {dims: [7, 3, 4, 1, 2, 250, 3, 1, 13]},
+        (60, BASE_MS + HOUR_MS): {dims: [11, 5, 6, 2, 1, 0, 9, 0, 0]},
+        (3600, BASE_MS): {dims: [12, 4, 6, 1, 3, 250, 3, 1, 13]},
+        (3600, BASE_MS + HOUR_MS): {dims: [11, 5, 6, 2, 1, 0, 9, 0, 0]},
+    })
+    assert sorted(sums for _, sums in flush.finest_usage(60)) == [
+        [5, 1, 2, 0, 1, 0, 0, 0, 0], [7, 3, 4, 1, 2, 250, 3, 1, 13], [11, 5, 6, 2, 1, 0, 9, 0, 0]]
+
+
+def test_by_window_copies_the_finest_sums_and_never_aliases_them() -> None:
+    """A minute's row must not be the very list its hour adds into, nor the caller's: the
+    hour's sums would show up in the minute."""
+    first, second = [1, 2, 3], [10, 20, 30]
+    finest = {(BASE_MS, "r"): first, (BASE_MS + MINUTE_MS, "r"): second,
+              (BASE_MS, "s"): [1, 1, 1]}
+    windows = by_window(finest, [3600, 60])
+    assert windows == {
+        (60, BASE_MS): {"r": [1, 2, 3], "s": [1, 1, 1]},
+        (60, BASE_MS + MINUTE_MS): {"r": [10, 20, 30]},
+        (3600, BASE_MS): {"r": [11, 22, 33], "s": [1, 1, 1]},
     }
-    assert PartialKey.decode(PartialKey(3600, BASE_MS, 3).encode()) == PartialKey(3600, BASE_MS, 3)
-    assert PartialKey(3600, BASE_MS, 3).end_ms == BASE_MS + HOUR_MS
+    assert (first, second) == ([1, 2, 3], [10, 20, 30])
+    windows[(60, BASE_MS)]["r"][0] = 99
+    assert first[0] == 1 and windows[(3600, BASE_MS)]["r"][0] == 11
 
-
-def test_merge_rows_copies_and_never_aliases() -> None:
-    source = {"r": [1, 2, 3, 4, 5]}
-    into: dict[str, list[int]] = {}
-    merge_rows(into, source)
-    merge_rows(into, {"r": [10, 20, 30, 40, 50], "s": [1, 1, 1, 1, 1]})
-    assert into == {"r": [11, 22, 33, 44, 55], "s": [1, 1, 1, 1, 1]}
-    merge_rows(into, {"r": [0, 0, 0, 0, 0, 7]})  # a row with a field added later
-    assert into["r"] == [11, 22, 33, 44, 55, 7]
-    assert source == {"r": [1, 2, 3, 4, 5]}
-
-
-# --- idempotent application ----------------------------------------------------------------
-
-ROWS = st.dictionaries(
-    st.sampled_from(['["m","a","","",""]', '["m","b","","",""]', '["big","","","",""]']),
-    st.lists(st.integers(min_value=0, max_value=10**15), min_size=5, max_size=5),
-    min_size=1,
-    max_size=3,
-)
-
-
-@st.composite
-def source_flushes(draw: st.DrawFn) -> dict[str, list[dict[str, Any]]]:
-    flushes = {}
-    for source in ("usage:0", "usage:1", "usage:2"):
-        count = draw(st.integers(min_value=0, max_value=5))
-        last = -1
-        partials = []
-        for _ in range(count):
-            first = last + 1
-            last = first + draw(st.integers(min_value=0, max_value=50))
-            partials.append({"src": source, "first": first, "last": last, "rows": draw(ROWS)})
-        flushes[source] = partials
-    return flushes
-
-
-@settings(max_examples=150, deadline=None)
-@given(source_flushes(), st.data())
-def test_partials_in_any_interleaving_with_replays_count_once(
-    flushes: dict[str, list[dict[str, Any]]], data: st.DataObject
-) -> None:
-    expected_rows: dict[str, list[int]] = {}
-    for partials in flushes.values():
-        for partial in partials:
-            for row_key, sums in partial["rows"].items():
-                current = expected_rows.setdefault(row_key, [0] * 5)
-                for i, value in enumerate(sums):
-                    current[i] += value
-    expected_applied = {s: p[-1]["last"] for s, p in flushes.items() if p}
-
-    # Kafka keeps one source's partials of a window in order; sources interleave freely, and
-    # any partial already delivered may be delivered again (a replay after a crash).
-    pending = {s: list(p) for s, p in flushes.items()}
-    delivered: list[dict[str, Any]] = []
-    state = None
-    new_count = 0
-    while any(pending.values()) or data.draw(st.booleans(), label="one more replay"):
-        choices = [s for s, p in pending.items() if p]
-        replay = delivered and (not choices or data.draw(st.booleans(), label="replay?"))
-        if replay:
-            partial = data.draw(st.sampled_from(delivered), label="replayed")
-        elif choices:
-            partial = pending[data.draw(st.sampled_from(choices), label="source")].pop(0)
-            delivered.append(partial)
-        else:
-            break
-        state, new = apply_partial(state, copy.deepcopy(partial))
-        new_count += new
-    if not delivered:
-        return
-    assert state is not None
-    assert new_count == sum(len(p) for p in flushes.values())
-    assert state["rows"] == expected_rows
-    assert state["applied"] == expected_applied
-
-
-def test_replayed_partial_is_a_no_op_and_sources_are_tracked_separately() -> None:
-    p0 = {"src": "usage:0", "first": 0, "last": 9, "rows": {"r": [1, 1, 1, 0, 1]}}
-    p1 = {"src": "usage:1", "first": 0, "last": 4, "rows": {"r": [2, 2, 2, 0, 1]}}
-    state, new = apply_partial(None, p0)
-    assert new is True
-    state, new = apply_partial(state, p1)  # same offsets, other source partition: counts
-    assert new is True
-    before = copy.deepcopy(state)
-    for replay in (p0, p1, {**p0, "last": 3}, {**p1, "last": 4}):
-        state, new = apply_partial(state, copy.deepcopy(replay))
-        assert new is False
-        assert state == before
-    state, new = apply_partial(
-        state, {"src": "usage:1", "first": 5, "last": 5, "rows": {"r": [3, 0, 0, 0, 1]}}
-    )
-    assert new is True
-    assert state == {"applied": {"usage:0": 9, "usage:1": 5}, "rows": {"r": [6, 3, 3, 0, 3]}}
-    assert p0["rows"] == {"r": [1, 1, 1, 0, 1]}  # the state never aliases a partial's rows
 
 
 def test_rejected_entries_keep_their_type() -> None:

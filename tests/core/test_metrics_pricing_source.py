@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from agents.metrics import CostMetrics, LabelLimiter
 from costflux.core.pricing import PricingError
+from costflux.core.rows import UsageSums
 from costflux.pricing_source import PricingSource
 
 GOOD = "model_costs:\n  m:\n    input_tokens: 0.001\n    output_tokens: 0.002\n"
@@ -28,8 +29,10 @@ def test_label_values_beyond_the_cap_are_reported_as_other_unless_allowed() -> N
 def test_cost_metrics_count_rows_in_dollars_with_bounded_labels() -> None:
     registry = CollectorRegistry()
     metrics = CostMetrics(registry, label_cap=1)
-    metrics.count_row(("gpt-4", "search", "p", "app", "ml"), [1_500_000_000_000, 10, 20, 3, 2])
-    metrics.count_row(("llama", "ads", "p", "app", "ml"), [250_000_000_000, 1, 2, 0, 1])
+    metrics.count_row(("gpt-4", "search", "p", "app", "ml", "d", "c"),
+                      UsageSums(1_500_000_000_000, 10, 20, 3, 2))
+    metrics.count_row(("llama", "ads", "p", "app", "ml", "d", "c"),
+                      UsageSums(250_000_000_000, 1, 2, 0, 1))
     labels = {"model": "gpt-4", "team": "search", "app": "app", "namespace": "ml"}
     assert registry.get_sample_value("llm_request_cost_dollars_total", labels) == 1.5
     assert registry.get_sample_value("llm_requests_total", labels) == 2

@@ -23,11 +23,19 @@ from costflux.cache.policy import TokenUsage
 from costflux.cache.usage import usage_event
 from costflux.core.advice import advise
 from costflux.core.advice_report import advice_answer, render_advice
-from costflux.core.aggregate import SUM_FIELDS, apply_partial, merge_rows
 from costflux.core.allocation import AllocationOptions, TimeRange, allocate, parse_aggregate
 from costflux.core.ingest import IngestRules, PartitionClock, aggregate, judge
 from costflux.core.pricing import ModelPrice, parse_pricing_text
+from costflux.core.rows import (
+    GpuSums,
+    UsageSums,
+    WindowRows,
+    add_sums,
+    decode_usage_dims,
+    decode_usage_sums,
+)
 from schemas.deadletter import DeadLetterReason
+from tests.core.test_rows import stored_windows
 
 MINUTE_MS, HOUR_MS = 60_000, 3_600_000
 BASE_MS = 1_714_521_600_000  # 2024-05-01T00:00:00Z
@@ -95,12 +103,9 @@ def judged(events: list[dict[str, Any]]) -> list[Any]:
     return result.candidates
 
 
-def windows_of(events: list[dict[str, Any]]) -> dict[tuple[int, int], dict[str, list[int]]]:
-    """Window rows as the combiner holds them, from the events' partials."""
-    windows: dict[tuple[int, int], dict[str, list[int]]] = {}
-    for key, rows in aggregate(judged(events), 60).partials((60, 3600), 3).items():
-        merge_rows(windows.setdefault((key.size_s, key.start_ms), {}), rows)
-    return windows
+def windows_of(events: list[dict[str, Any]]) -> dict[tuple[int, int], WindowRows]:
+    """Window rows as the serving view reads them, once the events' flush is stored."""
+    return stored_windows(aggregate(judged(events), 60).rows((60, 3600)))
 
 
 def test_a_hit_counts_a_request_and_its_avoided_cost_priced_at_its_own_time() -> None:
@@ -171,29 +176,31 @@ def test_sums_and_allocation_equal_a_decimal_recomputation(specs: list[tuple[Any
 
 
 def test_rows_written_before_the_semantic_cache_fields_still_load() -> None:
-    assert SUM_FIELDS[-2:] == ("semantic_cache_hits", "semantic_saving_pico")
-    old_key = json.dumps(["m", "search", "", "", ""])  # five dimensions, seven sums
-    new_key = json.dumps(["m", "search", "", "", "", "", ""])
-    state, _ = apply_partial(None, {"src": "usage:0", "last": 5,
-                                    "rows": {old_key: [10, 1, 2, 0, 1, 0, 3]}})
-    state, fresh = apply_partial(state, {"src": "usage:0", "last": 9,
-                                         "rows": {old_key: [20, 3, 4, 0, 2, 0, 0, 1, 7]}})
-    assert fresh and state["rows"][old_key] == [30, 4, 6, 0, 3, 0, 3, 1, 7]
+    assert UsageSums._fields[-2:] == ("semantic_cache_hits", "semantic_saving_pico")
+    # Rows as older writers left them in the store (five dimensions; seven sums, or five)
+    # beside a full one, decoded as the serving view decodes every row.
+    old_key, new_key = '["m","search","","",""]', '["m","search","","","","",""]'
+    older = decode_usage_sums("10,1,2,0,1,0,3")
+    # A flush adding a full row to the older one: the missing fields count as zero.
+    assert add_sums(older, decode_usage_sums("20,3,4,0,2,0,0,1,7")) == UsageSums(
+        30, 4, 6, 0, 3, 0, 3, 1, 7)
 
-    windows = [{old_key: [10, 1, 2, 0, 1, 0, 3]}, {old_key: [5, 1, 1, 0, 1]},
-               {new_key: [0, 0, 0, 0, 2, 0, 0, 2, 4_000_000]}]
+    windows = [WindowRows({decode_usage_dims(old_key): older}),
+               WindowRows({decode_usage_dims(old_key): decode_usage_sums("5,1,1,0,1")}),
+               WindowRows({decode_usage_dims(new_key): decode_usage_sums(
+                   "0,0,0,0,2,0,0,2,4000000")})]
     row = allocate(windows, parse_aggregate("model"), TimeRange(0, HOUR_MS))["m"]
     assert (row["requests"], row["semanticCacheHits"], row["semanticCacheSavingsExact"],
             row["totalCostExact"]) == (4, 2, "0.000004000000", "0.000000000015")
 
     registry = CollectorRegistry()
     metrics = CostMetrics(registry)
-    metrics.count_row(("m", "search", "", "app", "ns"), [10, 1, 2, 0, 1, 0, 3])  # older row
+    dims = decode_usage_dims('["m","search","","app","ns"]')
+    metrics.count_row(dims, older)
     labels = {"model": "m", "team": "search", "app": "app", "namespace": "ns"}
     assert registry.get_sample_value("llm_cache_hits_total", labels) == 0
     assert registry.get_sample_value("llm_cache_savings_dollars_total", labels) == 0
-    metrics.count_row(("m", "search", "", "app", "ns", "", ""),
-                      [0, 0, 0, 0, 3, 0, 0, 3, 2_500_000_000_000])
+    metrics.count_row(dims, decode_usage_sums("0,0,0,0,3,0,0,3,2500000000000"))
     assert registry.get_sample_value("llm_cache_hits_total", labels) == 3
     assert registry.get_sample_value("llm_cache_savings_dollars_total", labels) == 2.5
     assert registry.get_sample_value("llm_requests_total", labels) == 4
@@ -215,13 +222,12 @@ A100 = "3500000000000,1200000000000,2100000000000"  # pico-$ an hour: on demand,
 def test_gpu_cost_split_by_requests_leaves_out_the_hits() -> None:
     # One GPU busy all hour ($3.5) for m. ads sent 1 request; search sent 1 and had 3 hits:
     # only the requests that reached the model used its GPU, so each team pays half.
-    gpu = "gpu:" + json.dumps(["node-1", "nvidia-a100-80gb", "on_demand", "ml", "m", "",
-                               A100])
-    rows = {
-        gpu: [HOUR_MS, HOUR_MS, 0],
-        json.dumps(["m", "ads", "", "", "", "", ""]): [7, 10, 1, 0, 1, 0, 0, 0, 0],
-        json.dumps(["m", "search", "", "", "", "", ""]): [7, 10, 1, 0, 4, 0, 0, 3, 99],
-    }
+    rows = WindowRows(
+        usage={("m", "ads", "", "", "", "", ""): UsageSums(7, 10, 1, 0, 1, 0, 0, 0, 0),
+               ("m", "search", "", "", "", "", ""): UsageSums(7, 10, 1, 0, 4, 0, 0, 3, 99)},
+        gpu={("node-1", "nvidia-a100-80gb", "on_demand", "ml", "m", "", A100):
+             GpuSums(HOUR_MS, HOUR_MS, 0)},
+    )
     by_team = allocate([rows], parse_aggregate("label:team"), TimeRange(0, HOUR_MS),
                        AllocationOptions(weight="requests"))
     assert [by_team[team]["gpuCost"] for team in ("ads", "search")] == [1.75, 1.75]
@@ -230,13 +236,13 @@ def test_gpu_cost_split_by_requests_leaves_out_the_hits() -> None:
 def test_advice_reports_what_the_semantic_cache_saved_by_model_and_team() -> None:
     # One hour (a month is 720 of them). gpt-4: search paid $36 for 2,000 requests and had 500
     # hits worth $9; ads had only hits, 100 worth $3. llama-2-70b's row predates the fields.
-    rows = {
-        json.dumps(["gpt-4", "search", "", "", "ml"]): [
-            36 * 10**12, 1_000_000, 200_000, 0, 2500, 0, 0, 500, 9 * 10**12],
-        json.dumps(["gpt-4", "ads", "", "", "ml"]): [0, 0, 0, 0, 100, 0, 0, 100, 3 * 10**12],
-        json.dumps(["llama-2-70b", "search", "", "", "ml"]): [
-            2_800_000_000_000, 2_500_000, 500_000, 0, 1000, 0, 0],
-    }
+    rows = WindowRows({
+        ("gpt-4", "search", "", "", "ml", "", ""): UsageSums(
+            36 * 10**12, 1_000_000, 200_000, 0, 2500, 0, 0, 500, 9 * 10**12),
+        ("gpt-4", "ads", "", "", "ml", "", ""): UsageSums(0, 0, 0, 0, 100, 0, 0, 100, 3 * 10**12),
+        decode_usage_dims('["llama-2-70b","search","","","ml"]'): decode_usage_sums(
+            "2800000000000,2500000,500000,0,1000,0,0"),
+    })
     prices = {"gpt-4": ModelPrice(30_000_000, 60_000_000, 15_000_000),
               "llama-2-70b": ModelPrice(800_000, 1_600_000, 800_000)}
     data = advice_answer(advise([(TimeRange(0, HOUR_MS), [rows])], prices.get))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import calendar
-import json
 from decimal import Decimal
 from typing import Any
 
@@ -22,6 +21,7 @@ from costflux.core.allocation import (
     parse_window,
     split_steps,
 )
+from costflux.core.rows import DimKey, UsageSums, WindowRows
 from costflux.core.windows import PartitionMark, global_watermark, window_start
 
 MINUTE_MS, HOUR_MS, DAY_MS = 60_000, 3_600_000, 86_400_000
@@ -399,30 +399,31 @@ def test_parse_aggregate_says_other_kubernetes_dimensions_are_not_recorded(text:
 # --- allocate ------------------------------------------------------------------------------
 
 
-def row_key(model: str, team: str = "", project: str = "", app: str = "", ns: str = "") -> str:
-    return json.dumps([model, team, project, app, ns])
+def dims_of(model: str, team: str = "", project: str = "", app: str = "", ns: str = "",
+            deployment: str = "", cluster: str = "") -> DimKey:
+    return (model, team, project, app, ns, deployment, cluster)
 
 
-DAY_ROWS = {
-    row_key("gpt-4", "search", ns="prod"): [3_000_000_000_000, 100, 10, 5, 2],
-    row_key("gpt-4", "", ns="prod"): [1, 1, 0, 0, 1],
-    row_key("llama", "ads"): [250_000_000_000, 1000, 500, 0, 4],
-}
-HOUR_ROWS = {
-    row_key("gpt-4", "search", ns="prod"): [123_456_789_012, 7, 3, 1, 1],
-    row_key("llama", "ads", ns="dev"): [0, 0, 0, 0, 1],
-}
+DAY_ROWS = WindowRows({
+    dims_of("gpt-4", "search", ns="prod"): UsageSums(3_000_000_000_000, 100, 10, 5, 2),
+    dims_of("gpt-4", "", ns="prod"): UsageSums(1, 1, 0, 0, 1),
+    dims_of("llama", "ads"): UsageSums(250_000_000_000, 1000, 500, 0, 4),
+})
+HOUR_ROWS = WindowRows({
+    dims_of("gpt-4", "search", ns="prod"): UsageSums(123_456_789_012, 7, 3, 1, 1),
+    dims_of("llama", "ads", ns="dev"): UsageSums(0, 0, 0, 0, 1),
+})
 SPAN = TimeRange(MAY_1, MAY_1 + DAY_MS + HOUR_MS)
 
 
 def expected_groups(group_by: list[int]) -> dict[str, list[int]]:
+    """[cost, input, output, cached, requests] by group, summed by hand from the rows."""
     groups: dict[str, list[int]] = {}
     for rows in (DAY_ROWS, HOUR_ROWS):
-        for key, sums in rows.items():
-            dims = json.loads(key)
+        for dims, sums in rows.usage.items():
             name = "/".join(dims[i] if dims[i] else "__unallocated__" for i in group_by)
             current = groups.setdefault(name, [0] * 5)
-            for i, value in enumerate(sums):
+            for i, value in enumerate(sums[:5]):
                 current[i] += value
     return groups
 
@@ -466,16 +467,16 @@ def test_allocate_reports_empty_dimension_as_unallocated() -> None:
     assert allocate([], [0], SPAN) == {}
 
 
-
-def test_rows_of_older_versions_read_as_empty_deployment_cluster_and_no_savings() -> None:
-    # A rolling upgrade: one window holds rows of 5 dimensions and 5 or 6 sums (older
-    # workers) beside rows of 7 and 7 (newer ones), even for the same model and team.
-    rows = {
-        row_key("gpt-4", "search"): [100, 10, 1, 0, 1],
-        json.dumps(["gpt-4", "search", "", "", "", "", ""]): [200, 20, 2, 0, 2, 0],
-        json.dumps(["gpt-4", "search", "", "", "", "gpt-4-prod", "eu-west-1"]):
-            [400, 40, 4, 8, 4, 0, 7_000_000],
-    }
+def test_rows_without_deployment_or_cluster_group_as_unallocated_beside_rows_with_them() -> None:
+    # One team's rows in one window: two without deployment and cluster (two projects), and
+    # one with both that holds the only prompt cache saving. Rows written before deployment,
+    # cluster or the saving existed decode to such rows (test_rows).
+    rows = WindowRows({
+        dims_of("gpt-4", "search"): UsageSums(100, 10, 1, 0, 1),
+        dims_of("gpt-4", "search", project="p"): UsageSums(200, 20, 2, 0, 2, 0),
+        dims_of("gpt-4", "search", deployment="gpt-4-prod", cluster="eu-west-1"):
+            UsageSums(400, 40, 4, 8, 4, 0, 7_000_000),
+    })
     by_team = allocate([rows], [1], SPAN)
     assert by_team["search"]["totalCostExact"] == "0.000000000700"
     assert by_team["search"]["requests"] == 7
@@ -488,29 +489,30 @@ def test_rows_of_older_versions_read_as_empty_deployment_cluster_and_no_savings(
     assert by_place["__unallocated__/__unallocated__"]["cacheSavingsExact"] == "0.000000000000"
 
 
-def window_store(events: list[tuple[int, str, list[int]]]) -> dict[tuple[int, int], Any]:
-    """Rows of every window of every size, as the worker keeps them: each event in each size."""
-    store: dict[tuple[int, int], dict[str, list[int]]] = {}
-    for ts, key, sums in events:
+def window_store(events: list[tuple[int, DimKey, list[int]]]) -> dict[tuple[int, int], WindowRows]:
+    """Rows of every window of every size, as the store keeps them: each event in each size."""
+    store: dict[tuple[int, int], dict[DimKey, list[int]]] = {}
+    for ts, dims, sums in events:
         for size_s in SIZES_S:
             rows = store.setdefault((size_s, window_start(ts, size_s * 1000)), {})
-            rows[key] = [a + b for a, b in zip(rows.get(key, [0] * 5), sums, strict=True)]
-    return store
+            rows[dims] = [a + b for a, b in zip(rows.get(dims, [0] * 5), sums, strict=True)]
+    return {window: WindowRows({dims: UsageSums(*sums) for dims, sums in rows.items()})
+            for window, rows in store.items()}
 
 
 def test_steps_summed_equal_the_accumulated_window() -> None:
     events = [
-        (MAY_1 + 5 * MINUTE_MS, row_key("gpt-4", "search"), [3_000_000_000_000, 100, 10, 5, 2]),
-        (MAY_1 + 5 * HOUR_MS, row_key("gpt-4", ""), [1, 1, 0, 0, 1]),
-        (MAY_1 + 23 * HOUR_MS, row_key("llama", "ads"), [250_000_000_000, 1000, 500, 0, 4]),
-        (MAY_1 + DAY_MS + 30_000, row_key("gpt-4", "search"), [123_456_789_012, 7, 3, 1, 1]),
-        (MAY_1 + DAY_MS + HOUR_MS, row_key("gpt-4", "ads"), [7, 1, 1, 0, 1]),
+        (MAY_1 + 5 * MINUTE_MS, dims_of("gpt-4", "search"), [3_000_000_000_000, 100, 10, 5, 2]),
+        (MAY_1 + 5 * HOUR_MS, dims_of("gpt-4", ""), [1, 1, 0, 0, 1]),
+        (MAY_1 + 23 * HOUR_MS, dims_of("llama", "ads"), [250_000_000_000, 1000, 500, 0, 4]),
+        (MAY_1 + DAY_MS + 30_000, dims_of("gpt-4", "search"), [123_456_789_012, 7, 3, 1, 1]),
+        (MAY_1 + DAY_MS + HOUR_MS, dims_of("gpt-4", "ads"), [7, 1, 1, 0, 1]),
     ]
     store = window_store(events)
     span = TimeRange(MAY_1, MAY_1 + DAY_MS + HOUR_MS + MINUTE_MS)
 
-    def rows_of(part: TimeRange) -> list[dict[str, list[int]]]:
-        return [store.get(tile, {}) for tile in cover(part, SIZES_S)]
+    def rows_of(part: TimeRange) -> list[WindowRows]:
+        return [store.get(tile, WindowRows()) for tile in cover(part, SIZES_S)]
 
     accumulated = allocate(rows_of(span), [1], span)
     for step in (HOUR_MS, DAY_MS, 7 * MINUTE_MS):

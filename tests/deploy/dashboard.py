@@ -15,6 +15,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from agents.alert_metrics import AlertMetrics
+from agents.health import Health
 from agents.metrics import CostMetrics
 from tests.deploy.manifests import DASHBOARD_FILE
 
@@ -36,10 +37,13 @@ _LABEL_VALUES = re.compile(r"^label_values\(\s*([a-zA-Z_:][\w:]*)\s*,\s*\w+\s*\)
 
 
 def exported_metric_names() -> set[str]:
-    """Every sample name /metrics can show: the worker's metrics on a fresh registry."""
+    """Every sample name /metrics can show: the worker's metrics on a fresh registry (its
+    cost metrics, its alerting metrics and its parts' error and retry counters, as
+    streams.app.build_worker registers them)."""
     registry = CollectorRegistry()
     CostMetrics(registry)
     AlertMetrics(registry, label_cap=1, allowed={})
+    Health(registry)
     return {
         family.name + suffix
         for family in registry.collect()

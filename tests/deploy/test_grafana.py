@@ -62,6 +62,9 @@ def test_exported_names_come_from_the_workers_registry() -> None:
     # Counters with their _total samples, gauges as they are: the derivation is not vacuous.
     assert {"llm_request_cost_dollars_total", "llm_gpu_utilization_ratio"} <= names
     assert {"llm_budget_status", "llm_cost_spike_ratio", "costflux_alerts_total"} <= names
+    # The ingest loop's store metrics, and the parts' retry counter (Health).
+    assert {"costflux_flush_apply_seconds_bucket", "costflux_ingest_unapplied_messages",
+            "costflux_ingest_resyncs_total", "costflux_dependency_retries_total"} <= names
     assert "llm_request_cost_dollars" not in names
 
 

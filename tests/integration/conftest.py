@@ -14,11 +14,13 @@ from tests.integration.worker_process import WorkerProcess
 
 
 @pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]]:
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start a worker subprocess (``env``: extra variables, e.g. COSTFLUX_FAILPOINTS); every
+    one still running is stopped after the test."""
     workers: list[WorkerProcess] = []
 
-    def start(settings: Settings) -> WorkerProcess:
-        worker = WorkerProcess(settings, tmp_path / "logs")
+    def start(settings: Settings, env: dict[str, str] | None = None) -> WorkerProcess:
+        worker = WorkerProcess(settings, tmp_path / "logs", env)
         workers.append(worker)
         return worker
 

@@ -299,6 +299,11 @@ def test_budgets_and_rules_edited_while_the_worker_runs_apply_and_a_broken_edit_
         (status,) = worker.get("/api/budgets")[1]["data"]
         return {k: status[k] for k in ("limit", "spend", "thresholdsReached")}
 
+    def reloaded(times: int) -> None:
+        """Until the worker has logged ``times`` successful reloads (it looks every 5 s)."""
+        worker.wait_for(lambda: worker.log_path.read_text(errors="replace").count(
+            "reloaded rules and budgets") >= times, 30, f"reload {times}")
+
     def firing() -> set[tuple[str, str]]:
         return {(a["rule"], a["labels"]["threshold"])
                 for a in worker.get("/api/alerts")[1]["data"]}
@@ -310,7 +315,7 @@ def test_budgets_and_rules_edited_while_the_worker_runs_apply_and_a_broken_edit_
             "limit": "100.000000000000", "spend": "60.000000000000", "thresholdsReached": [50]}
         # The budget lowered: the same spend now passes 100 % of it.
         budgets.write_text(budget % 50)
-        time.sleep(6)  # the worker looks at its files every 5 s
+        reloaded(1)
         assert evaluated(day + 3 * HOUR_MS) == {
             "limit": "50.000000000000", "spend": "60.000000000000",
             "thresholdsReached": [50, 80, 100]}
@@ -326,7 +331,7 @@ def test_budgets_and_rules_edited_while_the_worker_runs_apply_and_a_broken_edit_
         assert firing() == {("BudgetThreshold", t) for t in ("50", "80", "100")}
         # Mended: the renamed rule replaces the old one, whose states are dropped.
         budgets.write_text(budget % 50)
-        time.sleep(6)
+        reloaded(2)
         evaluated(day + 5 * HOUR_MS)
         assert firing() == {("BudgetReached", t) for t in ("50", "80", "100")}
         alerts = reader.read_until(lambda got: len(got) >= 6, 30, worker)

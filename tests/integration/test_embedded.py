@@ -31,7 +31,6 @@ from streams.kafka import (
     consumer_config,
     ensure_topics,
     producer_config,
-    read_offsets,
 )
 
 pytestmark = pytest.mark.integration
@@ -126,26 +125,6 @@ def test_consumer_commits_only_when_told(
 
     # Without a commit the same record comes back to the next consumer of the group.
     assert seen == ([[b"once"], []] if auto_commit else [[b"once"], [b"once"]])
-
-
-def test_read_offsets_returns_exactly_the_range_even_inside_a_batch(
-    settings_for: Callable[..., Settings], unique: Callable[[str], str]
-) -> None:
-    """What the combiner reads back when Faust lost messages: 40 records produced in a few
-    batches (one flush, linger), a range cut inside them, on the real broker."""
-    settings = settings_for()
-    topic = unique("holes")
-    ensure_topics(settings, {topic: 2})
-    producer = Producer(producer_config(settings, **{"linger.ms": 50}))
-    for index in range(40):
-        producer.produce(topic, key=b"k%d" % index, value=b"v%d" % index, partition=1)
-    assert producer.flush(10) == 0
-    config = consumer_config(settings, unique("reader"))
-    got = read_offsets(config, topic, 1, range(13, 31))
-    assert got == [(o, b"k%d" % o, b"v%d" % o) for o in range(13, 31)]
-    assert read_offsets(config, topic, 1, range(5, 5)) == []
-    with pytest.raises(TimeoutError, match="read 0 of offsets 40..41"):
-        read_offsets(config, topic, 1, range(40, 42), timeout_s=1.0)
 
 
 def test_ensure_topics_creates_asked_partitions_once(

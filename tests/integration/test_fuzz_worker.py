@@ -26,8 +26,8 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from costflux.core.aggregate import OVERFLOW
 from costflux.core.events import DEADLETTER_RECORD_MAX_BYTES
+from costflux.core.rows import OVERFLOW
 from costflux.settings import Settings
 from streams.kafka import ensure_topics, producer_config
 from streams.producer import UsageProducer
@@ -352,10 +352,9 @@ def test_100k_distinct_label_values_keep_metrics_bounded_and_every_dollar(
     event, and past the cap every value is 'other'), the rest is under 'other', and the sum of
     cost over every series equals the recomputed total, as does the allocation API's.
 
-    With the default 8 shards a window this is more rows than a shard's budget
-    (COSTFLUX_SHARD_MAX_BYTES): the worker stays up (it used to die writing a 1.06 MB state
-    to its changelog), the teams that got a row have exactly their own cost, and the rest is
-    in the __overflow__ row, to the pico-dollar."""
+    In the one hour window they share this is more rows than a window may hold
+    (COSTFLUX_WINDOW_MAX_ROWS, 32,000): the teams that got a row have exactly their own cost,
+    and the rest is in the model's __overflow__ row, to the pico-dollar."""
     pricing = tmp_path / "pricing.yaml"
     pricing.write_text(PRICING_TEXT)
     settings = settings_for(topic_partitions=4, pricing_file=pricing, metric_label_cap=50)

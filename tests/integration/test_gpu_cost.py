@@ -260,10 +260,8 @@ def _assert_cost_per_request(
 def test_sigkill_and_restart_count_every_gpu_millisecond_exactly_once(
     settings_for: Callable[..., Settings], start_worker: Callable[[Settings], WorkerProcess],
 ) -> None:
-    # The samples span 3.5 h of event time, replayed in seconds: ingest can run hours of event
-    # time ahead of the combiner, so windows must stay open that long (a backfill setting;
-    # with the default 2 h the combiner dead-letters partials of evicted windows as late).
-    settings = settings_for(topic_partitions=4, state_retention_s=6 * 3600)
+    # The samples span 3.5 h of event time, replayed in seconds.
+    settings = settings_for(topic_partitions=4)
     ensure_topics(settings, {settings.topic_gpu: 4})
     # 16 GPUs x 1,250 ten-second samples, a quarter of them idle.
     samples = [
@@ -282,7 +280,7 @@ def test_sigkill_and_restart_count_every_gpu_millisecond_exactly_once(
             producer.send_raw(json.dumps(sample).encode(), key=sample["gpu_uuid"].encode())
             if index == 6_000:
                 producer.flush()
-                # Kill while it works: between publishing partials and checkpointing, or not.
+                # Kill while it works: at a random point of a flush, or between flushes.
                 worker.wait_for(lambda: worker.metric("costflux_gpu_samples_total") > 0, 60,
                                 "ingesting GPU samples")
                 time.sleep(random.Random(7).uniform(0.0, 5.0))

@@ -1,6 +1,6 @@
-"""Faults of the parts around a worker: Redis down or slow, an agent that raises, SIGTERM,
-a flush held up by Redis then SIGKILL, the broker restarted, the notifier during a Redis
-outage. Each ends with totals equal to an independent recomputation (or says what is lost).
+"""Faults of the parts around a worker: Redis down or slow, SIGTERM, a flush held up by Redis
+then SIGKILL, the broker restarted, the notifier during a Redis outage. Each ends with totals
+equal to an independent recomputation (or says what is lost).
 
 Redis and broker faults use servers this module starts (never the session ones), restarted on
 the same port; workers are real subprocesses.
@@ -8,7 +8,6 @@ the same port; workers are real subprocesses.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import signal
 import subprocess
@@ -21,19 +20,19 @@ from typing import Any
 
 import pytest
 import redis
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from costflux.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 from costflux.settings import Settings
-from streams.ingest import checkpoint_key
+from streams.cost_store import SourceState
 from streams.kafka import consumer_config, ensure_topics, producer_config
 from streams.producer import UsageProducer
+from tests.integration.stored import applied_messages, stored_sources, wait_applied
 from tests.integration.test_faults import (
     BASE_MS,
     assert_exact,
     iso,
-    read_deadletters,
     served_totals,
     usage,
     window_of,
@@ -49,17 +48,19 @@ SIGTERM_DEADLINE_S = 15.0
 
 @pytest.fixture
 def own_redis() -> Iterator[EmbeddedRedis]:
-    """A Redis for this test alone, with an append-only file, so a restart keeps its data
-    (as a production Redis with AOF does)."""
-    with EmbeddedRedis(durable=True) as server:
+    """A Redis for this test alone, with an append-only file fsynced every second, so a
+    restart keeps its data (as a production Redis with AOF does)."""
+    with EmbeddedRedis() as server:
         yield server
 
 
-def produce(settings: Settings, events: list[dict[str, Any]], per_message: int = 20) -> None:
+def produce(settings: Settings, events: list[dict[str, Any]], per_message: int = 20) -> int:
+    """Send ``events``; return how many messages carried them."""
     with UsageProducer(producer_config(settings), settings.topic_usage,
                        events_per_message=per_message) as producer:
         for event in events:
             producer.send(event)
+    return producer.messages_sent
 
 
 def readiness(worker: WorkerProcess) -> tuple[int, str]:
@@ -98,23 +99,18 @@ def in_background(action: Callable[[], object]) -> threading.Thread:
     return thread
 
 
-def committed_and_checkpoints(settings: Settings) -> list[tuple[int, dict[str, str]]]:
-    """Per usage partition: ingest's committed Kafka offset and its Redis checkpoint."""
+def committed_and_stored(settings: Settings) -> list[tuple[int, SourceState]]:
+    """Per usage partition: ingest's committed Kafka offset (a lag signal) and the state the
+    store holds (where it resumes)."""
     consumer = Consumer(consumer_config(settings, f"{settings.consumer_group}-ingest"))
-    client = redis.Redis.from_url(str(settings.redis_url))
     try:
         partitions = [TopicPartition(settings.topic_usage, p)
                       for p in range(settings.topic_partitions)]
         committed = consumer.committed(partitions, timeout=10)
-        return [
-            (tp.offset, {k.decode(): v.decode() for k, v in client.hgetall(
-                checkpoint_key(settings.consumer_group, settings.topic_usage, tp.partition)
-            ).items()})
-            for tp in committed
-        ]
     finally:
         consumer.close()
-        client.close()
+    stored = stored_sources(settings)
+    return [(tp.offset, stored.get(tp.partition, SourceState())) for tp in committed]
 
 
 def test_redis_down_then_back_loses_nothing_and_counts_nothing_twice(
@@ -132,12 +128,12 @@ def test_redis_down_then_back_loses_nothing_and_counts_nothing_twice(
     # Re-sent events (a producer retry) on both sides of the outage: each must count once,
     # so dedup must have kept its memory and ingest must not have skipped it.
     resent = [usage(i) for i in range(0, 8_000, 40)]
-    produce(settings, before)
+    messages = produce(settings, before)
     worker.wait_for(lambda: worker.metric("costflux_ingest_events_total") >= len(before), 60,
                     "ingesting the first part")
     watch = Watch(worker)
     outage = in_background(lambda: own_redis.restart(down_s=8.0))
-    produce(settings, during + resent)  # arrives while Redis is down
+    messages += produce(settings, during + resent)  # arrives while Redis is down
     outage.join(60)
     assert own_redis.running
     reasons = watch.stop()
@@ -153,7 +149,7 @@ def test_redis_down_then_back_loses_nothing_and_counts_nothing_twice(
                     "judging the re-sent events")
     assert worker.metric("costflux_duplicates_total") == len(resent)
     assert worker.metric("costflux_ingest_events_total") == len(expected)
-    time.sleep(1.5)  # nothing more arrives: the totals are final
+    wait_applied(worker, messages)  # nothing more can arrive: the totals are final
     assert_exact(worker.allocation(window_of([]), "model"), expected)
 
 
@@ -168,12 +164,12 @@ def test_redis_slow_for_seconds_only_delays_counting(
     events = [usage(i) for i in range(6_000)]
     client = redis.Redis.from_url(own_redis.url)
     try:
-        produce(settings, events[:2_000])
+        messages = produce(settings, events[:2_000])
         worker.wait_for(lambda: worker.metric("costflux_ingest_events_total") > 0, 60,
                         "ingesting")
-        # Every command of every client waits 4 s: dedup, checkpoints, the serving view.
+        # Every command of every client waits 4 s: flushes, source states, the serving view.
         client.execute_command("CLIENT", "PAUSE", "4000", "ALL")
-        produce(settings, events[2_000:])
+        messages += produce(settings, events[2_000:])
         paused_at = time.monotonic()
         assert worker.process.poll() is None
     finally:
@@ -182,54 +178,8 @@ def test_redis_slow_for_seconds_only_delays_counting(
     assert_exact(served_totals(worker, len(expected)), expected)
     assert time.monotonic() - paused_at < 60
     assert worker.metric("costflux_duplicates_total") == 0
-    time.sleep(1.5)
+    wait_applied(worker, messages)
     assert_exact(worker.allocation(window_of([]), "model"), expected)
-
-
-def test_an_exception_in_the_combiner_is_reported_not_swallowed_and_counting_goes_on_unstalled(
-    settings_for: Callable[..., Settings], start_worker: Callable[[Settings], WorkerProcess],
-) -> None:
-    # A tight stall threshold: the progress check must not take a healthy catch-up, or the
-    # poison partial's dead-lettering, for a stall.
-    settings = settings_for(topic_partitions=2, combine_stall_s=5.0)
-    ensure_topics(settings, {settings.topic_usage: 2})
-    worker = start_worker(settings)
-    worker.wait_ready()
-    watch = Watch(worker)
-    first = [usage(i) for i in range(500)]
-    produce(settings, first)
-    served_totals(worker, len(first))
-    assert worker.metric("costflux_agent_errors_total") == 0
-    # A real input the combiner cannot apply: a message on its partials topic that no
-    # ingest wrote (a misconfigured producer sharing the topic).
-    poison = b'{"src": "usage:0", "first": 0, "last": '
-    producer = Producer(producer_config(settings))
-    producer.produce(settings.topic_partials, value=poison, key=b"60:1700000000000:0")
-    assert producer.flush(30) == 0
-    worker.wait_for(
-        lambda: worker.metric("costflux_agent_errors_total", agent="costflux.combine") == 1,
-        60, "counting the combiner's error")
-    status, detail = readiness(worker)
-    assert status == 503 and "costflux.combine raised JSONDecodeError" in detail, detail
-    assert worker.get("/healthz")[0] == 200  # alive: nothing to restart
-    (record,) = read_deadletters(settings, 1)
-    assert record["reason"] == "bad_json"
-    assert record["source_topic"] == settings.topic_partials
-    assert base64.b64decode(record["original_b64"]) == poison
-    # No stall: what comes after is counted, exactly.
-    second = [usage(i) for i in range(500, 1_500)]
-    produce(settings, second)
-    expected = [iso(e) for e in first + second]
-    assert_exact(served_totals(worker, len(expected)), expected)
-    # Caught up: the progress check (every 2 s) sees nothing behind, after a threshold's wait.
-    worker.wait_for(lambda: readiness(worker)[0] == 200, 60, "ready again")
-    time.sleep(5.0 + 2 * 2.0)
-    assert readiness(worker)[0] == 200
-    exported = worker.get("/metrics")[1]
-    assert "\ncostflux_combine_behind_partials " in exported  # present, not absent-as-0
-    assert worker.metric("costflux_combine_behind_partials") == 0
-    assert worker.metric("costflux_combine_still_seconds") == 0
-    assert not [why for why in watch.stop() if "stalled" in why]
 
 
 def test_sigterm_mid_stream_flushes_commits_and_exits_within_the_deadline(
@@ -249,49 +199,26 @@ def test_sigterm_mid_stream_flushes_commits_and_exits_within_the_deadline(
     took = time.monotonic() - signalled
     assert took < SIGTERM_DEADLINE_S, f"exit took {took:.1f}s\n{worker.log_tail()}"
     assert code == 0, worker.log_tail()
-    # Flushed and committed: no intent left pending, and Kafka's committed offset is the
-    # checkpoint (what a restart resumes from).
-    for committed, checkpoint in committed_and_checkpoints(settings):
-        assert checkpoint.get("pending_last", "-1") == "-1", checkpoint
-        assert committed == int(checkpoint["next"]), (committed, checkpoint)
+    # Applied and committed: Kafka's committed offset (the lag signal) is where the store
+    # says the partition resumes.
+    for committed, stored in committed_and_stored(settings):
+        assert committed == stored.next_offset, (committed, stored)
     producing.join(120)
     restarted = start_worker(settings)
     restarted.wait_ready()
     expected = [iso(e) for e in events]
     assert_exact(served_totals(restarted, len(expected)), expected)
-    time.sleep(1.5)
+    wait_applied(restarted, len(events) // 5)
     assert_exact(restarted.allocation(window_of([]), "model"), expected)
-
-
-def test_a_crash_in_a_partitions_first_flush_resumes_at_its_intent(
-    settings_for: Callable[..., Settings], start_worker: Callable[[Settings], WorkerProcess],
-    redis_client: redis.Redis,
-) -> None:
-    """A partition's first flush records its intent before any checkpoint exists, so a crash
-    there leaves an intent and no "next" (written here as the crash leaves it; the worker
-    used to fail on it at start-up, for good). The restart re-cuts at the intent, counts every
-    event once and checkpoints past them."""
-    settings = settings_for(topic_partitions=1, ingest_flush_s=0.05)
-    ensure_topics(settings, {settings.topic_usage: 1})
-    events = [usage(i) for i in range(300)]
-    produce(settings, events, per_message=1)
-    key = checkpoint_key(settings.consumer_group, settings.topic_usage, 0)
-    redis_client.hset(key, mapping={"pending_last": 149})
-    worker = start_worker(settings)
-    worker.wait_ready()
-    expected = [iso(e) for e in events]
-    assert_exact(served_totals(worker, len(expected)), expected)
-    worker.wait_for(lambda: redis_client.hget(key, "next") == b"300", 30, "checkpointing")
-    assert redis_client.hget(key, "pending_last") == b"-1"
 
 
 def test_a_flush_held_up_by_redis_then_sigkill_leaves_no_offset_gap(
     settings_for: Callable[..., Settings], start_worker: Callable[[Settings], WorkerProcess],
     own_redis: EmbeddedRedis,
 ) -> None:
-    """A slow flush ahead of fast ones: while one flush waits on Redis (its dedup or intent),
-    ingest keeps consuming and judging the next ones; a crash then must not leave a later
-    offset committed or checkpointed past the stuck one."""
+    """A slow flush ahead of fast ones: while one flush waits on Redis, ingest keeps consuming
+    and judging the next ones; a crash then must not leave a later offset committed or stored
+    past the stuck one."""
     settings = settings_for(redis_url=own_redis.url, topic_partitions=4, ingest_flush_s=0.05)
     ensure_topics(settings, {settings.topic_usage: 4})
     events = [usage(i) for i in range(20_000)]
@@ -304,35 +231,27 @@ def test_a_flush_held_up_by_redis_then_sigkill_leaves_no_offset_gap(
                         "ingesting")
         client.execute_command("CLIENT", "PAUSE", "6000", "WRITE")  # reads go on
         produce(settings, events[5_000:])  # fast events behind the held-up flush
-        time.sleep(2.0)
-        # Still held: no checkpoint (a Redis write) has covered the events behind it.
-        assert checkpointed_messages(client, settings) < len(events) // 20
+        # Consumed while the flush is held: more in hand than one flush of the first part.
+        worker.wait_for(lambda: worker.metric("costflux_ingest_unapplied_messages",
+                                              kind="usage") > 5_000 // 20, 30,
+                        "consuming behind the held flush")
+        # Still held: no stored state (a Redis write) has covered the events behind it.
+        assert applied_messages(settings) < len(events) // 20
         worker.kill()
         client.execute_command("CLIENT", "UNPAUSE")
     finally:
         client.close()
-    # Nothing was checkpointed or committed beyond what was published whole.
-    for committed, checkpoint in committed_and_checkpoints(settings):
-        if checkpoint:
-            assert committed <= int(checkpoint["next"]), (committed, checkpoint)
+    # Nothing was stored or committed beyond what was applied whole.
+    for committed, stored in committed_and_stored(settings):
+        if stored.next_offset is not None:
+            assert committed <= stored.next_offset, (committed, stored)
     restarted = start_worker(settings)
     restarted.wait_ready()
     expected = [iso(e) for e in events]
-    # Before agents.confirmed_table, 2 runs in ~15 served 19,737 of 20,000 here: Faust had
-    # committed a partial whose changelog record died with the worker.
     assert_exact(served_totals(restarted, len(expected)), expected)
     assert restarted.metric("costflux_duplicates_total") == 0
-    time.sleep(1.5)
+    wait_applied(restarted, len(events) // 20)
     assert_exact(restarted.allocation(window_of([]), "model"), expected)
-
-
-def checkpointed_messages(client: redis.Redis, settings: Settings) -> int:
-    """Messages of the usage topic that ingest's checkpoints say are done (a Redis read)."""
-    return sum(
-        int(client.hget(checkpoint_key(settings.consumer_group, settings.topic_usage, p),
-                        "next") or 0)
-        for p in range(settings.topic_partitions)
-    )
 
 
 def test_broker_restart_loses_its_log_and_counting_resumes_on_the_new_one(
@@ -368,12 +287,13 @@ def test_broker_restart_loses_its_log_and_counting_resumes_on_the_new_one(
         # The next day's events, so they fill windows of their own beside the served ones.
         after = [usage(i, ts_ms=BASE_MS + 86_400_000 + i * 250) for i in range(1_000, 3_000)]
         ensure_topics(settings, {settings.topic_usage: 2})
-        produce(settings, after)
+        messages = produce(settings, after)
         expected = [iso(e) for e in before + after]
         assert_exact(served_totals(worker, len(expected)), expected)
         assert worker.metric("costflux_ingest_events_total") == len(after)
-        time.sleep(1.5)
+        wait_applied(worker, messages)
         assert_exact(worker.allocation(window_of([]), "model"), expected)
+        worker.stop()  # while its broker runs: against none, Faust's shutdown waits it out
 
 
 def test_notify_during_a_redis_outage_posts_every_notice_once(

@@ -21,11 +21,11 @@ from costflux.settings import Settings
 
 _ENV_FIELDS = (
     "kafka_bootstrap", "redis_url", "topic_usage", "topic_gpu", "topic_alerts",
-    "topic_deadletter", "topic_partials", "consumer_group", "http_port", "data_dir",
+    "topic_deadletter", "consumer_group", "http_port", "data_dir",
     "topic_partitions", "allowed_lateness_s", "partition_idle_s", "dedup_horizon_s",
-    "state_retention_s", "pricing_file", "ingest_flush_s", "rules_file", "budgets_file",
+    "pricing_file", "ingest_flush_s", "rules_file", "budgets_file",
     "eval_interval_s", "eval_settle_s", "eval_backfill_s", "advice_file", "table_store",
-    "buckets_per_window", "metric_label_cap", "combine_stall_s",
+    "window_max_rows", "metric_label_cap",
 )
 
 
@@ -44,7 +44,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
 class WorkerProcess:
     """One worker subprocess; its log goes to a file for post-mortems."""
 
-    def __init__(self, settings: Settings, log_dir: Path) -> None:
+    def __init__(self, settings: Settings, log_dir: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.settings = settings
         self.base = f"http://127.0.0.1:{settings.http_port}"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -52,7 +53,8 @@ class WorkerProcess:
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "costflux", "worker"],
-            env=settings_env(settings), stdout=self._log, stderr=subprocess.STDOUT,
+            env=settings_env(settings) | (env or {}), stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
 
     def log_tail(self, lines: int = 40) -> str:
