@@ -67,6 +67,7 @@ class Detector:
         metrics: AlertMetrics,
         health: Health,
     ) -> None:
+        self._app = app
         self._detection = detection
         self._options = options
         self._step_ms = detection().options.step_ms  # from the settings: never reloaded
@@ -119,14 +120,19 @@ class Detector:
         else:
             first = evaluated["t"] + self._step_ms
         last: StepResult | None = None
+        last_t = tick_ms
         detection = self._detection()  # one set of rules for the whole tick
         for number, t_ms in enumerate(range(first, tick_ms + 1, self._step_ms)):
-            last = await self._step(detection, t_ms)
+            if self._app.should_stop:
+                # A long catch-up must not hold the worker's shutdown (Faust waits for the
+                # tick in hand): every step taken is recorded, and the next owner's first
+                # tick carries on from there.
+                break
+            last, last_t = await self._step(detection, t_ms), t_ms
             if number % 50 == 49:
                 await asyncio.sleep(0)  # a long catch-up must not starve the other agents
         if last is not None:
-            await self._view.write(last.budgets, detection.active(self._states()),
-                                   tick_ms)
+            await self._view.write(last.budgets, detection.active(self._states()), last_t)
             self._metrics.set_budgets(last.budgets)
 
     def _states(self) -> dict[str, AlertState]:

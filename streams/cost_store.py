@@ -20,8 +20,9 @@ Layout (``ns`` is the consumer group, ``v2`` the rows' text version, costflux.co
   of the topic's log the offsets belong to. Never expires.
 - ``ns:v2:activity`` — hash: ``topic:partition`` -> wall ms of its last data or assignment
   (an idle partition stops holding the watermark).
-- ``ns:v2:seen:<kind>:<event_id>`` — the position an id was first counted at, for the dedup
-  horizon: a later sighting elsewhere is a duplicate, a re-read of that position is not.
+- ``ns:v2:seen:<kind>:<event_id>`` — an id counted, for the dedup horizon. Claimed in the
+  same step as the rows that count it (and released if that step applies nothing), so a
+  claim exists exactly when its event is in the totals: a later sighting is a duplicate.
 
 One flush writes many windows' keys, built inside the script: the store is one Redis primary
 (with a replica), not Redis Cluster. Every sum is added digit by digit, exactly, whatever its
@@ -123,7 +124,6 @@ class FlushWrite:
     before: SourceState
     after: SourceState
     event_ids: Sequence[str]
-    positions: Sequence[str]  # "offset" or "offset:index", one per id
     duplicates: Sequence[int]  # indexes into event_ids known to be duplicates (not in rows)
     rows: FlushRows
     wall_ms: int
@@ -148,17 +148,17 @@ class AppliedFlush:
 
 # KEYS: sources hash, activity hash, event-time key.
 # ARGV: 1 source, 2 expected state, 3 new state, 4 dedup key prefix, 5 horizon s,
-#   6 ids (JSON), 7 positions (JSON), 8 position prefix, 9 known duplicates ("i,j", 1-based),
-#   10 wall ms, 11 newest finest-window end (0: none), 12 max usage rows per window,
-#   then per window: rows key, index key, start, ttl s, row count, and per row its key,
-#   overflow key ("" = never folded) and sums.
-# Reads and computes everything before the first row write, so bad stored data stops it
-# before it has changed any window (only dedup claims, at this flush's own positions,
-# which a retry of the same flush reads as its own).
+#   6 ids (JSON), 7 known duplicates ("i,j", 1-based), 8 wall ms, 9 newest finest-window end
+#   (0: none), 10 max usage rows per window, then per window: rows key, index key, start,
+#   ttl s, row count, and per row its key, overflow key ("" = never folded) and sums.
+# Reads and adds every row before its first write (the claims, then the rows), so bad stored
+# data stops it before it has changed anything.
 _APPLY_FLUSH = r"""
 local function add_integers(a, b)
   if #a < 16 and #b < 16 then
-    return string.format('%.0f', tonumber(a) + tonumber(b))
+    local x, y = tonumber(a), tonumber(b)
+    if x == nil or y == nil then error('costflux: a stored sum is not an integer') end
+    return string.format('%.0f', x + y)
   end
   local limbs, carry, ia, ib = {}, 0, #a, #b
   while ia > 0 or ib > 0 or carry > 0 do
@@ -175,12 +175,25 @@ local function add_integers(a, b)
   return table.concat(parts)
 end
 
+-- Field by field, walking both texts once; a field either side lacks reads as 0, and adding
+-- 0 (most fields of most rows) copies the other side.
 local function add_rows(current, added)
-  local left, right, out = {}, {}, {}
-  for value in string.gmatch(current, '[^,]+') do left[#left + 1] = value end
-  for value in string.gmatch(added, '[^,]+') do right[#right + 1] = value end
-  for k = 1, math.max(#left, #right) do
-    out[k] = add_integers(left[k] or '0', right[k] or '0')
+  local out, count = {}, 0
+  local ca, la, cb, lb = 1, #current, 1, #added
+  while ca <= la or cb <= lb do
+    local a, b = '0', '0'
+    if ca <= la then
+      local stop = string.find(current, ',', ca, true) or la + 1
+      a, ca = string.sub(current, ca, stop - 1), stop + 1
+    end
+    if cb <= lb then
+      local stop = string.find(added, ',', cb, true) or lb + 1
+      b, cb = string.sub(added, cb, stop - 1), stop + 1
+    end
+    count = count + 1
+    if b == '0' then out[count] = a
+    elseif a == '0' then out[count] = b
+    else out[count] = add_integers(a, b) end
   end
   return table.concat(out, ',')
 end
@@ -188,19 +201,8 @@ end
 local stored = redis.call('HGET', KEYS[1], ARGV[1]) or ''
 if stored ~= ARGV[2] then return {0, stored} end
 
-local ids, positions = cjson.decode(ARGV[6]), cjson.decode(ARGV[7])
-local duplicates = {}
-for i = 1, #ids do
-  local key, position = ARGV[4] .. ids[i], ARGV[8] .. positions[i]
-  if not redis.call('SET', key, position, 'NX', 'EX', ARGV[5]) then
-    if redis.call('GET', key) ~= position then duplicates[#duplicates + 1] = i end
-  end
-end
-local found = table.concat(duplicates, ',')
-if found ~= ARGV[9] then return {2, found} end
-
-local max_rows = tonumber(ARGV[12])
-local writes, windows, overflowed, i = {}, {}, 0, 13
+local max_rows = tonumber(ARGV[10])
+local writes, windows, overflowed, i = {}, {}, 0, 11
 while i <= #ARGV do
   local rows_key, count = ARGV[i], tonumber(ARGV[i + 4])
   windows[#windows + 1] = {rows_key, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]}
@@ -223,6 +225,25 @@ while i <= #ARGV do
   for _, field in ipairs(order) do writes[#writes + 1] = {rows_key, field, pending[field]} end
 end
 
+local ids = cjson.decode(ARGV[6])
+local duplicates = {}
+for i = 1, #ids do
+  if not redis.call('SET', ARGV[4] .. ids[i], '1', 'NX', 'EX', ARGV[5]) then
+    duplicates[#duplicates + 1] = i
+  end
+end
+local found = table.concat(duplicates, ',')
+if found ~= ARGV[7] then
+  -- The rows counted ids another flush counted first: release this step's claims (every id
+  -- but the duplicates) and say which, so the flush is re-aggregated without them.
+  local taken = {}
+  for _, i in ipairs(duplicates) do taken[i] = true end
+  for i = 1, #ids do
+    if not taken[i] then redis.call('DEL', ARGV[4] .. ids[i]) end
+  end
+  return {2, found}
+end
+
 for _, write in ipairs(writes) do redis.call('HSET', write[1], write[2], write[3]) end
 for _, window in ipairs(windows) do
   local start, ttl = tonumber(window[3]), tonumber(window[4])
@@ -231,12 +252,12 @@ for _, window in ipairs(windows) do
   redis.call('ZREMRANGEBYSCORE', window[2], '-inf',
              '(' .. string.format('%.0f', start - 1000 * ttl))
 end
-local newest = tonumber(ARGV[11])
+local newest = tonumber(ARGV[9])
 if newest > tonumber(redis.call('GET', KEYS[3]) or '0') then
-  redis.call('SET', KEYS[3], ARGV[11])
+  redis.call('SET', KEYS[3], ARGV[9])
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[10])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[8])
 return {1, overflowed}
 """
 
@@ -284,7 +305,6 @@ class CostStore:
 
     def apply(self, flush: FlushWrite) -> AppliedFlush:
         """Apply ``flush`` in one atomic step, or nothing (see ``Outcome``)."""
-        source_prefix = flush.source + ":"
         args: list[str | int | bytes] = [
             flush.source,
             flush.before.token,
@@ -292,8 +312,6 @@ class CostStore:
             self._seen_prefix,
             self._horizon_s,
             orjson.dumps(list(flush.event_ids)),
-            orjson.dumps(list(flush.positions)),
-            source_prefix,
             ",".join(str(index + 1) for index in sorted(flush.duplicates)),
             flush.wall_ms,
             self._newest_finest_end(flush.rows),

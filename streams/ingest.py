@@ -66,6 +66,8 @@ _T = TypeVar("_T")
 #: Flush once this much is buffered (~35 k events of 240 bytes), so a backlog read in one
 #: consume is judged in parts that overlap with applying the part before.
 _FLUSH_BYTES = 8 * 1024 * 1024
+#: Partitions of one flush applied at once (each on its own Redis connection).
+_APPLIERS = 3
 #: How often an idle loop checks that the store still holds what it expects of each of its
 #: partitions (an emptied Redis is rebuilt from the topic, even where no new data arrives).
 _VERIFY_EVERY_S = 2.0
@@ -208,6 +210,8 @@ class IngestLoop:
         self._stopping = threading.Event()
         self._delivery_errors: list[str] = []
         self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="costflux-apply")
+        self._appliers = ThreadPoolExecutor(max_workers=_APPLIERS,
+                                            thread_name_prefix="costflux-apply-partition")
         self._in_flight: Future[_Applied] | None = None
         self._in_flight_messages = 0
         self._judged_messages = 0  # judged, waiting for the flush in flight to finish
@@ -269,6 +273,7 @@ class IngestLoop:
             log.exception("ingest stopped on an error")
         finally:
             self._finisher.shutdown(wait=False, cancel_futures=True)
+            self._appliers.shutdown(wait=False, cancel_futures=True)
             self._consumer.close()
             self._producer.flush(5)
 
@@ -485,10 +490,10 @@ class IngestLoop:
             self._publish_deadletters(flushes)
             commits: list[TopicPartition] = []
             moved: dict[int, SourceState] = {}
-            for flush in flushes:
-                failpoint("ingest.before_apply")
-                stored = self._apply(flush)
-                failpoint("ingest.after_apply")
+            # Partitions are independent: while Redis runs one partition's step, the next one
+            # is aggregated and encoded here (Redis runs the steps one at a time anyway).
+            applied = self._appliers.map(self._apply_one, flushes)
+            for flush, stored in zip(flushes, applied, strict=True):
                 if stored is None:
                     commits.append(TopicPartition(self._options.topic, flush.partition,
                                                   flush.last + 1))
@@ -496,13 +501,18 @@ class IngestLoop:
                     moved[flush.partition] = stored
             return _Applied(commits, moved)
 
+    def _apply_one(self, flush: _JudgedFlush) -> SourceState | None:
+        failpoint("ingest.before_apply")
+        stored = self._apply(flush)
+        failpoint("ingest.after_apply")
+        return stored
+
     def _apply(self, flush: _JudgedFlush) -> SourceState | None:
         """Apply one flush, re-aggregated without the duplicates the store names; None once
         applied, else the state the store holds instead."""
         options = self._options
         candidates = flush.judged.candidates
         event_ids = [c.event_id for c in candidates]
-        positions = [c.position for c in candidates]
         duplicates: tuple[int, ...] = ()
         while True:
             excluded = set(duplicates)
@@ -510,7 +520,7 @@ class IngestLoop:
             rows = options.kind.aggregate(counted, options.rules).rows(
                 options.rules.window_sizes_s)
             write = FlushWrite(source_name(options.topic, flush.partition), flush.before,
-                               flush.after, event_ids, positions, duplicates, rows,
+                               flush.after, event_ids, duplicates, rows,
                                self._now_ms())
             result = self._until_redis_answers("apply flush",
                                                partial(self._store.apply, write))

@@ -128,10 +128,14 @@ def decode_gpu_dims(text: str | bytes) -> GpuDims:
 
 
 def encode_sums(sums: Iterable[int]) -> str:
-    """A row's value in the store. Sums are never negative: the store adds them as digits."""
+    """A row's value in the store, trailing zeros left out (they read as 0 anyway, and most
+    rows have them: the store then adds fewer fields). Sums are never negative: the store
+    adds them as digits."""
     values = list(sums)
     if any(value < 0 for value in values):
         raise ValueError(f"a window row's sums must not be negative: {values}")
+    while len(values) > 1 and values[-1] == 0:
+        values.pop()
     return ",".join(map(str, values))
 
 

@@ -67,6 +67,9 @@ def test_the_text_form_is_a_json_array_and_decimal_integers_joined_by_commas() -
     assert encode_dims(dims) == '["gpt-4","search","p","a","ns","gpt-4-prod","eu-west-1"]'
     assert encode_sums(UsageSums(12, 3, 4, 0, 2, 250, 7, 1, 13)) == "12,3,4,0,2,250,7,1,13"
     assert encode_sums(GpuSums(10_000, 200, 9_800)) == "10000,200,9800"
+    # Trailing zeros are left out (they read back as 0): the store adds fewer fields.
+    assert encode_sums(UsageSums(12, 3, 4, 0, 1)) == "12,3,4,0,1"
+    assert encode_sums(GpuSums(0, 0, 0)) == "0"
     assert decode_usage_sums(b"12,3,4,0,2,250,7,1,13") == UsageSums(
         cost_pico=12, input_tokens=3, output_tokens=4, cached_input_tokens=0, requests=2,
         gpu_ms=250, cache_saving_pico=7, semantic_cache_hits=1, semantic_saving_pico=13)

@@ -43,9 +43,8 @@ def store_for(redis_client: redis.Redis, unique: Callable[[str], str]
 def flush(before: SourceState, after_offset: int, rows: FlushRows,
           ids: list[str] | None = None, duplicates: tuple[int, ...] = (),
           source: str = "usage:0") -> FlushWrite:
-    ids = ids or []
-    return FlushWrite(source, before, SourceState(after_offset, 1_700_000_000_000, "t"), ids,
-                      [str(i) for i in range(len(ids))], duplicates, rows, 1)
+    return FlushWrite(source, before, SourceState(after_offset, 1_700_000_000_000, "t"),
+                      ids or [], duplicates, rows, 1)
 
 
 def usage_rows(*rows: tuple[tuple[str, ...], list[int]],
@@ -101,30 +100,34 @@ def test_a_flush_applies_once_whoever_applies_it_and_a_stale_one_changes_nothing
     assert store.sources(["usage:0"]) == {"usage:0": first.after}
 
 
-def test_an_id_counts_at_its_first_position_and_again_only_there(
+def test_an_id_counts_once_and_a_refused_step_keeps_none_of_its_claims(
     store_for: Callable[..., CostStore], redis_url: str
 ) -> None:
     store = store_for()
     namespace = store.keys.prefix.rsplit(":", 1)[0]
     one = usage_rows((M, [1, 0, 0, 0, 1]))
     assert store.apply(flush(SourceState(), 1, one, ids=["x"])).outcome is Outcome.APPLIED
-    # "x" again at another partition's position: a duplicate; the flush is refused until
-    # its rows leave it out, and "y" then counts.
-    other = FlushWrite("usage:1", SourceState(), SourceState(2, 5, "t"), ["x", "y"],
-                       ["0", "1"], (), usage_rows((M, [2, 0, 0, 0, 2])), 1)
-    refused = store.apply(other)
-    assert refused == AppliedFlush(Outcome.DUPLICATES, duplicates=(0,))
+    # "x" again in another partition: a duplicate. The step is refused (its rows counted x)
+    # and releases what it claimed, so "y" is free for whichever flush applies it.
+    other = flush(SourceState(), 2, usage_rows((M, [2, 0, 0, 0, 2])), ids=["x", "y"],
+                  source="usage:1")
+    assert store.apply(other) == AppliedFlush(Outcome.DUPLICATES, duplicates=(0,))
     assert read_window(redis_url, namespace).usage == {M: UsageSums(1, 0, 0, 0, 1)}
-    retried = FlushWrite("usage:1", SourceState(), SourceState(2, 5, "t"), ["x", "y"],
-                         ["0", "1"], (0,), usage_rows((M, [1, 0, 0, 0, 1])), 1)
+    third = flush(SourceState(), 5, one, ids=["y"], source="usage:2")
+    assert store.apply(third).outcome is Outcome.APPLIED  # y was not left claimed
+    # The refused flush again, without x: now y is the duplicate (counted by usage:2).
+    retried = flush(SourceState(), 2, usage_rows((M, [1, 0, 0, 0, 1])), ids=["x", "y"],
+                    duplicates=(0,), source="usage:1")
+    assert store.apply(retried) == AppliedFlush(Outcome.DUPLICATES, duplicates=(0, 1))
+    retried = flush(SourceState(), 2, FlushRows(), ids=["x", "y"], duplicates=(0, 1),
+                    source="usage:1")
     assert store.apply(retried).outcome is Outcome.APPLIED
-    assert read_window(redis_url, namespace).usage == {M: UsageSums(2, 0, 0, 0, 2)}
-    # Partition 0 read again from its start (an emptied store rebuilt, say): "x" at its own
-    # first position counts there again, as the flush that first counted it.
-    store.keys.sources  # noqa: B018 - the key the rebuild would have lost
-    redis.Redis.from_url(redis_url).hdel(store.keys.sources, "usage:0")
-    replayed = store.apply(flush(SourceState(), 1, one, ids=["x"]))
-    assert replayed.outcome is Outcome.APPLIED
+    # One flush holding one id twice (a batch repeating an element): the second is the copy.
+    twice = flush(SourceState(), 3, one, ids=["z", "z"], source="usage:3")
+    assert store.apply(twice) == AppliedFlush(Outcome.DUPLICATES, duplicates=(1,))
+    twice = flush(SourceState(), 3, one, ids=["z", "z"], duplicates=(1,), source="usage:3")
+    assert store.apply(twice).outcome is Outcome.APPLIED
+    assert read_window(redis_url, namespace).usage == {M: UsageSums(3, 0, 0, 0, 3)}
 
 
 def test_a_full_window_folds_new_combinations_into_their_models_overflow_row(
@@ -218,3 +221,19 @@ def test_a_stored_key_written_by_another_layout_is_summed_not_overwritten(
     store.apply(flush(SourceState(), 1, usage_rows((M, [3, 1]))))
     redis_client.hset(store.keys.usage(*WINDOW), encode_dims(M[:5]), "4,2")
     assert read_window(redis_url, namespace).usage == {M: UsageSums(7, 3)}
+
+
+def test_bad_data_in_the_store_stops_the_flush_before_any_window_changes(
+    store_for: Callable[..., CostStore], redis_client: redis.Redis, redis_url: str
+) -> None:
+    """Something else wrote a sum that is not an integer into a window the flush adds to: the
+    script fails before its first row write, so no window and no offset moved."""
+    store = store_for()
+    namespace = store.keys.prefix.rsplit(":", 1)[0]
+    hour = (3600, WINDOW[1] - WINDOW[1] % 3_600_000)
+    redis_client.hset(store.keys.usage(*hour), encode_dims(M), "12,x")
+    rows = FlushRows(usage={WINDOW: {M: [5, 1]}, hour: {M: [5, 1]}})
+    with pytest.raises(redis.exceptions.ResponseError, match="not an integer"):
+        store.apply(flush(SourceState(), 3, rows))
+    assert read_window(redis_url, namespace).usage == {}  # the minute was not written
+    assert store.sources(["usage:0"]) == {"usage:0": SourceState()}

@@ -39,6 +39,13 @@ FILLED_BY_THE_TRACE = {
     "llm_tokens_total",
     "costflux_ingest_events_total",
     "costflux_watermark_timestamp_seconds",
+    # Ingest's own health: each series exists from the start (at 0) or fills with the trace.
+    "costflux_ingest_unapplied_messages",
+    "costflux_flush_apply_seconds_bucket",
+    "costflux_flush_apply_seconds_sum",
+    "costflux_flush_apply_seconds_count",
+    "costflux_ingest_resyncs_total",
+    "costflux_ingest_lost_messages_total",
 }
 
 
