@@ -42,14 +42,21 @@ from confluent_kafka import (
     TopicCollection,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from agents.health import Health
 from agents.metrics import CostMetrics
 from costflux.core.aggregate import FlushRows
 from costflux.core.events import Rejected, deadletter_record
 from costflux.core.gpu_samples import GpuAggregate, GpuCandidate, judge_gpu
-from costflux.core.ingest import IngestRules, Judged, PartitionClock, aggregate, judge
+from costflux.core.ingest import (
+    IngestRules,
+    Judged,
+    PartitionClock,
+    aggregate,
+    judge,
+    lost_to_retention,
+)
 from costflux.core.pricing import PriceBook
 from costflux.core.rows import GpuSums, UsageSums
 from streams.cost_store import CostStore, FlushWrite, Outcome, SourceState
@@ -293,8 +300,8 @@ class IngestLoop:
             buffer, start = self._resume(tp.partition, stored[name])
             self._buffers[tp.partition] = buffer
             tp.offset = start
-            if buffer.next_offset is not None:
-                self._check_retained(consumer, tp.partition, buffer.next_offset)
+        self._check_retained({p: b.next_offset for p, b in self._buffers.items()
+                              if b.next_offset is not None})
         # Until it reports, a new partition holds the watermark (or goes idle).
         self._until_redis_answers("mark partitions active",
                                   lambda: self._store.mark_active(names, self._now_ms()))
@@ -335,25 +342,29 @@ class IngestLoop:
         self._buffers[partition] = resumed
         self._unsought[partition] = start
         if resumed.next_offset is not None:
-            self._check_retained(self._consumer, partition, resumed.next_offset)
+            self._check_retained({partition: resumed.next_offset})
         self._seek_unsought()
 
-    def _check_retained(self, consumer: Consumer, partition: int, next_offset: int) -> None:
-        """Say so when the topic no longer holds the offset a partition resumes at: its
+    def _check_retained(self, resume_at: dict[int, int]) -> None:
+        """Say so where the topic no longer holds the offset a partition resumes at: its
         retention deleted messages before any worker applied them (they are lost; reading
-        goes on from the oldest message kept)."""
-        try:
-            oldest, _end = consumer.get_watermark_offsets(
-                TopicPartition(self._options.topic, partition), timeout=5, cached=False)
-        except KafkaException as exc:
-            log.warning("%s:%d: log start unknown (%s)", self._options.topic, partition, exc)
+        goes on from the oldest message kept). One ListOffsets request for them all."""
+        if self._admin is None or not resume_at:
             return
-        if oldest > next_offset:
+        topic = self._options.topic
+        wanted = {TopicPartition(topic, p): OffsetSpec.earliest() for p in resume_at}
+        try:
+            answers = self._admin.list_offsets(wanted, request_timeout=10)
+            oldest = {tp.partition: future.result(10).offset for tp, future in answers.items()}
+        except (KafkaException, FutureTimeoutError) as exc:
+            log.warning("%s: oldest offsets unknown (%r); not checked for deleted messages",
+                        topic, exc)
+            return
+        for partition, lost in lost_to_retention(resume_at, oldest).items():
             log.error("%s:%d: the topic's retention deleted offsets %d..%d before they were "
-                      "applied: %d messages are lost. Keep the topic longer than ingest may be "
-                      "stopped", self._options.topic, partition, next_offset, oldest - 1,
-                      oldest - next_offset)
-            self._metrics.lost_messages.labels(self.kind).inc(oldest - next_offset)
+                      "applied: %d messages are lost. Keep the topic longer than ingest may "
+                      "be stopped", topic, partition, lost.start, lost.stop - 1, len(lost))
+            self._metrics.lost_messages.labels(self.kind).inc(len(lost))
             self._health.errors.labels(f"{self.kind} ingest").inc()
 
     def _seek_unsought(self) -> None:

@@ -19,7 +19,8 @@ from schemas._types import epoch_ms
 from schemas.deadletter import DeadLetterReason
 from schemas.usage import UsageEvent
 
-__all__ = ["Candidate", "IngestRules", "Judged", "PartitionClock", "judge", "aggregate"]
+__all__ = ["Candidate", "IngestRules", "Judged", "PartitionClock", "aggregate", "judge",
+           "lost_to_retention"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,3 +226,17 @@ def aggregate(candidates: Iterable[Candidate], finest_window_s: int) -> Partitio
     totals = PartitionAggregate(finest_window_s)
     totals.add_all(candidates)
     return totals
+
+
+def lost_to_retention(resume_at: Mapping[int, int], oldest: Mapping[int, int]
+                      ) -> dict[int, range]:
+    """Per partition, the offsets a topic's retention deleted before they were applied: from
+    where the partition resumes up to (not including) the oldest offset the topic still
+    holds. Empty where nothing was lost.
+
+    >>> lost_to_retention({0: 100, 1: 50}, {0: 120, 1: 0})
+    {0: range(100, 120)}
+    """
+    return {partition: range(next_offset, oldest[partition])
+            for partition, next_offset in sorted(resume_at.items())
+            if oldest.get(partition, 0) > next_offset}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from costflux.cache.embedder import Embedder
 from costflux.core.events import Rejected, decode_usage_message
 from costflux.embedded import EmbeddedRedis, free_port
 from costflux.settings import Settings
+from tests.background import in_background
 from tests.cache.upstream import FAIL_MARKER, REDIRECT_MARKER, Upstream, usage_for
 from tests.integration.test_producer import read_all
 from tests.paths import REPO
@@ -33,14 +33,6 @@ THRESHOLD = 0.95
 QUESTION = "How do I reverse a list in Python?"
 PARAPHRASE = "How can I reverse a list in Python?"
 UNRELATED = "How do I sort a list in Python?"
-
-
-def in_background(action: Callable[[], object]) -> threading.Thread:
-    # Kept here rather than imported from the resilience tests, whose module imports the
-    # worker's internals: this module needs only the proxy and the embedded services.
-    thread = threading.Thread(target=action, daemon=True)
-    thread.start()
-    return thread
 
 
 @pytest.fixture(scope="module")

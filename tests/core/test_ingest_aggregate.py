@@ -596,3 +596,13 @@ def test_rejected_entries_keep_their_type() -> None:
     judged = judge([(0, b"[1]")], PartitionClock(), PRICES, RULES, NOW_MS)
     assert isinstance(judged.rejected[0][1], Rejected)
     assert reasons(judged) == [(0, R.NOT_AN_OBJECT, 0)]
+
+
+def test_offsets_lost_to_retention_are_those_between_the_resume_point_and_the_oldest_kept() -> None:
+    from costflux.core.ingest import lost_to_retention
+
+    # Resumes at 100 but the topic now starts at 130: 100..129 were deleted unapplied.
+    assert lost_to_retention({0: 100}, {0: 130}) == {0: range(100, 130)}
+    assert len(lost_to_retention({0: 100}, {0: 130})[0]) == 30
+    # Resuming at or past the oldest offset kept loses nothing; an unknown oldest neither.
+    assert lost_to_retention({0: 100, 1: 7, 2: 5}, {0: 100, 1: 3}) == {}

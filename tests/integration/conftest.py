@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from costflux.embedded import EmbeddedRedis
 from costflux.settings import Settings
 from tests.integration.expected import azure_rows
 from tests.integration.test_pipeline import produce_trace, wait_for_requests
@@ -39,3 +40,12 @@ def azure_worker(
     produce_trace(worker.settings, limit=None, speed=0)
     wait_for_requests(worker, len(azure_rows()))
     return worker
+
+
+@pytest.fixture
+def own_redis() -> Iterator[EmbeddedRedis]:
+    """A Redis for this test alone (fault tests stop, crash, empty or restart it), with an
+    append-only file fsynced every second, so a restart keeps its data as production's
+    does."""
+    with EmbeddedRedis() as server:
+        yield server

@@ -15,9 +15,8 @@ import json
 import os
 import random
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from costflux.embedded import EmbeddedRedis, free_port
 from costflux.settings import Settings
 from streams.kafka import consumer_config, ensure_topics, producer_config
 from streams.producer import UsageProducer
+from tests.background import in_background
 from tests.integration.expected import totals_by
 from tests.integration.stored import applied_messages, wait_applied
 from tests.integration.test_faults import (
@@ -218,19 +218,6 @@ def test_an_old_owner_frozen_across_a_rebalance_then_resumed_counts_nothing_twic
 
 
 # --- Redis loses its last writes, or everything ------------------------------------------
-
-@pytest.fixture
-def own_redis() -> Iterator[EmbeddedRedis]:
-    """A Redis for this test alone, with an append-only file fsynced every second."""
-    with EmbeddedRedis() as server:
-        yield server
-
-
-def in_background(action: Callable[[], object]) -> threading.Thread:
-    thread = threading.Thread(target=action, daemon=True)
-    thread.start()
-    return thread
-
 
 def test_redis_restarted_from_an_aof_that_lost_its_last_writes_leaves_totals_exact(
     settings_for: Callable[..., Settings], start_worker: Callable[..., WorkerProcess],

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from costflux.settings import Settings
 from streams.cost_store import SourceState
 from streams.kafka import consumer_config, ensure_topics, producer_config
 from streams.producer import UsageProducer
+from tests.background import in_background
 from tests.integration.stored import applied_messages, stored_sources, wait_applied
 from tests.integration.test_faults import (
     BASE_MS,
@@ -44,14 +45,6 @@ from tests.notify.test_notifier import as_message, publish
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
 SIGTERM_DEADLINE_S = 15.0
-
-
-@pytest.fixture
-def own_redis() -> Iterator[EmbeddedRedis]:
-    """A Redis for this test alone, with an append-only file fsynced every second, so a
-    restart keeps its data (as a production Redis with AOF does)."""
-    with EmbeddedRedis() as server:
-        yield server
 
 
 def produce(settings: Settings, events: list[dict[str, Any]], per_message: int = 20) -> int:
@@ -91,12 +84,6 @@ class Watch:
         self._stop.set()
         self._thread.join(10)
         return self.reasons
-
-
-def in_background(action: Callable[[], object]) -> threading.Thread:
-    thread = threading.Thread(target=action, daemon=True)
-    thread.start()
-    return thread
 
 
 def committed_and_stored(settings: Settings) -> list[tuple[int, SourceState]]:
