@@ -25,7 +25,7 @@ _ENV_FIELDS = (
     "topic_partitions", "allowed_lateness_s", "partition_idle_s", "dedup_horizon_s",
     "pricing_file", "ingest_flush_s", "rules_file", "budgets_file",
     "eval_interval_s", "eval_settle_s", "eval_backfill_s", "advice_file", "table_store",
-    "window_max_rows", "metric_label_cap",
+    "window_max_rows", "metric_label_cap", "ingest_batch_size",
 )
 
 
