@@ -31,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     from costflux.advise_cli import add_advise_command
     from costflux.cache.cli import add_cache_command
+    from costflux.collect_cli import add_collect_command
     from costflux.pricing_cli import add_pricing_commands
     from costflux.report_cli import add_report_command
     from streams.bridge import add_bridge_arguments
@@ -86,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     add_report_command(commands)
     add_advise_command(commands)
     add_cache_command(commands)
+    add_collect_command(commands)
 
     schemas = commands.add_parser("schemas", help="rewrite the JSON Schema files")
     schemas.set_defaults(run=_run_schemas)

@@ -198,6 +198,28 @@ class Settings(BaseSettings):
         "COSTFLUX_HTTP_HOST; unset = not served"
     )
 
+    # --- costflux collect ---
+    collect_max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="largest request body `costflux collect` "
+        "reads, after gzip (413 beyond it)"
+    )
+    collect_labels: str = Field(
+        "costflux.team=team,team=team,costflux.project=project,project=project,"
+        "costflux.app=app,service.name=app,k8s.namespace.name=namespace,"
+        "k8s.deployment.name=deployment,k8s.cluster.name=cluster,enduser.id=end_user,"
+        "user.id=end_user",
+        description="span or resource attribute=label pairs, first match per label winning, "
+        "span attributes before resource attributes",
+    )
+    collect_cloudevent_type: str = Field(
+        "io.costflux.usage.v1", min_length=1,
+        description="the CloudEvent type that carries usage (others answer 400)",
+    )
+    collect_subject_label: str = Field(
+        "team", min_length=1, description="label a CloudEvent's subject fills (unless its "
+        "data's labels set it)"
+    )
+
     # --- HTTP / metrics ---
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
@@ -227,6 +249,14 @@ class Settings(BaseSettings):
         timeouts that make a hung Redis an error (retried and reported), not a silent stall."""
         return {"password": self.redis_password_value(), "socket_timeout": timeout_s,
                 "socket_connect_timeout": min(timeout_s, REDIS_CONNECT_TIMEOUT_S)}
+
+    @field_validator("collect_labels", mode="after")
+    @classmethod
+    def _check_collect_labels(cls, text: str) -> str:
+        from costflux.core.genai_spans import parse_label_mapping
+
+        parse_label_mapping(text)  # its ValueError names the bad pair
+        return text
 
     @field_validator("window_sizes", mode="before")
     @classmethod

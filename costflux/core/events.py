@@ -109,6 +109,11 @@ class _Decoder(Generic[Event]):
             ], True
         return [self._validate(document, None, value, lenient)], False
 
+    def validate_item(self, item: Any) -> Event | Rejected:
+        """Judge one event already parsed from JSON (by a receiver that reads another
+        encoding), with the verdicts a message would get; a rejection's original is empty."""
+        return self._validate(item, None, b"", lenient=False)
+
     def _validate(
         self, item: Any, index: int | None, message: bytes, lenient: bool
     ) -> Event | Rejected:

@@ -16,12 +16,14 @@ from tests.integration.worker_process import WorkerProcess
 
 @pytest.fixture
 def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start a worker subprocess (``env``: extra variables, e.g. COSTFLUX_FAILPOINTS); every
-    one still running is stopped after the test."""
+    """Start a worker subprocess (``env``: extra variables, e.g. COSTFLUX_FAILPOINTS;
+    ``command``: another long-running command, e.g. collect); every one still running is
+    stopped after the test."""
     workers: list[WorkerProcess] = []
 
-    def start(settings: Settings, env: dict[str, str] | None = None) -> WorkerProcess:
-        worker = WorkerProcess(settings, tmp_path / "logs", env)
+    def start(settings: Settings, env: dict[str, str] | None = None,
+              command: str = "worker") -> WorkerProcess:
+        worker = WorkerProcess(settings, tmp_path / "logs", env, command)
         workers.append(worker)
         return worker
 

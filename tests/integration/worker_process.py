@@ -42,17 +42,19 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """One worker subprocess; its log goes to a file for post-mortems."""
+    """One worker subprocess (or another long-running command: ``collect``); its log goes to
+    a file for post-mortems."""
 
     def __init__(self, settings: Settings, log_dir: Path,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, command: str = "worker") -> None:
         self.settings = settings
+        self.command = command
         self.base = f"http://127.0.0.1:{settings.http_port}"
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_dir / f"worker-{time.monotonic_ns()}.log"
+        self.log_path = log_dir / f"{command}-{time.monotonic_ns()}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "costflux", "worker"],
+            [sys.executable, "-m", "costflux", command],
             env=settings_env(settings) | (env or {}), stdout=self._log,
             stderr=subprocess.STDOUT,
         )
@@ -81,7 +83,7 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"worker exited ({self.process.returncode}):\n"
+                raise AssertionError(f"{self.command} exited ({self.process.returncode}):\n"
                                      + self.log_tail())
             try:
                 if condition():
@@ -89,7 +91,8 @@ class WorkerProcess:
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.3)
-        raise AssertionError(f"worker not {what} within {timeout_s}s:\n{self.log_tail()}")
+        raise AssertionError(f"{self.command} not {what} within {timeout_s}s:\n"
+                             f"{self.log_tail()}")
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of samples of ``name`` whose labels include ``labels`` (0 when absent)."""
