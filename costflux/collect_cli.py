@@ -14,9 +14,6 @@ __all__ = ["add_collect_command"]
 
 log = logging.getLogger("costflux.collect")
 
-#: A request waits at most this long for Kafka before it is answered 503 (librdkafka's
-#: default, 5 minutes, outlasts every client's timeout).
-_DELIVERY_TIMEOUT_MS = 30_000
 _PRICES_RELOAD_S = 30.0
 #: A client waits for its records' acknowledgement: librdkafka's 5 ms linger added 5 ms to
 #: every export (bench/collect.py); concurrent requests still share batches.
@@ -52,7 +49,9 @@ def _run_collect(args: argparse.Namespace, settings: Settings) -> int:
         ensure_topics(settings, {settings.topic_usage: settings.topic_partitions,
                                  settings.topic_deadletter: settings.topic_partitions})
         delivery = AsyncDelivery(producer_config(
-            settings, **{"message.timeout.ms": _DELIVERY_TIMEOUT_MS, "linger.ms": _LINGER_MS}))
+            settings, **{"linger.ms": _LINGER_MS,
+                         # librdkafka's default, 5 minutes, outlasts every client's timeout.
+                         "message.timeout.ms": int(settings.collect_delivery_timeout_s * 1000)}))
         stack.callback(delivery.close)
         config = CollectorConfig(
             usage_topic=settings.topic_usage, deadletter_topic=settings.topic_deadletter,

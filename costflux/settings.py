@@ -203,6 +203,10 @@ class Settings(BaseSettings):
         4 * 1024 * 1024, ge=1024, description="largest request body `costflux collect` "
         "reads, after gzip (413 beyond it)"
     )
+    collect_delivery_timeout_s: float = Field(
+        30.0, gt=0, le=300, description="how long `costflux collect` waits for Kafka to take "
+        "a request's records before answering 503 (the client retries)"
+    )
     collect_labels: str = Field(
         "costflux.team=team,team=team,costflux.project=project,project=project,"
         "costflux.app=app,service.name=app,k8s.namespace.name=namespace,"

@@ -1,8 +1,14 @@
 """``costflux bridge prometheus``: scrape an inference server's /metrics into usage events.
 
-The pure half (which counters, increases, resets, carry-over, splitting into events) is
-``costflux.core.bridge``; this module fetches the page, parses it with prometheus_client's
-own parser, keeps time, hands the events to Kafka (or stdout) and reports failed scrapes.
+The pure half (which counters, increases, resets, carry-over, splitting into events, which
+queue gauges) is ``costflux.core.bridge``; this module fetches the page, parses it with
+prometheus_client's own parser, keeps time, hands the events to Kafka (or stdout), reports
+failed scrapes and re-exports the server's request queue on the bridge's own /metrics.
+
+The queue gauges (``costflux_inference_requests_waiting`` and ``_running``, by model and
+source) show the last good scrape and nothing else: a failed scrape removes them, so
+Prometheus marks the series stale at its next scrape of the bridge instead of an autoscaler
+acting on a queue length nobody has seen for minutes.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from types import FrameType
 from typing import Any, Final, get_args
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from pydantic import TypeAdapter, ValidationError
@@ -36,9 +42,11 @@ from costflux.core.bridge import (
     EventTemplate,
     FlagRequired,
     Observation,
+    RequestQueue,
     ServerKind,
     Tally,
     read_counters,
+    read_request_queues,
 )
 from costflux.core.windows import duration_ms
 from costflux.settings import Settings
@@ -52,6 +60,7 @@ __all__ = [
     "BridgeOptions",
     "BridgeStatus",
     "PrometheusBridge",
+    "QUEUE_LABELS",
     "ScrapeError",
     "add_bridge_arguments",
     "bridge_options",
@@ -111,8 +120,9 @@ def add_bridge_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print", action="store_true", dest="print_only",
                         help="write events to stdout as JSON lines instead of Kafka")
     parser.add_argument("--metrics-port", type=int, default=None,
-                        help="serve the bridge's own counters (scrape errors, resets) on "
-                        "this port's /metrics")
+                        help="serve the bridge's own counters (scrape errors, resets) and the "
+                        "server's request queue (costflux_inference_requests_waiting, "
+                        "_running) on this port's /metrics")
 
 
 @dataclass(frozen=True)
@@ -211,10 +221,17 @@ class BridgeStatus:
     events_sent: int = 0
     events_unsent: int = 0
     carried: Mapping[str, Tally] = field(default_factory=dict)
+    #: Per model, the request queue of the last good scrape; empty after a failed one.
+    queues: Mapping[str, RequestQueue] = field(default_factory=dict)
+
+
+#: Labels of the queue gauges: the model as the usage events name it (so its cost series
+#: match), and the scraped server as event ids name it (--source).
+QUEUE_LABELS: Final = ("model", "source")
 
 
 class BridgeMetrics:
-    """The bridge's own Prometheus counters, in ``registry``."""
+    """The bridge's own Prometheus counters, and the scraped server's queue, in ``registry``."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.scrapes = Counter("costflux_bridge_scrapes", "Successful scrapes of the inference "
@@ -226,6 +243,16 @@ class BridgeMetrics:
                                       registry=registry)
         self.events = Counter("costflux_bridge_usage_events", "Usage events handed to the "
                               "output", registry=registry)
+        self.requests_waiting = Gauge("costflux_inference_requests_waiting",
+                                      "Requests waiting for a place in the inference server's "
+                                      "running batch, at the last good scrape "
+                                      "(vllm:num_requests_waiting, tgi_queue_size)",
+                                      QUEUE_LABELS, registry=registry)
+        self.requests_running = Gauge("costflux_inference_requests_running", "Requests in the "
+                                      "inference server's running batch, at the last good "
+                                      "scrape (vllm:num_requests_running, "
+                                      "tgi_batch_current_size)", QUEUE_LABELS,
+                                      registry=registry)
 
 
 class PrometheusBridge:
@@ -250,6 +277,7 @@ class PrometheusBridge:
         self._metrics = metrics or BridgeMetrics(CollectorRegistry())
         self._counters = CounterBridge(options.template)
         self._unsent: list[Mapping[str, Any]] = []
+        self._queue_series: set[tuple[str, str]] = set()  # ("waiting"/"running", model) shown
         self.status = BridgeStatus()
 
     def scrape(self) -> Observation | None:
@@ -262,8 +290,9 @@ class PrometheusBridge:
         try:
             text = self._fetch(options.url, options.timeout_s)
             end_ms = time.time_ns() // 1_000_000
-            page = read_counters(parse_metrics_page(text), kind=options.kind,
-                                 model=options.model)
+            samples = parse_metrics_page(text)
+            page = read_counters(samples, kind=options.kind, model=options.model)
+            queues = read_request_queues(samples, kind=page.kind, model=options.model)
         except ScrapeError as exc:
             self._failed(exc)
             return None
@@ -274,6 +303,7 @@ class PrometheusBridge:
             return None
         observation = self._counters.observe(page, end_ms)
         self._succeeded(observation, end_ms)
+        self._show_queues(queues)
         self._deliver(observation.events)
         return observation
 
@@ -287,6 +317,8 @@ class PrometheusBridge:
         status.consecutive_errors += 1
         status.last_error = str(error)
         self._metrics.scrape_errors.labels(error.reason).inc()
+        # Nobody knows the queue now: its series go (stale), they never keep an old value.
+        self._show_queues({})
         # Nothing is zero-filled: the next good scrape's increase covers the gap.
         log.warning("scrape %d in a row failed, retrying in %g s: %s",
                     status.consecutive_errors, self._options.interval_s, error)
@@ -312,6 +344,22 @@ class PrometheusBridge:
         if observation.cached_capped:
             log.debug("%d cached tokens over the interval's input tokens not billed as cached",
                       observation.cached_capped)
+
+    def _show_queues(self, queues: Mapping[str, RequestQueue]) -> None:
+        """Set the queue gauges to this page's values; remove every series it lacks."""
+        source = self._options.template.source
+        gauges = {"waiting": self._metrics.requests_waiting,
+                  "running": self._metrics.requests_running}
+        shown: set[tuple[str, str]] = set()
+        for model, queue in queues.items():
+            for part, value in (("waiting", queue.waiting), ("running", queue.running)):
+                if value is not None:
+                    gauges[part].labels(model, source).set(value)
+                    shown.add((part, model))
+        for part, model in self._queue_series - shown:
+            gauges[part].remove(model, source)
+        self._queue_series = shown
+        self.status.queues = dict(queues)
 
     def _deliver(self, events: Sequence[Mapping[str, Any]]) -> None:
         batch = [*self._unsent, *events]

@@ -110,6 +110,7 @@ class UsageCollector:
         self._delivery = delivery
         self._metrics = _Metrics()
         self._ready = False
+        self._ready_check: asyncio.Task[None] | None = None
         self._last_delivery_failed = False
         self._label_sources = frozenset(a for a, _ in config.span_mapping.labels)
         self._read_keys = READ_ATTRIBUTES | self._label_sources
@@ -125,8 +126,16 @@ class UsageCollector:
         app.on_startup.append(self._start)
         return app
 
-    async def _start(self, app: web.Application) -> None:
-        app["ready_check"] = asyncio.create_task(self._check_ready_until_ready())
+    async def _start(self, _app: web.Application) -> None:
+        self._watch_readiness()
+
+    def _watch_readiness(self) -> None:
+        """Not ready until the broker answers for the usage topic, checked in the background
+        (at start-up, and after a request's records were refused). Readiness must recover
+        without traffic: an unready replica gets none."""
+        self._ready = False
+        if self._ready_check is None or self._ready_check.done():
+            self._ready_check = asyncio.create_task(self._check_ready_until_ready())
 
     async def _check_ready_until_ready(self) -> None:
         topic = self._config.usage_topic
@@ -275,6 +284,7 @@ class UsageCollector:
                 log.error("Kafka did not take a request's records (%s); answering 503 until "
                           "it does", exc)
             self._last_delivery_failed = True
+            self._watch_readiness()
             return _problem(503, "Kafka did not acknowledge the events; nothing of this "
                             "request was accepted: retry it", retry=True)
         if self._last_delivery_failed:
@@ -302,12 +312,9 @@ class UsageCollector:
 
     async def _readyz(self, _request: web.Request) -> web.Response:
         if not self._ready:
-            return web.json_response({"status": "starting", "reason": "broker or topic "
-                                      f"{self._config.usage_topic} not reachable yet"},
+            return web.json_response({"status": "unavailable", "reason": "broker or topic "
+                                      f"{self._config.usage_topic} not reachable"},
                                      status=503)
-        if self._last_delivery_failed:
-            return web.json_response({"status": "degraded", "reason": "the last request's "
-                                      "records were not acknowledged by Kafka"}, status=503)
         return web.json_response({"status": "ok"})
 
 

@@ -3,6 +3,12 @@
 librdkafka calls back from ``poll``; a thread polls, and each callback resolves the awaiting
 request's future on its event loop. The producer is idempotent (``producer_config``), so a
 retry inside librdkafka never writes a message twice.
+
+A failed delivery renews the producer. An idempotent producer whose messages timed out
+must agree a new epoch with the broker before it sends again; one that cannot (measured: a
+broker that came back without its state) times out everything after, for good. Nothing
+acknowledged depends on the old one: its requests were answered with an error, and the
+copies their clients resend are counted once downstream.
 """
 
 from __future__ import annotations
@@ -31,7 +37,11 @@ class AsyncDelivery:
     """Send records and wait until Kafka has them all (acks=all), or say why not."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
-        self._producer = Producer(dict(config))
+        self._config = dict(config)
+        self._producer = Producer(self._config)
+        self._retiring: list[Producer] = []  # renewed away, polled until their queue is empty
+        self._lock = threading.Lock()
+        self._renewals = 0
         self._stopping = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="delivery-poll", daemon=True)
         self._poller.start()
@@ -40,12 +50,12 @@ class AsyncDelivery:
         """Return once every record is written to its topic; raise DeliveryError otherwise."""
         loop = asyncio.get_running_loop()
         pending: list[asyncio.Future[None]] = []
+        producer = self._producer
         for topic, key, value in records:
             future: asyncio.Future[None] = loop.create_future()
             while True:
                 try:
-                    self._producer.produce(topic, value, key,
-                                           on_delivery=_resolver(loop, future))
+                    producer.produce(topic, value, key, on_delivery=_resolver(loop, future))
                     break
                 except BufferError:
                     await asyncio.sleep(_QUEUE_FULL_WAIT_S)  # the poll thread drains it
@@ -53,12 +63,30 @@ class AsyncDelivery:
         results = await asyncio.gather(*pending, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
+            self._renew(producer)
             raise DeliveryError(f"{len(errors)} of {len(records)} records not delivered: "
                                 f"{errors[0]}")
 
+    @property
+    def renewals(self) -> int:
+        """How many times the producer was replaced after a failed delivery."""
+        return self._renewals
+
+    def _renew(self, failed: Producer) -> None:
+        """Replace ``failed`` unless another request already did; its queued records fail
+        now (their requests are answered 503), not at their timeout."""
+        with self._lock:
+            if failed is not self._producer:
+                return
+            self._producer = Producer(self._config)
+            self._retiring.append(failed)
+            self._renewals += 1
+        failed.purge()
+
     def topic_exists(self, topic: str, timeout_s: float) -> bool:
         """Whether the broker answers and knows ``topic`` (blocking; run it off the loop)."""
-        metadata = self._producer.list_topics(topic, timeout=timeout_s)
+        # All topics: a request naming one makes brokers with auto-creation on create it.
+        metadata = self._producer.list_topics(timeout=timeout_s)
         found = metadata.topics.get(topic)
         return found is not None and found.error is None
 
@@ -71,6 +99,13 @@ class AsyncDelivery:
     def _poll(self) -> None:
         while not self._stopping.is_set():
             self._producer.poll(_POLL_S)
+            with self._lock:
+                retiring = list(self._retiring)
+            for old in retiring:
+                old.poll(0)
+                if len(old) == 0:
+                    with self._lock:
+                        self._retiring.remove(old)
 
 
 def _resolver(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> Any:

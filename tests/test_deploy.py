@@ -31,6 +31,7 @@ from tests.deploy.manifests import (
     RULES_FILE,
     compose,
     compose_mounts,
+    container_env,
     costflux_services,
     docs,
     k8s_object,
@@ -50,6 +51,9 @@ EXPECTED_FILES = [
     PROMETHEUS_CONFIG,
     K8S / "configmap-pricing.yaml",
     K8S / "deployment.yaml",
+    K8S / "deployment-collector.yaml",
+    K8S / "hpa-inference.yaml",
+    K8S / "prometheus-adapter" / "configmap.yaml",
     K8S / "daemonset-nvml-sidecar.yaml",
     K8S / "service.yaml",
     K8S / "servicemonitor.yaml",
@@ -441,6 +445,76 @@ def test_deployment_runs_the_worker_safely() -> None:
     assert not any("subPath" in mount for mount in container["volumeMounts"])
 
 
+def test_collector_deployment_runs_stateless_replicas_safely() -> None:
+    collector = k8s_object("Deployment", "costflux-collector")
+    pod = collector["spec"]["template"]
+    assert collector["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    # Stateless: more than one replica, no volume but read-only config and scratch space.
+    assert collector["spec"]["replicas"] == 2
+    (container,) = pod["spec"]["containers"]
+    assert container["args"] == ["collect"]
+    env = {var["name"]: var for var in container["env"]}
+    values = container_env(container)
+    # The OTLP/HTTP port, on the pod's IP; /metrics, /healthz and /readyz on the same port.
+    assert values["COSTFLUX_HTTP_HOST"] == "0.0.0.0"  # noqa: S104 - a pod must listen on its IP
+    assert values["COSTFLUX_HTTP_PORT"] == "4318"
+    (port,) = container["ports"]
+    assert port["containerPort"] == 4318
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port["name"]}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port["name"]}
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    security = {**pod["spec"]["securityContext"], **container["securityContext"]}
+    assert security["runAsNonRoot"] is True and security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    volumes = {volume["name"]: volume for volume in pod["spec"]["volumes"]}
+    assert all("configMap" in v or "emptyDir" in v for v in volumes.values())
+    assert not any(name.startswith("COSTFLUX_REDIS") for name in env)
+    # Produces where the workers read, judging spans by the workers' prices; the topics get
+    # the workers' partitions and replicas whoever creates them first.
+    worker_env = _pod_env(k8s_object("Deployment", "llm-cost-tracker")["spec"]["template"])
+    for name in (
+        "COSTFLUX_TOPIC_USAGE",
+        "COSTFLUX_TOPIC_DEADLETTER",
+        "COSTFLUX_TOPIC_PARTITIONS",
+        "COSTFLUX_TOPIC_REPLICATION_FACTOR",
+        "COSTFLUX_KAFKA_BOOTSTRAP",
+        "COSTFLUX_KAFKA_SECURITY_PROTOCOL",
+        "COSTFLUX_KAFKA_SASL_MECHANISM",
+        "COSTFLUX_KAFKA_SASL_USERNAME",
+        "COSTFLUX_KAFKA_SASL_PASSWORD",
+        "COSTFLUX_PRICING_FILE",
+    ):
+        field = Settings.model_fields[name[len("COSTFLUX_") :].lower()]
+        default = {"name": name, "value": str(field.default)}
+        assert env.get(name, default) == worker_env.get(name, default), name
+    mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+    pricing = Path(values["COSTFLUX_PRICING_FILE"])
+    assert volumes[mounts[str(pricing.parent)]]["configMap"]["name"] == "llm-cost-config"
+
+
+def test_collector_service_and_servicemonitor_reach_its_port() -> None:
+    collector = k8s_object("Deployment", "costflux-collector")
+    pod_labels = collector["spec"]["template"]["metadata"]["labels"]
+    (container,) = collector["spec"]["template"]["spec"]["containers"]
+    (port,) = container["ports"]
+    service = k8s_object("Service", "costflux-collector")
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+        (4318, port["name"])]
+    # The workers' Service must not send traffic to the collectors, nor theirs to workers.
+    workers = k8s_object("Service", "llm-cost-tracker")
+    worker_pods = k8s_object("Deployment", "llm-cost-tracker")["spec"]["template"]["metadata"]
+    assert not workers["spec"]["selector"].items() <= pod_labels.items()
+    assert not service["spec"]["selector"].items() <= worker_pods["labels"].items()
+    monitor = k8s_object("ServiceMonitor", "costflux-collector")
+    selected = monitor["spec"]["selector"]["matchLabels"]
+    assert selected.items() <= service["metadata"]["labels"].items()
+    assert [(e["port"], e["path"]) for e in monitor["spec"]["endpoints"]] == [
+        (service["spec"]["ports"][0]["name"], "/metrics")]
+
+
 BUILTIN_KINDS = {
     "ConfigMap", "Deployment", "DaemonSet", "Service", "Secret", "HorizontalPodAutoscaler",
     "StatefulSet",
@@ -579,7 +653,7 @@ def test_service_and_servicemonitor_reach_the_metrics_port() -> None:
     assert service["spec"]["selector"].items() <= pod_labels.items()
     assert any(port["name"] == "metrics" for port in service["spec"]["ports"])
 
-    monitor = k8s_object("ServiceMonitor")
+    monitor = k8s_object("ServiceMonitor", "llm-cost-tracker")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     selected = monitor["spec"]["selector"]["matchLabels"]
     assert selected.items() <= service["metadata"]["labels"].items()
@@ -796,7 +870,7 @@ def test_compose_file_matches_the_compose_spec() -> None:
     assert not errors
 
 
-def test_prometheus_scrapes_both_workers_with_the_rules() -> None:
+def test_prometheus_scrapes_the_workers_the_bridge_and_the_collector_with_the_rules() -> None:
     mounts = compose_mounts(compose()["services"]["prometheus"])
     (config,) = docs(PROMETHEUS_CONFIG)
     config_dir = Path("/etc/prometheus")
@@ -805,13 +879,22 @@ def test_prometheus_scrapes_both_workers_with_the_rules() -> None:
         assert mounts[str(config_dir / rule_file)] == RULES_FILE
 
     targets = {
-        target
+        job["job_name"]: {
+            target for static in job["static_configs"] for target in static["targets"]
+        }
         for job in config["scrape_configs"]
-        for static in job["static_configs"]
-        for target in static["targets"]
     }
-    workers = [name for name, s in costflux_services().items() if s.get("command") == ["worker"]]
-    assert targets == {f"{name}:8080" for name in workers}
+    services = costflux_services()
+    workers = [name for name, s in services.items() if s.get("command") == ["worker"]]
+    assert targets["costflux"] == {f"{name}:8080" for name in workers}
+    # The bridge's own /metrics (its counters, the mock vLLM's request queue).
+    (bridge,) = [name for name, s in services.items() if s["command"][:1] == ["bridge"]]
+    argv = services[bridge]["command"]
+    assert targets["costflux-bridge"] == {f"{bridge}:{argv[argv.index('--metrics-port') + 1]}"}
+    (collector,) = [name for name, s in services.items() if s["command"] == ["collect"]]
+    port = services[collector]["environment"]["COSTFLUX_HTTP_PORT"]
+    assert targets["costflux-collector"] == {f"{collector}:{port}"}
+    assert set(targets) == {"costflux", "costflux-bridge", "costflux-collector"}
 
 
 def test_dockerfile_builds_a_non_root_worker_image() -> None:

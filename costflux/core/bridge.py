@@ -29,6 +29,11 @@ by into usage events, following four rules:
 Event time is the scrape time, so windows are accurate to one scrape interval. Event ids are
 ``bridge:<source>:<model>:<scrape ms>:<i>``: a batch sent again (after a broker error) carries
 the same ids and counts once downstream.
+
+The same page also says how many requests each model has waiting for a place in the running
+batch and how many are in it (vLLM's ``vllm:num_requests_waiting`` / ``_running``, TGI's
+``tgi_queue_size`` / ``tgi_batch_current_size``): gauges, read as they stand
+(``read_request_queues``), for an autoscaler to act on. Nothing is computed across pages.
 """
 
 from __future__ import annotations
@@ -51,12 +56,14 @@ __all__ = [
     "FlagRequired",
     "Interval",
     "MetricSample",
-        "NoInferenceMetrics",
+    "NoInferenceMetrics",
     "Observation",
+    "RequestQueue",
     "ServerKind",
     "Tally",
     "page_increase",
     "read_counters",
+    "read_request_queues",
     "usage_events",
 ]
 
@@ -82,6 +89,13 @@ _COUNTERS: Final[Mapping[ServerKind, Mapping[str, str]]] = {
         "tgi_request_generated_tokens_count": "requests",
         "tgi_request_failure": "failed_requests",
     },
+}
+#: Gauge -> which part of the server's queue it counts. vLLM: requests waiting for the
+#: scheduler to admit them, and requests in the running batch (one series per engine under
+#: data parallelism, summed per model). TGI: the router's queue and the batch being generated.
+_QUEUE_GAUGES: Final[Mapping[ServerKind, Mapping[str, str]]] = {
+    "vllm": {"vllm:num_requests_waiting": "waiting", "vllm:num_requests_running": "running"},
+    "tgi": {"tgi_queue_size": "waiting", "tgi_batch_current_size": "running"},
 }
 #: Names that tell a kind apart even on a page where its token counters are missing.
 _MARKERS: Final[Mapping[ServerKind, frozenset[str]]] = {
@@ -167,6 +181,18 @@ class Tally:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestQueue:
+    """Requests of one model on a server at one scrape: waiting for a place, and running.
+
+    None: the page does not report it (an older server, an unreadable value), never a
+    made-up zero.
+    """
+
+    waiting: int | None = None
+    running: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Interval:
     """What two pages of one server say happened between them."""
 
@@ -235,15 +261,41 @@ def read_counters(
         metric = _base_name(sample.name)
         if metric not in wanted:
             continue
-        owner = model if model is not None else sample.labels.get(_VLLM_MODEL_LABEL)
-        if not owner:
-            raise FlagRequired(
-                f"{sample.name} has no {_VLLM_MODEL_LABEL} label: pass --model with the "
-                "model's pricing key"
-            )
-        key = (owner, metric, tuple(sorted(sample.labels.items())))
+        key = (_owner(sample, model), metric, tuple(sorted(sample.labels.items())))
         counters[key] = counters.get(key, 0) + _count(sample)
     return CounterPage(kind, counters, process_start)
+
+
+def read_request_queues(
+    samples: Iterable[MetricSample], *, kind: ServerKind, model: str | None = None
+) -> dict[str, RequestQueue]:
+    """Each model's waiting and running requests on a parsed page of a ``kind`` server.
+
+    ``model`` as in ``read_counters``. Series of one model are summed (vLLM has one per engine
+    under data parallelism). A gauge that is not a finite count >= 0 is left out rather than
+    failing the scrape: the usage events of the page do not depend on it.
+
+    >>> from types import SimpleNamespace as S
+    >>> read_request_queues([S(name="vllm:num_requests_waiting",
+    ...                        labels={"model_name": "m"}, value=3.0)], kind="vllm")
+    {'m': RequestQueue(waiting=3, running=None)}
+    """
+    wanted = _QUEUE_GAUGES[kind]
+    counts: dict[str, dict[str, int]] = {}
+    for sample in samples:
+        part = wanted.get(sample.name)
+        if part is None:
+            continue
+        owner = _owner(sample, model)
+        value = sample.value
+        if not math.isfinite(value) or value < 0:
+            continue
+        parts = counts.setdefault(owner, {})
+        parts[part] = parts.get(part, 0) + round(value)
+    return {
+        owner: RequestQueue(waiting=parts.get("waiting"), running=parts.get("running"))
+        for owner, parts in sorted(counts.items())
+    }
 
 
 def page_increase(previous: CounterPage, current: CounterPage) -> Interval:
@@ -408,6 +460,16 @@ def _detect_kind(samples: list[MetricSample]) -> ServerKind:
     if len(kinds) > 1:
         raise FlagRequired("the page has both vLLM and TGI metrics: pass --kind vllm or tgi")
     return kinds[0]
+
+
+def _owner(sample: MetricSample, model: str | None) -> str:
+    owner = model if model is not None else sample.labels.get(_VLLM_MODEL_LABEL)
+    if not owner:
+        raise FlagRequired(
+            f"{sample.name} has no {_VLLM_MODEL_LABEL} label: pass --model with the "
+            "model's pricing key"
+        )
+    return owner
 
 
 def _count(sample: MetricSample) -> int:

@@ -7,6 +7,10 @@ vllm:prompt_tokens_total, vllm:generation_tokens_total, vllm:request_prompt_toke
 vllm:request_generation_tokens, vllm:e2e_request_latency_seconds, and the running/waiting gauges),
 growing at a steady made-up load, so `costflux bridge prometheus` has something to turn into usage
 events. Standard library only: it runs on the plain python image.
+
+The gauges follow Little's law: requests in flight = arrival rate x latency, of which at most
+--max-num-seqs (vLLM's flag of that name: the running batch's size) run and the rest wait, so at
+the default load (5 requests/s of 2.56 s) 8 run and 5 wait, as a saturated server's would.
 """
 
 from __future__ import annotations
@@ -32,18 +36,20 @@ def _histogram(name: str, help_: str, labels: str, buckets: tuple[float, ...], v
 
 
 def render(model: str, elapsed_s: float, requests_per_s: float, prompt_tokens: int,
-           generation_tokens: int) -> str:
+           generation_tokens: int, max_num_seqs: int = 8) -> str:
     """The exposition text after ``elapsed_s`` seconds of a steady load."""
     requests = int(elapsed_s * requests_per_s)
     labels = f'model_name="{model}"'
     latency = 0.02 * generation_tokens
+    in_flight = round(requests_per_s * latency)
+    running = min(in_flight, max_num_seqs)
     lines = [
         "# HELP vllm:num_requests_running Number of requests currently running on GPU.",
         "# TYPE vllm:num_requests_running gauge",
-        f"vllm:num_requests_running{{{labels}}} {max(1.0, requests_per_s * latency):.0f}",
+        f"vllm:num_requests_running{{{labels}}} {float(running)}",
         "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.",
         "# TYPE vllm:num_requests_waiting gauge",
-        f"vllm:num_requests_waiting{{{labels}}} 0",
+        f"vllm:num_requests_waiting{{{labels}}} {float(in_flight - running)}",
         "# HELP vllm:request_success_total Count of successfully processed requests.",
         "# TYPE vllm:request_success_total counter",
         f'vllm:request_success_total{{finished_reason="stop",{labels}}} {requests}',
@@ -73,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests-per-second", type=float, default=5.0)
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--generation-tokens", type=int, default=128)
+    parser.add_argument("--max-num-seqs", type=int, default=8,
+                        help="requests that run at once; the rest of those in flight wait")
     args = parser.parse_args(argv)
     started = time.monotonic()
 
@@ -84,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
             body = b""
             if self.path.startswith("/metrics"):
                 body = render(args.model, time.monotonic() - started, args.requests_per_second,
-                              args.prompt_tokens, args.generation_tokens).encode()
+                              args.prompt_tokens, args.generation_tokens,
+                              args.max_num_seqs).encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))

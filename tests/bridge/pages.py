@@ -15,7 +15,8 @@ VLLM_FIXTURE = REPO / "tests/fixtures/vllm_metrics/datadog_vllm_metrics.txt"
 VLLM_TEXT = VLLM_FIXTURE.read_text()
 MODEL = "facebook/opt-125m"
 
-#: Counter series of the fixture the bridge reads, by a short name.
+#: Series of the fixture the bridge reads (counters, the start time, queue gauges), by a short
+#: name.
 SERIES = {
     "prompt": f'vllm:prompt_tokens_total{{model_name="{MODEL}"}}',
     "generation": f'vllm:generation_tokens_total{{model_name="{MODEL}"}}',
@@ -23,6 +24,8 @@ SERIES = {
     "hits": f'vllm:prefix_cache_hits_total{{model_name="{MODEL}"}}',
     "cached": f'vllm:prompt_tokens_cached_total{{model_name="{MODEL}"}}',
     "start": "process_start_time_seconds",
+    "waiting": f'vllm:num_requests_waiting{{model_name="{MODEL}"}}',
+    "running": f'vllm:num_requests_running{{model_name="{MODEL}"}}',
 }
 _ABORT = f'vllm:request_success_total{{finished_reason="abort",model_name="{MODEL}"}}'
 
@@ -38,7 +41,7 @@ FIXTURE_VALUES = {name: fixture_value(series) for name, series in SERIES.items()
 
 
 def vllm_page(abort: float | None = None, **values: float) -> str:
-    """The fixture page with some counters set (by short name); ``abort`` adds that series."""
+    """The fixture page with some series set (by short name); ``abort`` adds that series."""
     text = VLLM_TEXT
     for name, value in values.items():
         series = SERIES[name]

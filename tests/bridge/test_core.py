@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,9 +17,11 @@ from costflux.core.bridge import (
     EventTemplate,
     FlagRequired,
     NoInferenceMetrics,
+    RequestQueue,
     Tally,
     page_increase,
     read_counters,
+    read_request_queues,
     usage_events,
 )
 from schemas._types import MAX_ID_LENGTH
@@ -56,7 +60,8 @@ def totals(events: list[dict[str, Any]]) -> tuple[int, int, int, int]:
 def test_the_real_vllm_page_gives_its_counters() -> None:
     # The fixture's values as its text states them (read by regex in tests.bridge.pages).
     assert FIXTURE_VALUES == {"prompt": 5.0, "generation": 7.0, "success": 1.0, "hits": 64.0,
-                              "cached": 64.0, "start": 1.7181405583e9}
+                              "cached": 64.0, "start": 1.7181405583e9, "waiting": 0.0,
+                              "running": 0.0}
     page = page_of(VLLM_TEXT)
     assert page.kind == "vllm"
     assert page.process_start_s == FIXTURE_VALUES["start"]
@@ -216,13 +221,17 @@ tgi_request_generated_tokens_bucket{{le="+Inf"}} {ok}
 tgi_request_generated_tokens_sum {outputs}
 tgi_request_generated_tokens_count {ok}
 # TYPE tgi_queue_size gauge
-tgi_queue_size 0
+tgi_queue_size {queued}
+# TYPE tgi_batch_current_size gauge
+tgi_batch_current_size {batch}
 """
 
 
-def tgi_page(ok: int, failed: int, inputs: int, outputs: int) -> str:
+def tgi_page(ok: int, failed: int, inputs: int, outputs: int, queued: int = 0,
+             batch: int = 0) -> str:
     return TGI_PAGE.format(count=ok + failed, failed=failed, inputs=inputs,
-                           inputs_count=ok + failed, ok=ok, outputs=outputs)
+                           inputs_count=ok + failed, ok=ok, outputs=outputs, queued=queued,
+                           batch=batch)
 
 
 def test_tgi_histogram_sums_and_counts_are_the_tokens_and_requests() -> None:
@@ -309,3 +318,60 @@ def test_every_token_is_emitted_or_carried_and_none_invented(
     assert len({e["event_id"] for e in events}) == len(events)
     for event in events:
         UsageEvent.model_validate(event)
+
+
+# --- the request queue (gauges, read as they stand) ----------------------------------------------
+
+
+def queues_of(text: str, **options: Any) -> dict[str, RequestQueue]:
+    samples = parse_metrics_page(text)
+    kind = read_counters(samples, **options).kind
+    return read_request_queues(samples, kind=kind, model=options.get("model"))
+
+
+def test_the_real_vllm_page_gives_its_request_queue() -> None:
+    assert queues_of(VLLM_TEXT) == {MODEL: RequestQueue(waiting=0, running=0)}
+    assert queues_of(vllm_page(waiting=7, running=3)) == {MODEL: RequestQueue(7, 3)}
+
+
+def test_queue_gauges_are_values_not_increases() -> None:
+    pages = [vllm_page(waiting=9, running=4), vllm_page(waiting=2, running=4),
+             vllm_page(waiting=0, running=1)]
+    assert [queues_of(page)[MODEL] for page in pages] == [
+        RequestQueue(9, 4), RequestQueue(2, 4), RequestQueue(0, 1)]
+
+
+def test_engines_of_one_model_are_summed() -> None:
+    # vLLM's v1 engine labels every series with its engine under data parallelism.
+    text = re.sub(r'^(vllm:num_requests_(waiting|running))\{model_name="([^"]+)"\} \S+$',
+                  r'\1{engine="0",model_name="\3"} 4.0\n\1{engine="1",model_name="\3"} 2.0',
+                  VLLM_TEXT, flags=re.MULTILINE)
+    assert text.count('engine="1"') == 2
+    assert queues_of(text) == {MODEL: RequestQueue(waiting=6, running=6)}
+
+
+def test_the_model_flag_names_the_queue_too() -> None:
+    assert queues_of(vllm_page(waiting=5), model="opt-125m") == {
+        "opt-125m": RequestQueue(waiting=5, running=0)}
+
+
+def test_a_missing_or_unreadable_gauge_is_left_out_not_zero() -> None:
+    no_running = re.sub(r"^vllm:num_requests_running\{.*$\n?", "", VLLM_TEXT, flags=re.M)
+    assert queues_of(no_running) == {MODEL: RequestQueue(waiting=0, running=None)}
+    assert queues_of(vllm_page(waiting=math.nan, running=-1.0)) == {}
+    no_gauges = re.sub(r"^vllm:num_requests_(running|waiting)\{.*$\n?", "", VLLM_TEXT,
+                       flags=re.M)
+    assert queues_of(no_gauges) == {}
+
+
+def test_a_queue_gauge_without_a_model_needs_the_model_flag() -> None:
+    sample = SimpleNamespace(name="vllm:num_requests_waiting", labels={}, value=1.0)
+    with pytest.raises(FlagRequired, match="--model"):
+        read_request_queues([sample], kind="vllm")
+    assert read_request_queues([sample], kind="vllm", model="m") == {
+        "m": RequestQueue(waiting=1)}
+
+
+def test_tgi_queue_and_batch_are_its_waiting_and_running_requests() -> None:
+    page = tgi_page(4, 1, 700, 90, queued=12, batch=32)
+    assert queues_of(page, model="mistral-7b") == {"mistral-7b": RequestQueue(12, 32)}

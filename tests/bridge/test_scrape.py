@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,10 +14,10 @@ from typing import Any
 
 import orjson
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from costflux.cli import main
-from costflux.core.bridge import FlagRequired
+from costflux.core.bridge import FlagRequired, RequestQueue
 from costflux.embedded import free_port
 from streams.bridge import (
     LABELS_ENV,
@@ -29,7 +30,7 @@ from streams.bridge import (
     fetch_metrics_page,
 )
 from streams.producer import ProducerError
-from tests.bridge.pages import MODEL, VLLM_TEXT, MetricsServer, grown
+from tests.bridge.pages import MODEL, VLLM_TEXT, MetricsServer, grown, vllm_page
 from tests.bridge.test_core import tgi_page, totals
 from tests.paths import REPO
 
@@ -55,6 +56,12 @@ class Collected:
 
 def scrape_error_count(registry: CollectorRegistry, reason: str) -> float | None:
     return registry.get_sample_value("costflux_bridge_scrape_errors_total", {"reason": reason})
+
+
+def queue(registry: CollectorRegistry, part: str, source: str,
+          model: str = MODEL) -> float | None:
+    return registry.get_sample_value(f"costflux_inference_requests_{part}",
+                                     {"model": model, "source": source})
 
 
 def test_the_served_fixture_reads_as_it_was_written(metrics_server: MetricsServer) -> None:
@@ -115,6 +122,60 @@ def test_a_restarted_server_is_logged_and_counted_from_zero(
     assert bridge.status.counter_resets == 1
     assert registry.get_sample_value("costflux_bridge_counter_resets_total") == 1
     assert "counter reset" in caplog.text
+
+
+def test_the_queue_gauges_show_the_last_good_scrape_and_go_when_a_scrape_fails(
+    metrics_server: MetricsServer,
+) -> None:
+    registry = CollectorRegistry()
+    bridge = PrometheusBridge(options(metrics_server.url, "--source", "pod-a",
+                                      "--timeout", "0.5"),
+                              Collected(), metrics=BridgeMetrics(registry))
+    metrics_server.serve(vllm_page(waiting=9, running=4), vllm_page(waiting=2, running=4),
+                         (500, "engine dead"), vllm_page(waiting=0, running=1))
+    bridge.scrape()  # the baseline of the counters is a full reading of the gauges
+    assert (queue(registry, "waiting", "pod-a"), queue(registry, "running", "pod-a")) == (9, 4)
+    bridge.scrape()
+    assert (queue(registry, "waiting", "pod-a"), queue(registry, "running", "pod-a")) == (2, 4)
+    assert bridge.status.queues == {MODEL: RequestQueue(2, 4)}
+
+    # A failed scrape: nobody knows the queue now, so the series go rather than stay at 2.
+    assert bridge.scrape() is None
+    assert queue(registry, "waiting", "pod-a") is None
+    assert queue(registry, "running", "pod-a") is None
+    assert bridge.status.queues == {}
+    assert "costflux_inference_requests_waiting{" not in generate_latest(registry).decode()
+
+    bridge.scrape()  # back: the new values, not the old ones
+    assert (queue(registry, "waiting", "pod-a"), queue(registry, "running", "pod-a")) == (0, 1)
+
+
+def test_a_queue_series_the_page_stops_reporting_is_removed(
+    metrics_server: MetricsServer,
+) -> None:
+    registry = CollectorRegistry()
+    bridge = PrometheusBridge(options(metrics_server.url, "--source", "pod-a"), Collected(),
+                              metrics=BridgeMetrics(registry))
+    no_running = re.sub(r"^vllm:num_requests_running\{.*$\n?", "",
+                        vllm_page(waiting=3, running=5), flags=re.M)
+    metrics_server.serve(vllm_page(waiting=3, running=5), no_running)
+    bridge.scrape()
+    assert queue(registry, "running", "pod-a") == 5
+    bridge.scrape()
+    assert queue(registry, "running", "pod-a") is None
+    assert queue(registry, "waiting", "pod-a") == 3
+
+
+def test_the_model_flag_and_the_source_label_the_queue(metrics_server: MetricsServer) -> None:
+    registry = CollectorRegistry()
+    metrics_server.serve(vllm_page(waiting=6))
+    bridge = PrometheusBridge(options(metrics_server.url, "--model", "opt-125m"), Collected(),
+                              metrics=BridgeMetrics(registry))
+    bridge.scrape()
+    source = options(metrics_server.url).template.source
+    assert source.endswith(f"/127.0.0.1:{metrics_server.port}")  # host name / host:port
+    assert queue(registry, "waiting", source, model="opt-125m") == 6
+    assert queue(registry, "waiting", source) is None
 
 
 def test_undelivered_events_are_sent_again_with_the_same_ids(
@@ -244,6 +305,9 @@ def test_the_command_serves_its_counters_and_stops_cleanly_on_sigterm(
             time.sleep(0.05)
         own = fetch_metrics_page(f"http://127.0.0.1:{own_port}/metrics", 5)
         assert 'costflux_bridge_scrape_errors_total{reason="http_status"} 1.0' in own
+        # Scrape 4 answered after the failed one: the fixture's queue is back.
+        assert f'costflux_inference_requests_waiting{{model="{MODEL}",source="pod-a"}} 0.0' in own
+        assert "# TYPE costflux_inference_requests_running gauge" in own
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=30)
     finally:

@@ -10,7 +10,8 @@ from tests.deploy.worker_wiring import deployment_settings, worker_wiring
 
 
 def _hpa() -> dict[str, Any]:
-    return k8s_object("HorizontalPodAutoscaler")
+    # The seed's name; hpa-inference.yaml's HPA scales the inference servers.
+    return k8s_object("HorizontalPodAutoscaler", "llm-cost-aware-hpa")
 
 
 def _lag_metric() -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""docker-compose.yml as a running stack: health checks, start order, and the vLLM bridge.
+"""docker-compose.yml as a running stack: health checks, start order, bridge and collector.
 
 No Docker here: the compose file is read as data, and the pieces that run on plain Python (the
 mock vLLM server and the bridge's own command line) are run for real on loopback.
@@ -17,7 +17,9 @@ from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from costflux.core.bridge import RequestQueue, read_request_queues
 from costflux.embedded import free_port
+from streams.bridge import parse_metrics_page
 from tests.deploy.manifests import (
     DEPLOY,
     compose,
@@ -82,6 +84,7 @@ def test_the_stack_has_every_part() -> None:
     assert any(argv[:1] == ["notify"] for argv in commands.values())
     assert any(argv[:2] == ["bridge", "prometheus"] for argv in commands.values())
     assert any(argv[:1] == ["replay"] for argv in commands.values())  # the load
+    assert any(argv == ["collect"] for argv in commands.values())
     assert services["kafka"]["image"].startswith("apache/kafka:")
     assert services["redis"]["image"].startswith("redis:")
     assert services["prometheus"]["image"].startswith("prom/prometheus:")
@@ -125,6 +128,23 @@ def test_mock_vllm_counters_grow_like_a_serving_vllm() -> None:
     assert after["vllm:e2e_request_latency_seconds_count"] == 100
 
 
+def test_mock_vllm_queue_gauges_follow_its_load() -> None:
+    """In flight = rate x latency: up to --max-num-seqs run, the rest wait, as the bridge reads."""
+    render = _mock_vllm().render
+
+    def queue(requests_per_s: float, max_num_seqs: int) -> RequestQueue:
+        samples = parse_metrics_page(render("llama-2-7b", 10, requests_per_s, 512, 128,
+                                            max_num_seqs))
+        (found,) = read_request_queues(samples, kind="vllm").items()
+        assert found[0] == "llama-2-7b"
+        return found[1]
+
+    # 128 tokens at 20 ms: 2.56 s a request.
+    assert queue(5.0, 8) == RequestQueue(waiting=5, running=8)  # 12.8 in flight
+    assert queue(5.0, 256) == RequestQueue(waiting=0, running=13)
+    assert queue(1.0, 8) == RequestQueue(waiting=0, running=3)
+
+
 def test_the_compose_bridge_command_turns_the_mock_into_usage_events() -> None:
     """The compose bridge's own argv, pointed at the mock run here, prints usage events."""
     (bridge,) = [s for s in costflux_services().values() if s["command"][:1] == ["bridge"]]
@@ -159,3 +179,29 @@ def test_the_compose_bridge_command_turns_the_mock_into_usage_events() -> None:
     assert events, result.stderr
     assert {event["model"] for event in events} == {"llama-2-7b"}
     assert {(event["input_tokens"], event["output_tokens"]) for event in events} == {(512, 128)}
+
+
+# --- the collector --------------------------------------------------------------------------------
+
+
+def test_the_collector_listens_on_the_otlp_port_and_publishes_where_workers_read() -> None:
+    services = costflux_services()
+    (name,) = [name for name, service in services.items() if service["command"] == ["collect"]]
+    collector = services[name]
+    env = collector["environment"]
+    assert env["COSTFLUX_HTTP_HOST"] == "0.0.0.0"  # noqa: S104 - a container listens on its IP
+    assert env["COSTFLUX_HTTP_PORT"] == "4318"  # OTLP/HTTP's port
+    assert collector["ports"] == ["4318:4318"]
+    # Its own health check, on its port (the image's probes a worker's 8080).
+    check = " ".join(collector["healthcheck"]["test"])
+    assert "http://127.0.0.1:4318/healthz" in check
+    assert collector["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert collector["restart"] == "unless-stopped"
+    # The workers' broker, partitions and prices (the same file, mounted the same way).
+    workers = [s for s in services.values() if s["command"] == ["worker"]]
+    for worker in workers:
+        for var in ("COSTFLUX_KAFKA_BOOTSTRAP", "COSTFLUX_TOPIC_PARTITIONS",
+                    "COSTFLUX_PRICING_FILE"):
+            assert env[var] == worker["environment"][var], var
+        pricing_dir = env["COSTFLUX_PRICING_FILE"].rpartition("/")[0]
+        assert compose_mounts(collector)[pricing_dir] == compose_mounts(worker)[pricing_dir]

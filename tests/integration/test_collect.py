@@ -32,9 +32,9 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
 
-from costflux.embedded import free_port
+from costflux.embedded import EmbeddedBroker, free_port
 from costflux.settings import Settings
-from streams.kafka import consumer_config
+from streams.kafka import consumer_config, ensure_topics
 from tests.integration.expected import totals_by
 from tests.integration.worker_process import WorkerProcess
 
@@ -377,3 +377,42 @@ def otlp_json_span(index: int, attributes: dict[str, Any]) -> dict[str, Any]:
                else {"intValue": str(v)}} for k, v in attributes.items()]
     return {"traceId": "ab" * 16, "spanId": f"{index:016x}", "name": "chat",
             "endTimeUnixNano": str(time.time_ns()), "attributes": values}
+
+
+def test_kafka_away_means_503_and_unready_and_the_collector_recovers_on_its_own(
+    settings_for: Callable[..., Settings], start_worker: Callable[..., WorkerProcess],
+) -> None:
+    port = free_port()
+    broker = EmbeddedBroker(port).__enter__()
+    try:
+        settings = settings_for(kafka_bootstrap=broker.bootstrap)
+        collector = start_worker(settings, {"COSTFLUX_COLLECT_DELIVERY_TIMEOUT_S": "2"},
+                                 command="collect")
+        collector.wait_ready()
+        usage = requests_of(7, 3, "away")
+        message = ce_http.to_structured_event(cloudevent(usage[0]))
+        events = f"{collector.base}/v1/events"
+        assert requests.post(events, data=message.body, headers=message.headers).ok
+    finally:
+        broker.__exit__(None, None, None)
+
+    message = ce_http.to_structured_event(cloudevent(usage[1]))
+    answered = requests.post(events, data=message.body, headers=message.headers, timeout=30)
+    assert answered.status_code == 503
+    assert answered.headers["Retry-After"] == "1"
+    assert "retry" in answered.json()["message"]
+    assert collector.get("/readyz")[0] == 503
+    assert collector.get("/healthz")[0] == 200
+    assert collector.metric("costflux_collect_delivery_failures_total") == 1
+
+    # A broker back at the same address (Tansu starts empty: the topics are made again):
+    # ready again with no request needed, and taking events.
+    with EmbeddedBroker(port):
+        ensure_topics(settings, {settings.topic_usage: 1, settings.topic_deadletter: 1})
+        collector.wait_ready()
+        # The producer finds the new broker's partitions and producer id first: a client
+        # retrying on 503, as told, gets through.
+        RetryingClient(lambda: collector.base).post(
+            "/v1/events", message.body, dict(message.headers))
+        [event] = json.loads(read_topic(settings, settings.topic_usage, 1)[0])
+        assert event["event_id"] == "ce:/billing/batch-jobs:away-1"
