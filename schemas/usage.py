@@ -5,16 +5,28 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, model_validator
 
 from schemas._types import EventTime, Identifier, Labels, TokenCount, epoch_ms
 
-__all__ = ["UsageEvent", "cached_within_input"]
+__all__ = ["INPUT_PARTS", "OUTPUT_PARTS", "SERVICE_TIERS", "UsageEvent", "parts_within_totals"]
 
 
-def cached_within_input(fields: Mapping[str, Any]) -> bool:
-    """The rule across fields: cached input tokens are part of the input tokens."""
-    return bool(fields.get("cached_input_tokens", 0) <= fields["input_tokens"])
+#: Kinds of input tokens the input total is made of (the rest is text, uncached, unwritten).
+INPUT_PARTS = ("cached_input_tokens", "cache_write_input_tokens", "cache_write_1h_input_tokens",
+               "audio_input_tokens", "image_input_tokens")
+#: Kinds of output tokens the output total is made of (the rest is text).
+OUTPUT_PARTS = ("reasoning_tokens", "audio_output_tokens")
+SERVICE_TIERS = ("default", "priority", "flex")
+
+
+def parts_within_totals(fields: Mapping[str, Any]) -> bool:
+    """The rule across fields: the kinds of input (output) tokens are parts of the input
+    (output) total, so together they cannot exceed it."""
+    return bool(
+        sum(fields.get(name, 0) for name in INPUT_PARTS) <= fields["input_tokens"]
+        and sum(fields.get(name, 0) for name in OUTPUT_PARTS) <= fields["output_tokens"]
+    )
 
 
 class UsageEvent(BaseModel):
@@ -35,7 +47,29 @@ class UsageEvent(BaseModel):
     input_tokens: TokenCount
     output_tokens: TokenCount
     cached_input_tokens: TokenCount = Field(
-        0, description="part of input_tokens served from a prompt cache"
+        0, description="part of input_tokens read from a prompt cache"
+    )
+    cache_write_input_tokens: TokenCount = Field(
+        0, description="part of input_tokens written to a prompt cache that lives 5 minutes "
+        "(Anthropic's cache_creation_input_tokens)"
+    )
+    cache_write_1h_input_tokens: TokenCount = Field(
+        0, description="part of input_tokens written to a prompt cache that lives 1 hour"
+    )
+    audio_input_tokens: TokenCount = Field(0, description="part of input_tokens that is audio")
+    image_input_tokens: TokenCount = Field(0, description="part of input_tokens that is images")
+    reasoning_tokens: TokenCount = Field(
+        0, description="part of output_tokens spent reasoning (billed as output unless priced)"
+    )
+    audio_output_tokens: TokenCount = Field(
+        0, description="part of output_tokens that is audio"
+    )
+    web_search_calls: Annotated[int, Strict(), Field(ge=0, le=10_000)] = Field(
+        0, description="web searches the request made (priced per call)"
+    )
+    batch: StrictBool = Field(False, description="sent through the provider's batch API")
+    service_tier: Literal["default", "priority", "flex"] = Field(
+        "default", description="the provider's service tier the request was served at"
     )
     gpu_seconds: Annotated[float, Field(ge=0)] | None = None
     latency_ms: Annotated[float, Field(ge=0)] | None = None
@@ -49,11 +83,13 @@ class UsageEvent(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _cached_within_input(self) -> UsageEvent:
-        if not cached_within_input(self.__dict__):
-            raise ValueError(
-                "cached_input_tokens exceeds input_tokens; cached tokens are part of the input"
-            )
+    def _parts_within_totals(self) -> UsageEvent:
+        if not parts_within_totals(self.__dict__):
+            inputs = " + ".join(n for n in INPUT_PARTS if getattr(self, n))
+            outputs = " + ".join(n for n in OUTPUT_PARTS if getattr(self, n))
+            if sum(getattr(self, n) for n in INPUT_PARTS) > self.input_tokens:
+                raise ValueError(f"{inputs} exceeds input_tokens; they are parts of the input")
+            raise ValueError(f"{outputs} exceeds output_tokens; they are parts of the output")
         return self
 
     @property

@@ -68,4 +68,6 @@ def _coded(partition: str, vector: npt.NDArray[np.float32]) -> npt.NDArray[np.fl
     seed = int.from_bytes(bytes.fromhex(partition)[:8], "big")
     code = np.random.default_rng(seed).standard_normal(PARTITION_CODE_DIM).astype(np.float32)
     code /= np.linalg.norm(code)
-    return np.concatenate([vector, code]) * _HALF
+    # Typed apart: numpy 1.x stubs (which focus-validator pins) type the product as Any.
+    coded: npt.NDArray[np.float32] = np.concatenate([vector, code]) * _HALF
+    return coded

@@ -21,6 +21,9 @@ __all__ = ["FlushRows", "PartitionAggregate", "Window", "by_window"]
 Window = tuple[int, int]
 
 _Key = TypeVar("_Key", bound=Hashable)
+#: Sums every usage row has (``UsageSums`` up to ``semantic_saving_pico``); the whole bill's
+#: follow, only in rows with billed requests.
+_PLAIN_SUMS = 9
 
 
 @dataclass(slots=True)
@@ -54,6 +57,8 @@ def by_window(
             if current is None:
                 rows[key] = list(sums)
             else:
+                if len(current) < len(sums):  # rows with a whole bill's sums are longer
+                    current.extend([0] * (len(sums) - len(current)))
                 for index, value in enumerate(sums):
                     current[index] += value
     return out
@@ -74,9 +79,10 @@ class PartitionAggregate:
 
     def add_all(self, rows: Iterable[Sequence[Any]]) -> None:
         """Add rows shaped like ``ingest.Candidate``: (_, _, ts_ms, dims, cost, in, out, cached,
-        gpu_ms, cache_saving, semantic_saving) where semantic_saving is None for a request the
-        model served and the avoided cost for a semantic cache hit. The sums are in
-        ``UsageSums`` field order.
+        gpu_ms, cache_saving, semantic_saving, billed) where semantic_saving is None for a
+        request the model served and the avoided cost for a semantic cache hit, and billed
+        None unless the request has a whole bill's sums. The sums are in ``UsageSums`` field
+        order.
 
         One loop over all rows with its lookups hoisted: this runs once per counted event, and
         a served request pays one ``is None`` test for the semantic cache.
@@ -84,7 +90,7 @@ class PartitionAggregate:
         finest_ms = self._finest_ms
         sums_by_key = self._sums
         for (_, _, ts_ms, dims, cost_pico, input_tokens, output_tokens, cached, gpu_ms,
-             saving, semantic_saving) in rows:
+             saving, semantic_saving, billed) in rows:
             key = (ts_ms - ts_ms % finest_ms, dims)
             sums = sums_by_key.get(key)
             if sums is None:
@@ -102,6 +108,11 @@ class PartitionAggregate:
             if semantic_saving is not None:  # a hit: its cost and tokens above are zeros
                 sums[7] += 1
                 sums[8] += semantic_saving
+            if billed is not None:  # the whole bill's sums (costflux.core.bill.BILL_FIELDS)
+                if len(sums) < _PLAIN_SUMS + len(billed):
+                    sums.extend([0] * (_PLAIN_SUMS + len(billed) - len(sums)))
+                for index, value in enumerate(billed, _PLAIN_SUMS):
+                    sums[index] += value
 
     def rows(self, window_sizes_s: Iterable[int]) -> FlushRows:
         """The flush's usage rows in every window size."""

@@ -7,11 +7,13 @@ used the model in that window (``gpuCost``), its idle part shared or as an ``__i
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
+from costflux.core.bill import BILL_FIELDS
 from costflux.core.gpu import (
     UNITS_PER_PICO,
     cost_units,
@@ -227,6 +229,8 @@ class GroupCost:
     cache_saving_pico: int = 0  # what the prompt cache saved on the token cost
     semantic_cache_hits: int = 0  # requests the semantic cache answered (in ``requests``)
     semantic_saving_pico: int = 0  # what those requests would have cost
+    #: The whole bill's sums (``costflux.core.bill.BILL_FIELDS``), by name.
+    billed: Counter[str] = field(default_factory=Counter)
 
     @property
     def total_units(self) -> int:
@@ -244,6 +248,7 @@ class GroupCost:
         self.cache_saving_pico += other.cache_saving_pico
         self.semantic_cache_hits += other.semantic_cache_hits
         self.semantic_saving_pico += other.semantic_saving_pico
+        self.billed.update(other.billed)
 
 
 #: The group of idle GPU cost that is not shared (its name in an answer is ``IDLE``).
@@ -321,6 +326,9 @@ def group_costs(
             group.cache_saving_pico += sums.cache_saving_pico
             group.semantic_cache_hits += sums.semantic_cache_hits
             group.semantic_saving_pico += sums.semantic_saving_pico
+            billed = sums[-len(BILL_FIELDS):]
+            if any(billed):
+                group.billed.update(dict(zip(BILL_FIELDS, billed, strict=True)))
         for model, gpu_rows in gpu_by_model.items():
             users = users_by_model.get(model) if model else None
             if users:
@@ -402,7 +410,44 @@ def _allocation(name: str, group: GroupCost, window: dict[str, str]) -> dict[str
         "semanticCacheHits": group.semantic_cache_hits,
         "costPerRequest": float(total / group.requests) if group.requests else 0.0,
         "costPerToken": float(total / tokens) if tokens else 0.0,
+        **_whole_bill(group, token_cost, total),
     }
+
+
+def _whole_bill(group: GroupCost, token_cost: Decimal, total: Decimal) -> dict[str, object]:
+    """List and effective cost, the cost of each kind of usage, and the counts of each kind.
+
+    ``totalCost`` is what is paid (``effectiveCost``); ``listCost`` adds back what contracts
+    took off. The kinds' costs are at list prices; ``textTokenCost`` is text input, cache
+    reads and text output: what the others leave.
+    """
+    billed = group.billed
+    discount = Decimal(billed["contract_discount_pico"]) / PICO_PER_DOLLAR
+    parts = {name: Decimal(billed[f"{kind}_cost_pico"]) / PICO_PER_DOLLAR
+             for name, kind in _PART_COSTS}
+    text = token_cost + discount - sum(parts.values(), Decimal(0))
+    row: dict[str, object] = {}
+    for name, dollars in (("listCost", total + discount), ("effectiveCost", total),
+                          ("contractDiscount", discount), ("tokenCost", token_cost),
+                          ("textTokenCost", text), *parts.items()):
+        row[name] = float(dollars)
+        row[f"{name}Exact"] = _exact(dollars)
+    for name, sum_name in _BILLED_COUNTS:
+        row[name] = billed[sum_name]
+    return row
+
+
+_PART_COSTS = (("cacheWriteCost", "cache_write"), ("audioCost", "audio"),
+               ("imageCost", "image"), ("reasoningCost", "reasoning"),
+               ("webSearchCost", "web_search"))
+_BILLED_COUNTS = (
+    ("cacheWriteInputTokens", "cache_write_input_tokens"),
+    ("cacheWrite1hInputTokens", "cache_write_1h_input_tokens"),
+    ("audioInputTokens", "audio_input_tokens"), ("imageInputTokens", "image_input_tokens"),
+    ("reasoningTokens", "reasoning_tokens"), ("audioOutputTokens", "audio_output_tokens"),
+    ("webSearchCalls", "web_search_calls"), ("batchRequests", "batch_requests"),
+    ("priorityRequests", "priority_requests"), ("flexRequests", "flex_requests"),
+)
 
 
 def _exact(dollars: Decimal) -> str:

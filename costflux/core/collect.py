@@ -92,18 +92,18 @@ def batch_messages(events: list[bytes], max_bytes: int = MESSAGE_MAX_BYTES) -> l
     """The events as JSON-array messages of at most ``max_bytes`` (an event larger than that
     travels alone).
 
-    >>> batch_messages([b'{"a":1}', b'{"b":2}', b'{"c":3}'], max_bytes=16)
+    >>> batch_messages([b'{"a":1}', b'{"b":2}', b'{"c":3}'], max_bytes=17)
     [b'[{"a":1},{"b":2}]', b'[{"c":3}]']
     """
     messages: list[bytes] = []
     batch: list[bytes] = []
     size = 2
     for event in events:
-        if batch and size + len(event) + 1 > max_bytes:
+        if batch and size + 1 + len(event) > max_bytes:  # a comma and the event
             messages.append(b"[" + b",".join(batch) + b"]")
             batch, size = [], 2
+        size += len(event) + (1 if batch else 0)
         batch.append(event)
-        size += len(event) + 1
     if batch:
         messages.append(b"[" + b",".join(batch) + b"]")
     return messages

@@ -20,7 +20,7 @@ from typing_extensions import TypedDict  # pydantic needs this one on Python < 3
 from schemas._types import MAX_TOKENS_PER_REQUEST
 from schemas.deadletter import DeadLetterReason, DeadLetterRecord
 from schemas.gpu import GpuSample
-from schemas.usage import UsageEvent, cached_within_input
+from schemas.usage import INPUT_PARTS, OUTPUT_PARTS, UsageEvent, parts_within_totals
 
 __all__ = [
     "DEADLETTER_RECORD_MAX_BYTES", "Rejected", "deadletter_record", "decode_gpu_message",
@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 Event = TypeVar("Event", bound=BaseModel)
-_TOKEN_FIELDS = frozenset({"input_tokens", "output_tokens", "cached_input_tokens"})
+_TOKEN_FIELDS = frozenset({"input_tokens", "output_tokens", *INPUT_PARTS, *OUTPUT_PARTS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +207,7 @@ def _fields_of(model: type[BaseModel]) -> Any:
 decode_usage_message = _Decoder(UsageEvent)
 decode_gpu_message = _Decoder(GpuSample)
 #: Usage messages as dicts of fields, for the hot path (``costflux.core.ingest.judge``).
-decode_usage_fields = _FieldsDecoder(decode_usage_message, cached_within_input)
+decode_usage_fields = _FieldsDecoder(decode_usage_message, parts_within_totals)
 
 
 def _parse_with_non_finite(value: bytes) -> Any | None:
@@ -308,6 +308,8 @@ def classify_validation_error(exc: ValidationError) -> tuple[DeadLetterReason, s
     if field in _TOKEN_FIELDS and isinstance(value, float) and value < -MAX_TOKENS_PER_REQUEST:
         # Likewise below -2**63: it was named wrong_type, "token counts are JSON integers".
         return DeadLetterReason.NEGATIVE_VALUE, f"{where}: a token count cannot be negative"
+    if field == "service_tier" and kind == "literal_error":
+        return DeadLetterReason.INVALID_VALUE, detail
     if kind.endswith(("_type", "_parsing")) or kind == "literal_error":
         if field in _TOKEN_FIELDS | {"gpu_seconds", "latency_ms"} and kind == "int_type":
             return DeadLetterReason.WRONG_TYPE, detail + " (token counts are JSON integers)"

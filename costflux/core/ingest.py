@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from costflux.core.aggregate import PartitionAggregate
+from costflux.core.bill import BILLED_FIELDS, bill
 from costflux.core.events import Rejected, decode_usage_fields
 from costflux.core.pricing import ModelPrice, PriceBook
 from costflux.core.rows import DimKey
@@ -66,6 +67,9 @@ class Candidate(NamedTuple):
     #: None for a request the model served; for a semantic cache hit, what the request would
     #: have cost (its cost, tokens and GPU time above are then 0: nothing was sent upstream).
     semantic_saving_pico: int | None
+    #: None for a request with only input, output and cache reads and no contract; else its
+    #: whole bill's sums (``costflux.core.bill.BILL_FIELDS``).
+    billed: tuple[int, ...] | None
 
 
 CandidateT = TypeVar("CandidateT")
@@ -110,6 +114,7 @@ def judge(
     spans: dict[str, tuple[ModelPrice, int, int] | None] = {}  # model -> price and its span
     max_ts = clock.max_ts_ms
     watermark = clock.watermark_ms(lateness_ms)
+    contracts = bool(prices.contracts)
     for offset, value in messages:
         try:
             entries, batched = decode_usage_fields(value)
@@ -154,18 +159,25 @@ def judge(
                     continue
                 input_tokens, output_tokens = entry["input_tokens"], entry["output_tokens"]
                 gpu_seconds = entry.get("gpu_seconds")
+                discount = prices.discount(model, price, ts_ms) if contracts else None
+                billed = None
+                if discount is None and BILLED_FIELDS.isdisjoint(entry):
+                    cost = price.cost(input_tokens, output_tokens, cached)
+                else:
+                    cost, billed = bill(price, entry, discount)
                 candidates.append(_new_candidate(Candidate, (
                     entry["event_id"],
                     position,
                     ts_ms,
                     dims,
-                    price.cost(input_tokens, output_tokens, cached),
+                    cost,
                     input_tokens,
                     output_tokens,
                     cached,
                     round(gpu_seconds * 1000) if gpu_seconds else 0,
                     price.cache_saving(input_tokens, cached) if cached else 0,
                     None,
+                    billed,
                 )))
                 continue
             rejected.append(
@@ -180,7 +192,7 @@ def _semantic_cache_hit(
     """A request the semantic cache answered: a request served at no cost and no tokens, and
     the avoided cost, its tokens priced as the model would have billed them at ``ts_ms``."""
     avoided = price.cost(event["input_tokens"], event["output_tokens"], cached)
-    return Candidate(event["event_id"], position, ts_ms, dims, 0, 0, 0, 0, 0, 0, avoided)
+    return Candidate(event["event_id"], position, ts_ms, dims, 0, 0, 0, 0, 0, 0, avoided, None)
 
 
 def _future(rules: IngestRules) -> Rejected:

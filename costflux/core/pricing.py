@@ -31,22 +31,34 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Context, Decimal
+from fractions import Fraction
 from typing import Any, TypeVar
 
 import yaml
 
+from costflux.core.contracts import Contract, discount_at, parse_contracts
 from costflux.core.money import MoneyError, exact_pico, to_decimal
 from schemas._types import epoch_ms
 
 __all__ = [
-    "ALLOCATE_BY", "GpuPrice", "ModelPrice", "ModelTier", "OtherCost", "PriceBook", "PricingError",
-    "parse_pricing_text",
+    "ALLOCATE_BY", "GpuPrice", "ModelPrice", "ModelTier", "OtherCost", "PartRates", "PriceBook",
+    "PricingError", "parse_pricing_text",
 ]
 
 TIERS = ("on_demand", "spot", "reserved_1y")
-_PER_1K = {"input_tokens": "input", "output_tokens": "output", "cached_input_tokens": "cached"}
-_PER_1M = {"input_per_1m": "input", "output_per_1m": "output", "cached_input_per_1m": "cached"}
-_NOT_PRICES = ("changes", "effective_from", "tiers", "above_tokens")
+#: Price key -> what it prices; ``_PARTS`` are the kinds beyond text and cache reads.
+_PARTS = ("cache_write", "cache_write_1h", "audio_input", "image_input", "reasoning",
+          "audio_output")
+_PER_1K = {"input_tokens": "input", "output_tokens": "output", "cached_input_tokens": "cached",
+           "cache_write_input_tokens": "cache_write",
+           "cache_write_1h_input_tokens": "cache_write_1h",
+           "audio_input_tokens": "audio_input", "image_input_tokens": "image_input",
+           "reasoning_tokens": "reasoning", "audio_output_tokens": "audio_output"}
+_PER_1M = {key.removesuffix("_tokens") + "_per_1m": target for key, target in _PER_1K.items()}
+_PER_CALL = {"per_web_search_call": "web_search"}
+_NOT_PRICES = ("changes", "effective_from", "tiers", "above_tokens", "batch", "service_tiers",
+               "provider", "discount_pct")
+_SERVICE_TIERS = ("priority", "flex")
 _BEGINNING = -(2**62)
 _END_OF_TIME = 2**62
 _EXACT = Context(prec=200)
@@ -57,6 +69,36 @@ class PricingError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class PartRates:
+    """Pico-dollars per token of the kinds of input and output beyond text and cache reads.
+
+    A kind a price list leaves out is billed like what it is part of: cache writes and audio
+    and image input at the input rate (a 1-hour write at the 5-minute write rate when that is
+    given), reasoning and audio output at the output rate.
+    """
+
+    cache_write: int
+    cache_write_1h: int
+    audio_input: int
+    image_input: int
+    reasoning: int
+    audio_output: int
+
+    @classmethod
+    def resolve(cls, explicit: Mapping[str, int], input_rate: int, output_rate: int
+                ) -> PartRates:
+        cache_write = explicit.get("cache_write", input_rate)
+        return cls(
+            cache_write=cache_write,
+            cache_write_1h=explicit.get("cache_write_1h", cache_write),
+            audio_input=explicit.get("audio_input", input_rate),
+            image_input=explicit.get("image_input", input_rate),
+            reasoning=explicit.get("reasoning", output_rate),
+            audio_output=explicit.get("audio_output", output_rate),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ModelTier:
     """Per-token prices in pico-dollars for requests whose prompt exceeds ``above_tokens``."""
 
@@ -64,16 +106,57 @@ class ModelTier:
     input: int
     output: int
     cached_input: int
+    parts: PartRates = None  # type: ignore[assignment]  # None: resolved in __post_init__
+
+    def __post_init__(self) -> None:
+        if self.parts is None:
+            object.__setattr__(self, "parts", PartRates.resolve({}, self.input, self.output))
 
 
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
-    """Per-token prices in pico-dollars; ``tiers`` in ascending ``above_tokens`` order."""
+    """Per-token prices in pico-dollars; ``tiers`` in ascending ``above_tokens`` order.
+
+    ``parts``: the rates of the other kinds of tokens (``explicit_parts`` those the price list
+    gives; the rest derive from the input and output rates). ``web_search_call``: pico-dollars
+    per web search. ``batch`` and ``service_tiers``: the prices of the batch API and of the
+    priority and flex tiers, when the list gives them (else a request there pays these).
+    ``provider``: who sells the model, which contracts may name.
+    """
 
     input: int
     output: int
     cached_input: int
     tiers: tuple[ModelTier, ...] = ()
+    parts: PartRates = None  # type: ignore[assignment]  # None: resolved in __post_init__
+    explicit_parts: tuple[tuple[str, int], ...] = ()
+    web_search_call: int = 0
+    batch: ModelPrice | None = None
+    service_tiers: tuple[tuple[str, ModelPrice], ...] = ()
+    provider: str = ""
+
+    def __post_init__(self) -> None:
+        if self.parts is None:
+            object.__setattr__(self, "parts", PartRates.resolve(
+                dict(self.explicit_parts), self.input, self.output))
+
+    def for_mode(self, batch: bool, service_tier: str) -> ModelPrice:
+        """The prices a request sent in batch, or served at a service tier, pays."""
+        if batch:
+            return self.batch or self
+        for tier, price in self.service_tiers:
+            if tier == service_tier:
+                return price
+        return self
+
+    def rates_for(self, input_tokens: int) -> ModelPrice | ModelTier:
+        """The rates a request with this prompt size pays (its long-context tier, if any)."""
+        tiers = self.tiers
+        if tiers and input_tokens > tiers[0].above_tokens:
+            for rates in reversed(tiers):  # stops at tiers[0] at the latest
+                if input_tokens > rates.above_tokens:
+                    return rates
+        return self
 
     def cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int) -> int:
         """Cost in pico-dollars; cached tokens are the part of the input served from cache.
@@ -170,10 +253,17 @@ class PriceBook:
         models: Mapping[str, list[tuple[int, ModelPrice]]],
         gpus: Mapping[str, list[tuple[int, GpuPrice]]],
         other_costs: Mapping[str, OtherCost] | None = None,
+        contracts: tuple[Contract, ...] = (),
     ) -> None:
         self._models = {name: _Timeline(list(entries)) for name, entries in models.items()}
         self._gpus = {name: _Timeline(list(entries)) for name, entries in gpus.items()}
         self._other_costs = dict(other_costs or {})
+        self.contracts = contracts
+
+    def discount(self, model: str, price: ModelPrice, ts_ms: int) -> Fraction | None:
+        """The share of ``model``'s list cost a contract takes off at ``ts_ms`` (``price``:
+        its price then, which names its provider); None without one."""
+        return discount_at(self.contracts, model, price.provider, ts_ms)
 
     @property
     def models(self) -> frozenset[str]:
@@ -254,11 +344,12 @@ def parse_pricing_text(text: str, source: str = "pricing.yaml") -> PriceBook:
 
     if not isinstance(document, dict):
         raise fail((), "expected a mapping with gpu_pricing and/or model_costs")
-    unknown = set(document) - {"gpu_pricing", "model_costs", "other_costs"}
+    unknown = set(document) - {"gpu_pricing", "model_costs", "other_costs", "contracts"}
     if unknown:
         key = sorted(unknown)[0]
         raise fail(
-            (key,), "unknown section; the sections are gpu_pricing, model_costs and other_costs"
+            (key,), "unknown section; the sections are gpu_pricing, model_costs, other_costs "
+            "and contracts"
         )
     models = _parse_timelines(
         document.get("model_costs") or {}, "model_costs",
@@ -270,7 +361,12 @@ def parse_pricing_text(text: str, source: str = "pricing.yaml") -> PriceBook:
     )
     if not models and not gpus:
         raise fail((), "no prices: add model_costs (and/or gpu_pricing)")
-    return PriceBook(models, gpus, _parse_other_costs(document.get("other_costs") or {}, fail))
+    providers = {name: timeline[-1][1].provider for name, timeline in models.items() if timeline}
+    contracts = parse_contracts(
+        document.get("contracts") or [],
+        lambda value, path: _parse_effective_from(value, path, fail), providers, fail)
+    return PriceBook(models, gpus, _parse_other_costs(document.get("other_costs") or {}, fail),
+                     contracts)
 
 
 def _load_yaml(text: str, source: str) -> Any:
@@ -338,11 +434,15 @@ def _price_values(
             target, per = _PER_1K[key], 1000
         elif key in _PER_1M:
             target, per = _PER_1M[key], 1_000_000
+        elif key in _PER_CALL:
+            target, per = _PER_CALL[key], 1
         else:
             raise fail(
                 (*path, key),
                 "unknown price key; use input_tokens/output_tokens/cached_input_tokens ($/1K) "
-                "or input_per_1m/output_per_1m/cached_input_per_1m ($/1M)",
+                "or input_per_1m/output_per_1m/cached_input_per_1m ($/1M), the same for "
+                "cache_write_input, cache_write_1h_input, audio_input, image_input, reasoning "
+                "and audio_output, or per_web_search_call ($ per call)",
             )
         if target in values:
             raise fail((*path, key), f"the {target} price is given twice ($/1K and $/1M)")
@@ -361,10 +461,95 @@ def _model_price(
     if output_price is None:
         raise fail(path, "missing output_tokens (the output price in $/1K tokens)")
     cached = values.get("cached", base.cached_input if base and "input" not in values else None)
-    price = ModelPrice(input_price, output_price, input_price if cached is None else cached)
+    explicit = {**dict(base.explicit_parts if base else ()),
+                **{k: v for k, v in values.items() if k in _PARTS}}
+    provider = spec.get("provider", base.provider if base else "")
+    if not isinstance(provider, str):
+        raise fail((*path, "provider"), "provider must be a name, e.g. openai or anthropic")
+    price = ModelPrice(
+        input_price, output_price, input_price if cached is None else cached,
+        explicit_parts=tuple(sorted(explicit.items())),
+        web_search_call=values.get("web_search", base.web_search_call if base else 0),
+        provider=provider,
+    )
     if "tiers" in spec:
-        return replace(price, tiers=_tiers(spec["tiers"], price, (*path, "tiers"), fail))
-    return replace(price, tiers=base.tiers) if base else price
+        price = replace(price, tiers=_tiers(spec["tiers"], price, (*path, "tiers"), fail))
+    elif base:
+        price = replace(price, tiers=base.tiers)
+    return replace(
+        price,
+        batch=_mode_price(spec, "batch", price, base.batch if base else None, path, fail),
+        service_tiers=_service_tier_prices(spec, price, base, path, fail),
+    )
+
+
+def _mode_price(spec: Mapping[str, Any], key: str, price: ModelPrice, inherited: ModelPrice | None,
+                path: tuple[str | int, ...], fail: _Fail) -> ModelPrice | None:
+    """The batch API's (or a service tier's) prices: ``discount_pct`` off every price of the
+    model, and/or prices of its own; a change without the section keeps the earlier one."""
+    raw = spec.get(key)
+    if raw is None:
+        return inherited
+    mode_path = (*path, key)
+    if not isinstance(raw, dict):
+        raise fail(mode_path, "expected {discount_pct: <percent>} and/or prices, e.g. "
+                   "{discount_pct: 50}")
+    base = price
+    if "discount_pct" in raw:
+        base = _discounted(price, raw["discount_pct"], (*mode_path, "discount_pct"), fail)
+    return _model_price({k: v for k, v in raw.items() if k != "discount_pct"}, replace(
+        base, batch=None, service_tiers=()), mode_path, fail) if set(raw) - {"discount_pct"} \
+        else base
+
+
+def _service_tier_prices(spec: Mapping[str, Any], price: ModelPrice, base: ModelPrice | None,
+                         path: tuple[str | int, ...], fail: _Fail
+                         ) -> tuple[tuple[str, ModelPrice], ...]:
+    raw = spec.get("service_tiers")
+    if raw is None:
+        return base.service_tiers if base else ()
+    if not isinstance(raw, dict) or set(raw) - set(_SERVICE_TIERS):
+        raise fail((*path, "service_tiers"), "expected {priority: {...}, flex: {...}} (each "
+                   "{discount_pct: <percent>} and/or prices)")
+    tiers = []
+    for tier in _SERVICE_TIERS:
+        if tier in raw:
+            tiered = _mode_price(raw, tier, price, None, (*path, "service_tiers"), fail)
+            assert tiered is not None
+            tiers.append((tier, tiered))
+    return tuple(tiers)
+
+
+def _discounted(price: ModelPrice, raw: Any, path: tuple[str | int, ...], fail: _Fail
+                ) -> ModelPrice:
+    """Every price of ``price`` with ``raw`` percent off, exactly (an error when a price
+    cannot be cut to a whole pico-dollar per token)."""
+    try:
+        pct = to_decimal(raw)
+    except MoneyError as exc:
+        raise fail(path, f"{exc}; write a percentage such as 50") from None
+    if not 0 <= pct <= 100:
+        raise fail(path, "a discount is a percentage from 0 to 100")
+
+    def cut(pico: int) -> int:
+        value = _EXACT.multiply(Decimal(pico), _EXACT.divide(100 - pct, Decimal(100)))
+        if value != value.to_integral_value():
+            raise fail(path, f"{pct}% off {pico} pico-dollars per token is not a whole "
+                       "pico-dollar: give the discounted prices themselves")
+        return int(value)
+
+    def cut_parts(parts: PartRates) -> PartRates:
+        return PartRates(*(cut(getattr(parts, name)) for name in _PARTS))
+
+    return replace(
+        price, input=cut(price.input), output=cut(price.output),
+        cached_input=cut(price.cached_input), parts=cut_parts(price.parts),
+        explicit_parts=tuple((k, cut(v)) for k, v in price.explicit_parts),
+        web_search_call=cut(price.web_search_call),
+        tiers=tuple(ModelTier(t.above_tokens, cut(t.input), cut(t.output), cut(t.cached_input),
+                              cut_parts(t.parts)) for t in price.tiers),
+        batch=None, service_tiers=(),
+    )
 
 
 def _tiers(
@@ -382,11 +567,13 @@ def _tiers(
         if tiers and above <= tiers[-1].above_tokens:
             raise fail((*path, index, "above_tokens"), "tiers must be in ascending above_tokens")
         values = _price_values(spec, (*path, index), fail)
+        input_rate = values.get("input", base.input)
+        output_rate = values.get("output", base.output)
+        explicit = {**dict(base.explicit_parts),
+                    **{k: v for k, v in values.items() if k in _PARTS}}
         tiers.append(ModelTier(
-            above,
-            values.get("input", base.input),
-            values.get("output", base.output),
-            values.get("cached", base.cached_input),
+            above, input_rate, output_rate, values.get("cached", base.cached_input),
+            PartRates.resolve(explicit, input_rate, output_rate),
         ))
     return tuple(tiers)
 

@@ -74,6 +74,37 @@ class UsageSums(NamedTuple):
     cache_saving_pico: int = 0
     semantic_cache_hits: int = 0
     semantic_saving_pico: int = 0
+    # The whole bill (costflux.core.bill.BILL_FIELDS): zero for requests with only input,
+    # output and cache reads and no contract, and in rows written before these existed.
+    contract_discount_pico: int = 0  # taken off the list cost; cost_pico is after it
+    cache_write_input_tokens: int = 0
+    cache_write_1h_input_tokens: int = 0
+    audio_input_tokens: int = 0
+    image_input_tokens: int = 0
+    reasoning_tokens: int = 0
+    audio_output_tokens: int = 0
+    web_search_calls: int = 0
+    batch_requests: int = 0
+    priority_requests: int = 0
+    flex_requests: int = 0
+    cache_write_cost_pico: int = 0  # list cost of each kind beyond text and cache reads
+    audio_cost_pico: int = 0
+    image_cost_pico: int = 0
+    reasoning_cost_pico: int = 0
+    web_search_cost_pico: int = 0
+
+    @property
+    def list_cost_pico(self) -> int:
+        """The cost at list prices, before negotiated discounts."""
+        return self.cost_pico + self.contract_discount_pico
+
+    @property
+    def text_cost_pico(self) -> int:
+        """The list cost of text input, cache reads and text output: what the kinds with a
+        cost of their own leave."""
+        return self.list_cost_pico - (
+            self.cache_write_cost_pico + self.audio_cost_pico + self.image_cost_pico
+            + self.reasoning_cost_pico + self.web_search_cost_pico)
 
     @property
     def served_requests(self) -> int:
