@@ -72,6 +72,10 @@ def _run_import(args: argparse.Namespace, settings: Settings) -> int:
     report = [f"costflux pricing: imported {kept} models, rounded {result.rounded} prices to "
               f"1e-12 $/token, skipped {result.skipped.total()} entries:"]
     report += [f"{count:7d}  {reason}" for reason, count in result.skipped.most_common()]
+    if result.unrepresented:
+        report.append("price keys of imported models the price file cannot represent "
+                      "(models billed without them):")
+        report += [f"{count:7d}  {key}" for key, count in result.unrepresented.most_common()]
     print("\n".join(report), file=sys.stderr)
     return 0
 

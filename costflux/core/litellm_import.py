@@ -8,10 +8,15 @@ produce no output tokens, so a missing output price is 0). Everything else is sk
 counted per reason, never silently dropped.
 
 ``cache_read_input_token_cost`` is the cached-input price; when absent, the key is left out so
-the price file's default (cached = input price) applies rather than a made-up discount.
-``<price>_above_<N>k_tokens`` keys become ``tiers``; a tier exists where LiteLLM has one, that
-is where ``input_cost_per_token_above_<N>k_tokens`` is set. Service-tier variants
-(``_priority``, ``_flex``, ``_batches``) and cache-write prices are not modelled.
+the price file's default (cached = input price) applies rather than a made-up discount. So
+for every other kind: cache writes (5-minute and 1-hour), audio and image tokens in and out,
+reasoning tokens. ``<price>_above_<N>k_tokens`` keys become ``tiers``; a tier exists where
+LiteLLM has one, that is where ``input_cost_per_token_above_<N>k_tokens`` is set. The batch
+API's prices (``_batches``) become ``batch``, the ``_priority`` and ``_flex`` ones
+``service_tiers``; ``search_context_cost_per_query`` (per web search, by context size) becomes
+``per_web_search_call`` at the medium size, OpenAI's default; ``litellm_provider`` the
+``provider``. Price keys of a kept entry that the price file cannot represent (per image, per
+second, per character, …) are counted per key in ``unrepresented``.
 """
 
 from __future__ import annotations
@@ -28,18 +33,29 @@ from costflux.core.money import PICO_PER_DOLLAR, MoneyError, to_decimal
 
 __all__ = ["LitellmImport", "convert_litellm", "import_litellm"]
 
-_TOKEN_MODES = frozenset({"chat", "completion", "responses"})
+#: Modes priced per token: text, and (with their audio token prices) realtime speech and
+#: transcription models that have token prices; per-second ones are skipped as unpriced.
+_TOKEN_MODES = frozenset({"chat", "completion", "responses", "realtime", "audio_transcription"})
 _INPUT_ONLY_MODES = frozenset({"embedding"})
 # LiteLLM key -> price-file key, for the base prices and (with a suffix) for each tier.
 _PRICE_KEYS = {
     "input_cost_per_token": "input_tokens",
     "output_cost_per_token": "output_tokens",
     "cache_read_input_token_cost": "cached_input_tokens",
+    "cache_creation_input_token_cost": "cache_write_input_tokens",
+    "cache_creation_input_token_cost_above_1hr": "cache_write_1h_input_tokens",
+    "input_cost_per_audio_token": "audio_input_tokens",
+    "output_cost_per_audio_token": "audio_output_tokens",
+    "input_cost_per_image_token": "image_input_tokens",
+    "output_cost_per_reasoning_token": "reasoning_tokens",
 }
 _TIER_KEY = re.compile(
-    r"^(input_cost_per_token|output_cost_per_token|cache_read_input_token_cost)"
-    r"_above_(\d+)(k?)_tokens$"
+    r"^(" + "|".join(_PRICE_KEYS) + r")_above_(\d+)(k?)_tokens$"
 )
+#: LiteLLM suffix of a mode's prices -> where the price file keeps them.
+_MODES = {"_batches": ("batch",), "_priority": ("service_tiers", "priority"),
+          "_flex": ("service_tiers", "flex")}
+_SEARCH_SIZE = "search_context_size_medium"
 # The price file holds whole pico-dollars per token (money.exact_pico).
 _PICO = Decimal(1) / PICO_PER_DOLLAR
 
@@ -51,6 +67,8 @@ class LitellmImport:
     document: dict[str, Any]
     skipped: Counter[str] = field(default_factory=Counter)
     rounded: int = 0  # prices finer than 1e-12 $/token, rounded half-even to it
+    #: Price keys of imported entries the price file has no place for -> entries with one.
+    unrepresented: Counter[str] = field(default_factory=Counter)
 
 
 class _Skip(Exception):
@@ -86,6 +104,7 @@ def import_litellm(
             result.skipped[str(skip)] += 1
             continue
         result.rounded += rounded
+        result.unrepresented.update(_unrepresented(catalogue[name]))
         if effective_from is not None:
             prices = {"changes": [{"effective_from": _rfc3339(effective_from), **prices}]}
         models[name] = prices
@@ -124,7 +143,36 @@ def _model_prices(
         rounded += tier_rounded
     if tiers:
         prices["tiers"] = tiers
+    for suffix, where in _MODES.items():
+        mode_prices, mode_rounded = _prices(entry, suffix)
+        if mode_prices:
+            rounded += mode_rounded
+            target = prices
+            for step in where[:-1]:
+                target = target.setdefault(step, {})
+            target[where[-1]] = mode_prices
+    search = entry.get("search_context_cost_per_query")
+    if isinstance(search, dict) and search.get(_SEARCH_SIZE) is not None:
+        try:
+            prices["per_web_search_call"] = to_decimal(search[_SEARCH_SIZE]).normalize()
+        except MoneyError as exc:
+            raise _Skip("search_context_cost_per_query is not a number") from exc
+    provider = entry.get("litellm_provider")
+    if isinstance(provider, str) and provider:
+        prices["provider"] = provider
     return prices, rounded
+
+
+def _used(key: str) -> bool:
+    """Whether the import reads ``key`` (a price, a tier's, a mode's or the search price)."""
+    if key in _PRICE_KEYS or _TIER_KEY.match(key) or key == "search_context_cost_per_query":
+        return True
+    return any(key.endswith(suffix) and key[:-len(suffix)] in _PRICE_KEYS for suffix in _MODES)
+
+
+def _unrepresented(entry: Mapping[str, Any]) -> list[str]:
+    return [key for key, value in entry.items()
+            if "cost" in key and value is not None and not _used(key)]
 
 
 def _tier_suffixes(entry: Mapping[str, Any]) -> list[tuple[int, str]]:

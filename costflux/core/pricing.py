@@ -497,9 +497,12 @@ def _mode_price(spec: Mapping[str, Any], key: str, price: ModelPrice, inherited:
     base = price
     if "discount_pct" in raw:
         base = _discounted(price, raw["discount_pct"], (*mode_path, "discount_pct"), fail)
+    if not set(raw) - {"discount_pct"}:
+        return base
+    # Prices of its own: the long-context tiers too are its own (none unless it gives them),
+    # as a model's standard tiers would bill it below the mode's rates.
     return _model_price({k: v for k, v in raw.items() if k != "discount_pct"}, replace(
-        base, batch=None, service_tiers=()), mode_path, fail) if set(raw) - {"discount_pct"} \
-        else base
+        base, tiers=(), batch=None, service_tiers=()), mode_path, fail)
 
 
 def _service_tier_prices(spec: Mapping[str, Any], price: ModelPrice, base: ModelPrice | None,

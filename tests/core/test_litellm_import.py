@@ -13,7 +13,7 @@ import pytest
 
 from costflux.cli import main
 from costflux.core.litellm_import import convert_litellm, import_litellm
-from costflux.core.pricing import ModelPrice, ModelTier, PricingError, parse_pricing_text
+from costflux.core.pricing import ModelPrice, ModelTier, PartRates, PricingError, parse_pricing_text
 from costflux.core.pricing_yaml import dump_pricing_yaml
 from tests.paths import REPO
 
@@ -38,24 +38,39 @@ def models(catalogue: dict[str, Any]) -> dict[str, Any]:
     ("model", "expected"),
     [
         ("gpt-4o", {"input_tokens": D("0.0025"), "output_tokens": D("0.01"),
-                    "cached_input_tokens": D("0.00125")}),
+                    "cached_input_tokens": D("0.00125"), "provider": "openai",
+                    "batch": {"input_tokens": D("0.00125"), "output_tokens": D("0.005")},
+                    "service_tiers": {"priority": {
+                        "input_tokens": D("0.00425"), "output_tokens": D("0.017"),
+                        "cached_input_tokens": D("0.002125")}}}),
         ("gpt-4.1-mini", {"input_tokens": D("0.0004"), "output_tokens": D("0.0016"),
-                          "cached_input_tokens": D("0.0001")}),
+                          "cached_input_tokens": D("0.0001"), "provider": "openai",
+                          "batch": {"input_tokens": D("0.0002"), "output_tokens": D("0.0008")},
+                          "service_tiers": {"priority": {
+                              "input_tokens": D("0.0007"), "output_tokens": D("0.0028"),
+                              "cached_input_tokens": D("0.000175")}}}),
         ("claude-sonnet-4-20250514", {
             "input_tokens": D("0.003"), "output_tokens": D("0.015"),
-            "cached_input_tokens": D("0.0003"),
+            "cached_input_tokens": D("0.0003"), "cache_write_input_tokens": D("0.00375"),
+            "cache_write_1h_input_tokens": D("0.006"), "per_web_search_call": D("0.01"),
+            "provider": "anthropic",
             "tiers": [{"above_tokens": 200000, "input_tokens": D("0.006"),
-                       "output_tokens": D("0.0225"), "cached_input_tokens": D("0.0006")}],
+                       "output_tokens": D("0.0225"), "cached_input_tokens": D("0.0006"),
+                       "cache_write_input_tokens": D("0.0075")}],
         }),
         ("xai/grok-4-0709", {  # no cache-read price: left out, so cached = input price
-            "input_tokens": D("0.003"), "output_tokens": D("0.015"),
+            "input_tokens": D("0.003"), "output_tokens": D("0.015"), "provider": "xai",
             "tiers": [{"above_tokens": 128000, "input_tokens": D("0.006"),
                        "output_tokens": D("0.03")}],
         }),
-        ("text-embedding-3-small", {"input_tokens": D("0.00002"), "output_tokens": D("0")}),
+        ("text-embedding-3-small", {"input_tokens": D("0.00002"), "output_tokens": D("0"),
+                                    "provider": "openai",
+                                    "batch": {"input_tokens": D("0.00001"),
+                                              "output_tokens": D("0")}}),
         # 2.9999900000000002e-06 $/token is float noise finer than 1e-12 $: rounded to it.
         ("databricks/databricks-claude-3-7-sonnet", {
             "input_tokens": D("0.00299999"), "output_tokens": D("0.01500002"),
+            "provider": "databricks",
         }),
     ],
 )
@@ -111,8 +126,14 @@ def _pico(per_1k: Decimal) -> int:
 
 # claude-sonnet-4-20250514 in pico-dollars per token: base 3e-6 / 15e-6 / cache 0.3e-6 $,
 # above 200k prompt tokens 6e-6 / 22.5e-6 / cache 0.6e-6 $.
-SONNET = ModelPrice(3_000_000, 15_000_000, 300_000,
-                    (ModelTier(200_000, 6_000_000, 22_500_000, 600_000),))
+# Cache writes: 3.75e-6 $ (5 minutes), 6e-6 $ (1 hour), 7.5e-6 $ above 200k; a web search 0.01 $.
+SONNET = ModelPrice(
+    3_000_000, 15_000_000, 300_000,
+    (ModelTier(200_000, 6_000_000, 22_500_000, 600_000, PartRates(
+        cache_write=7_500_000, cache_write_1h=6_000_000, audio_input=6_000_000,
+        image_input=6_000_000, reasoning=22_500_000, audio_output=22_500_000)),),
+    explicit_parts=(("cache_write", 3_750_000), ("cache_write_1h", 6_000_000)),
+    web_search_call=10_000_000_000, provider="anthropic")
 
 
 def test_imported_tier_is_parsed(models: dict[str, Any]) -> None:
@@ -230,3 +251,27 @@ def test_cli_import_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
     book = parse_pricing_text(capsys.readouterr().out)
     price = book.model_price("xai/grok-4-0709", 0)
     assert price is not None and price.tiers[0].above_tokens == 128_000
+
+
+def test_what_the_price_file_cannot_represent_is_counted_per_key(
+    catalogue: dict[str, Any],
+) -> None:
+    result = import_litellm(catalogue)
+    # Counted by hand in the fixture: per-image and per-second prices of imported models.
+    assert result.unrepresented["input_cost_per_image"] == 3
+    assert result.unrepresented["input_cost_per_audio_per_second"] == 2
+    # What the price file now holds is not among them.
+    assert not {"cache_creation_input_token_cost", "input_cost_per_token_batches",
+                "input_cost_per_token_priority", "input_cost_per_audio_token",
+                "output_cost_per_reasoning_token"} & set(result.unrepresented)
+
+
+def test_an_imported_realtime_model_bills_audio_at_its_audio_rates(
+    models: dict[str, Any],
+) -> None:
+    realtime = [name for name, spec in models.items() if "audio_output_tokens" in spec]
+    assert realtime
+    book = parse_pricing_text(dump_pricing_yaml({"model_costs": models}))
+    price = book.model_price(realtime[0], 0)
+    assert price is not None
+    assert price.parts.audio_output == _pico(models[realtime[0]]["audio_output_tokens"])
