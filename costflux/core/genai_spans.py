@@ -44,11 +44,20 @@ _INPUT_TOKENS = ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens")
 _OUTPUT_TOKENS = ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens")
 #: The conventions' cache-read count, then OpenLLMetry's spelling of it.
 _CACHED_TOKENS = ("gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_read_input_tokens")
+#: Usage fields of the other kinds of tokens, each from the conventions' attribute or
+#: OpenLLMetry's spelling.
+_PART_TOKENS = {
+    "cache_write_input_tokens": ("gen_ai.usage.cache_creation.input_tokens",
+                                 "gen_ai.usage.cache_creation_input_tokens"),
+    "reasoning_tokens": ("gen_ai.usage.reasoning.output_tokens",
+                         "gen_ai.usage.reasoning_tokens"),
+}
 _MODELS = ("gen_ai.response.model", "gen_ai.request.model")
 #: Every span attribute the mapping reads besides labels (a dead letter keeps only these:
 #: other attributes may hold prompts, answers or headers).
 READ_ATTRIBUTES: Final = frozenset(
-    {*_INPUT_TOKENS, *_OUTPUT_TOKENS, *_CACHED_TOKENS, *_MODELS, "gen_ai.operation.name"})
+    {*_INPUT_TOKENS, *_OUTPUT_TOKENS, *_CACHED_TOKENS, *_MODELS, "gen_ai.operation.name",
+     *(name for names in _PART_TOKENS.values() for name in names)})
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -134,6 +143,10 @@ def usage_from_span(span: GenAISpan, mapping: SpanMapping,
     cached = _first(attributes, _CACHED_TOKENS)
     if cached is not None:
         event["cached_input_tokens"] = cached
+    for field, names in _PART_TOKENS.items():
+        value = _first(attributes, names)
+        if value is not None:
+            event[field] = value
     return event
 
 

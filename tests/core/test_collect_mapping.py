@@ -186,3 +186,11 @@ def test_events_are_batched_into_messages_under_the_size_limit() -> None:
     assert all(len(m) <= 1000 for m in messages)
     assert [e for m in messages for e in orjson.loads(m)] == [orjson.loads(e) for e in events]
     assert batch_messages([]) == []
+
+
+def test_cache_writes_and_reasoning_tokens_are_read() -> None:
+    event = usage_from_span(span({
+        **USAGE, "gen_ai.usage.cache_creation.input_tokens": 30,
+        "gen_ai.usage.reasoning.output_tokens": 12}), SpanMapping())
+    assert not isinstance(event, Ignored)
+    assert (event["cache_write_input_tokens"], event["reasoning_tokens"]) == (30, 12)
