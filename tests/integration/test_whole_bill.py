@@ -112,18 +112,28 @@ def paid(team: str, list_cost: Decimal) -> Decimal:
     return list_cost - (list_cost * Decimal("0.10")).quantize(PICO, rounding=ROUND_HALF_EVEN)
 
 
+def worker_after(events: list[dict[str, Any]], settings_for: Callable[..., Settings],
+                 start_worker: Callable[[Settings], WorkerProcess], tmp_path: Path
+                 ) -> WorkerProcess:
+    """A ready worker pricing by PRICES, started once ``events`` (one a message) are in."""
+    (tmp_path / "pricing.yaml").write_text(PRICES)
+    settings = settings_for(pricing_file=tmp_path / "pricing.yaml")
+    ensure_topics(settings, {settings.topic_usage: settings.topic_partitions})
+    with UsageProducer(producer_config(settings), settings.topic_usage,
+                       events_per_message=1) as producer:
+        for usage in events:
+            producer.send(usage)
+    worker = start_worker(settings)
+    worker.wait_ready()
+    return worker
+
+
 def test_each_billable_kind_priced_through_the_stream_equals_the_published_rates(
     settings_for: Callable[..., Settings], start_worker: Callable[[Settings], WorkerProcess],
     tmp_path: Path,
 ) -> None:
-    (tmp_path / "pricing.yaml").write_text(PRICES)
-    settings = settings_for(pricing_file=tmp_path / "pricing.yaml")
-    ensure_topics(settings, {settings.topic_usage: settings.topic_partitions})
-    with UsageProducer(producer_config(settings), settings.topic_usage) as producer:
-        for usage, _, _ in REQUESTS:
-            producer.send(usage)
-    worker = start_worker(settings)
-    worker.wait_ready()
+    worker = worker_after([usage for usage, _, _ in REQUESTS], settings_for, start_worker,
+                          tmp_path)
     worker.wait_for(lambda: sum(r["requests"] for r in worker.allocation(
         SPAN, "label:team").values()) == len(REQUESTS), 120, "counting every request")
 
@@ -162,9 +172,6 @@ def test_parts_larger_than_their_totals_and_unknown_tiers_are_dead_lettered(
 ) -> None:
     from tests.integration.test_faults import read_deadletters
 
-    (tmp_path / "pricing.yaml").write_text(PRICES)
-    settings = settings_for(pricing_file=tmp_path / "pricing.yaml")
-    ensure_topics(settings, {settings.topic_usage: settings.topic_partitions})
     bad = [
         event("writes-past-input", "claude-sonnet-4", input_tokens=100, output_tokens=1,
               cached_input_tokens=60, cache_write_input_tokens=50),
@@ -172,13 +179,8 @@ def test_parts_larger_than_their_totals_and_unknown_tiers_are_dead_lettered(
               reasoning_tokens=11),
         event("unknown-tier", "gpt-5", input_tokens=1, output_tokens=1, service_tier="turbo"),
     ]
-    with UsageProducer(producer_config(settings), settings.topic_usage,
-                       events_per_message=1) as producer:
-        for usage in [*bad, REQUESTS[0][0]]:
-            producer.send(usage)
-    worker = start_worker(settings)
-    worker.wait_ready()
-    records = read_deadletters(settings, len(bad))
+    worker = worker_after([*bad, REQUESTS[0][0]], settings_for, start_worker, tmp_path)
+    records = read_deadletters(worker.settings, len(bad))
     assert sorted(r["reason"] for r in records) == ["invalid_value"] * 3
     details = " ".join(r["detail"] for r in records)
     assert "exceeds input_tokens" in details and "exceeds output_tokens" in details
