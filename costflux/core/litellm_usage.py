@@ -27,7 +27,11 @@ into one usage event; ``costflux.integrations.litellm`` sends it. What is read, 
   most failures); **cached_input_tokens** from the usage object's
   ``prompt_tokens_details.cached_tokens`` (OpenAI, and where LiteLLM maps Anthropic's and
   DeepSeek's), else ``cache_read_input_tokens``, capped at the input tokens. Anthropic's cache
-  writes stay ordinary input tokens (costflux has no cache-write price).
+  writes (``cache_creation_input_tokens``; the 1-hour part from
+  ``cache_creation.ephemeral_1h_input_tokens``), audio input and output
+  (``…_tokens_details.audio_tokens``) and reasoning tokens
+  (``completion_tokens_details.reasoning_tokens``) become their own fields, each capped at
+  what its total leaves, so they are billed at their own prices.
 * **status** ``ok`` for LiteLLM's ``success``, ``error`` for ``failure``; **cache_hit** when
   LiteLLM answered from its own cache (the tokens were not sent upstream: costflux counts them
   as savings, not cost).
@@ -115,10 +119,44 @@ def usage_event_from_litellm(payload: Mapping[str, Any]) -> dict[str, Any]:
         "labels": _labels(payload, metadata),
         "cache_hit": payload.get("cache_hit") is True,
     }
+    event.update(_other_kinds(_usage(payload, metadata), input_tokens - event[
+        "cached_input_tokens"], event["output_tokens"]))
     latency_ms = _latency_ms(payload)
     if latency_ms is not None:
         event["latency_ms"] = latency_ms
     return event
+
+
+def _other_kinds(usage: Mapping[str, Any], input_left: int, output_left: int
+                 ) -> dict[str, int]:
+    """The usage fields of the kinds beyond text and cache reads that the usage object
+    reports, each capped at what its total leaves (only those that are non-zero)."""
+    prompt = _mapping(usage.get("prompt_tokens_details"))
+    completion = _mapping(usage.get("completion_tokens_details"))
+    writes = _count(usage.get("cache_creation_input_tokens"))
+    writes_1h = min(_count(_mapping(usage.get("cache_creation")).get(
+        "ephemeral_1h_input_tokens")), writes)
+    fields: dict[str, int] = {}
+    for name, value, side in (
+        ("cache_write_1h_input_tokens", writes_1h, "input"),
+        ("cache_write_input_tokens", writes - writes_1h, "input"),
+        ("audio_input_tokens", _count(prompt.get("audio_tokens")), "input"),
+        ("reasoning_tokens", _count(completion.get("reasoning_tokens")), "output"),
+        ("audio_output_tokens", _count(completion.get("audio_tokens")), "output"),
+    ):
+        left = input_left if side == "input" else output_left
+        taken = min(value, left)
+        if taken:
+            fields[name] = taken
+            if side == "input":
+                input_left -= taken
+            else:
+                output_left -= taken
+    return fields
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _event_id(payload: Mapping[str, Any]) -> str:

@@ -92,6 +92,28 @@ def test_anthropic_cache_reads_are_cached_tokens(payloads: dict[str, Any]) -> No
     assert event_of(payload)["cached_input_tokens"] == 2000
 
 
+def test_cache_writes_reasoning_and_audio_are_their_own_kinds(
+    payloads: dict[str, Any],
+) -> None:
+    payload = payloads["sdk_success_anthropic_cache_read"]  # 2,100 input, 2,000 cache reads
+    usage = payload["metadata"]["usage_object"]
+    usage["cache_creation_input_tokens"] = 90
+    usage["cache_creation"] = {"ephemeral_5m_input_tokens": 30, "ephemeral_1h_input_tokens": 60}
+    event = event_of(payload)
+    assert (event["cache_write_input_tokens"], event["cache_write_1h_input_tokens"]) == (30, 60)
+    usage["cache_creation_input_tokens"] = 500  # more than the input leaves: capped
+    event = event_of(payload)
+    assert event["cache_write_1h_input_tokens"] + event["cache_write_input_tokens"] == 100
+
+    payload = payloads["sdk_success_openai_cached_tokens"]  # 1,200 input, 80 output
+    usage = payload["metadata"]["usage_object"]
+    usage["completion_tokens_details"] = {"reasoning_tokens": 50, "audio_tokens": 40}
+    usage["prompt_tokens_details"]["audio_tokens"] = 100
+    event = event_of(payload)
+    assert (event["reasoning_tokens"], event["audio_output_tokens"],
+            event["audio_input_tokens"]) == (50, 30, 100)
+
+
 def test_cached_tokens_never_exceed_the_input(payloads: dict[str, Any]) -> None:
     payload = payloads["sdk_success_openai_cached_tokens"]
     payload["metadata"]["usage_object"]["prompt_tokens_details"]["cached_tokens"] = 5000
