@@ -134,6 +134,12 @@ class UsageProducer:
             self._wait_and_raise(timeout)
         finally:
             self._closed = True
+            # What ``timeout`` left undelivered is dropped now (and was reported above):
+            # Producer.close() would otherwise wait for it up to message.timeout.ms (5 min by
+            # default) with the broker away, whatever ``timeout`` said.
+            if len(self._producer):
+                self._producer.purge()
+                self._producer.poll(0)
             # Producer.close() only exists in newer confluent-kafka; older ones free on collection.
             release = getattr(self._producer, "close", None)
             if release is not None:

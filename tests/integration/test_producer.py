@@ -331,3 +331,17 @@ def test_run_replay_exits_1_when_kafka_does_not_take_the_events(
 
     assert code == 1
     assert "failed" in capsys.readouterr().err
+
+
+def test_close_with_the_broker_away_returns_within_its_timeout() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # librdkafka's default message timeout (5 minutes): only close()'s own timeout bounds it.
+    producer = UsageProducer(producer_settings(f"127.0.0.1:{port}", log_level="0"),
+                             "llm.usage.v1")
+    producer.send(usage_events(1, "gone")[0])
+    started = time.monotonic()
+    with pytest.raises(ProducerError, match="still undelivered after 1 s"):
+        producer.close(timeout=1.0)
+    assert time.monotonic() - started < 10
