@@ -10,17 +10,18 @@ from typing import Any
 
 import pytest
 import redis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
+
+from costflux.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+from costflux.settings import Settings
 
 # Property tests judge correctness, not speed (bench/ does that): on a loaded machine a
 # 200 ms example is no failure. A deadline or the too-slow health check made them fail one
 # run in many when other processes shared the cores.
-settings.register_profile("costflux", deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile("costflux")
-
-from costflux.embedded import EmbeddedBroker, EmbeddedRedis, free_port
-from costflux.settings import Settings
+hypothesis_settings.register_profile("costflux", deadline=None,
+                                     suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.load_profile("costflux")
 
 
 @pytest.fixture(autouse=True)
