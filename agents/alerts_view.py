@@ -3,7 +3,7 @@
 Layout (``ns`` is the consumer group):
 
 - ``ns:budgets``: hash, budget name -> JSON {name, scope, period, periodStart, periodEnd,
-  spend, projected, limit, status, thresholdsReached, evaluatedAt};
+  spend, projected, limit, thresholds, status, thresholdsReached, evaluatedAt};
 - ``ns:budget_status:<label>=<value>``: string, the worst status (OK, WARNING, CRITICAL) of
   the budgets scoped by exactly that one label, e.g. ``costflux:budget_status:team=search``;
 - ``ns:alerts:active``: hash, alert_id -> the firing alert event's JSON;
@@ -106,6 +106,7 @@ def _budget_json(status: BudgetStatus, evaluated_ms: int) -> dict[str, Any]:
         "spend": _dollars(status.spend_pico),
         "projected": _dollars(status.projected_pico),
         "limit": _dollars(budget.amount_pico),
+        "thresholds": list(budget.thresholds),
         "status": status.status,
         "thresholdsReached": list(status.thresholds_reached),
         "evaluatedAt": from_epoch_ms(evaluated_ms).isoformat(),

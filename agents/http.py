@@ -1,18 +1,23 @@
-"""HTTP on the worker: /metrics, /healthz, /readyz, allocation, GPU cost, budgets, alerts and
-savings advice (Faust's web server)."""
+"""HTTP on the worker: /metrics, /healthz, /readyz, allocation, GPU cost, budgets, alerts,
+savings advice and the cost console at /ui (Faust's web server), optionally behind a bearer
+token (agents.http_access)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import faust
+from aiohttp import web as aioweb
+from aiohttp.web_response import ContentCoding
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.alerts_view import AlertsView
+from agents.http_access import LOGIN_PATH, HttpAccess, sign_in
 from agents.metrics import CostMetrics
 from agents.serving import ServingView
+from agents.ui import register_ui
 from costflux.core.advice import Assumptions, advise, measurable
 from costflux.core.advice_report import advice_answer
 from costflux.core.allocation import (
@@ -49,13 +54,30 @@ def register_http(
     *,
     advice: AdviceInputs,
     other_costs: Callable[[], Mapping[str, OtherCost]],
+    access: HttpAccess | None = None,
 ) -> None:
     """Add the worker's HTTP endpoints to ``app``'s web server.
 
     ``probes`` are (liveness, readiness): each answers (ok, why) for /healthz and /readyz.
+    ``access``: the bearer token rule for every path (None: open).
     """
     finest_s = min(window_sizes_s)
     liveness, readiness = probes
+    rule = access or HttpAccess(None)
+    # Faust's aiohttp driver: its Application takes middlewares until the server starts. The
+    # token check comes first, so nothing (Faust's own pages included) answers without it.
+    web_app = cast(Any, app.web).web_app
+    web_app.middlewares.append(rule.middleware())
+    web_app.middlewares.append(_gzip_json)
+    register_ui(app)
+
+    @app.page(LOGIN_PATH)
+    class SignIn(faust.web.View):  # the one page the token check lets through
+        async def get(self, request: faust.web.Request) -> Any:
+            return await sign_in(rule, cast(aioweb.Request, request))
+
+        async def post(self, request: faust.web.Request) -> Any:
+            return await sign_in(rule, cast(aioweb.Request, request))
 
     @app.page("/metrics")
     async def metrics_page(web: faust.web.View, request: faust.web.Request) -> Any:
@@ -132,14 +154,21 @@ def register_http(
 
     @app.page("/model/gpu")
     async def gpu(web: faust.web.View, request: faust.web.Request) -> Any:
+        """GPU time and cost for the window, or one set per ``step`` (as /model/allocation)."""
         try:
             group_by = parse_gpu_aggregate(request.query.get("aggregate", "gpu_type"))
-            span, rows = await covered(web, request)
+            step_ms = parse_step(request.query.get("step"), finest_s)
+            if step_ms is None:
+                span, rows = await covered(web, request)
+                data = gpu_report(rows, group_by, span)
+                return web.json({"code": 200, "data": [data] if data else []})
+            steps = split_steps(await window_of(request), step_ms)
+            step_rows = await read_spans(steps)
         except AllocationQueryError as exc:
             return web.json({"code": 400, "message": str(exc)}, status=400)
-        data = gpu_report(rows, group_by, span)
-        return web.json({"code": 200, "data": [data] if data else []})
-
+        return web.json({"code": 200, "data": [
+            gpu_report(rows, group_by, step) for step, rows in zip(steps, step_rows, strict=True)
+        ]})
 
     @app.page("/api/budgets")
     async def budgets(web: faust.web.View, request: faust.web.Request) -> Any:
@@ -173,6 +202,26 @@ class AdviceInputs:
 
     assumptions: Assumptions
     model_price: Callable[[str, int], ModelPrice | None]  # (model, event time ms)
+
+
+#: Smaller JSON answers are not worth a gzip stream's header and CPU.
+_GZIP_MIN_BYTES = 1024
+
+
+@aioweb.middleware
+async def _gzip_json(
+    request: aioweb.Request,
+    handler: Callable[[aioweb.Request], Any],
+) -> aioweb.StreamResponse:
+    """Gzip the API's JSON answers for clients that accept it: a stepped allocation query is
+    ~90 % smaller on the wire. Clients that do not ask (urllib, curl) get them as before."""
+    response: aioweb.StreamResponse = await handler(request)
+    if (isinstance(response, aioweb.Response) and response.content_type == "application/json"
+            and isinstance(response.body, bytes) and len(response.body) >= _GZIP_MIN_BYTES
+            and "gzip" in request.headers.get("Accept-Encoding", "").lower()):
+        response.enable_compression(ContentCoding.gzip)
+        response.headers["Vary"] = "Accept-Encoding"
+    return response
 
 
 def _iso_or_none(ms: int | None) -> str | None:

@@ -24,4 +24,5 @@ def add_advise_command(commands: Any) -> None:
 
 def _run_advise(args: argparse.Namespace, settings: Settings) -> int:
     return print_from_worker("advise", args.url, lambda: render_advice(
-        get_data(args.url, "/api/advice", window=args.window), args.form))
+        get_data(args.url, "/api/advice", token=settings.http_token_value(),
+                 window=args.window), args.form))

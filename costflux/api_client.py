@@ -29,14 +29,29 @@ def print_from_worker(command: str, url: str, produce: Callable[[], str]) -> int
     return 0
 
 
-def get_data(base: str, path: str, **params: str) -> Any:
-    """The ``data`` of a JSON answer; the API's 400 message as a ValueError."""
+def get_data(base: str, path: str, *, token: str | None = None, **params: str) -> Any:
+    """The ``data`` of a JSON answer; the API's 400 message as a ValueError. ``token``: the
+    worker's bearer token (COSTFLUX_HTTP_TOKEN), sent when set."""
     url = f"{base.rstrip('/')}{path}?{urllib.parse.urlencode(params)}"
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"--url {base!r}: expected http://host:port")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 - checked above
+        request = urllib.request.Request(url, headers=headers)  # noqa: S310 - checked above
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
             body = json.load(response)
-    except urllib.error.HTTPError as error:  # the API's 400 says what is wrong
-        raise ValueError(json.load(error).get("message", str(error))) from None
+    except urllib.error.HTTPError as error:
+        if error.code == 401:
+            raise ValueError(f"{base} requires its HTTP token: set COSTFLUX_HTTP_TOKEN (or "
+                             "COSTFLUX_HTTP_TOKEN_FILE)" + (" to the right one" if token
+                                                            else "")) from None
+        # the API's 400 says what is wrong
+        raise ValueError(_message(error)) from None
     return body["data"]
+
+
+def _message(error: urllib.error.HTTPError) -> str:
+    try:
+        return str(json.load(error).get("message", error))
+    except ValueError:  # not the API's JSON (a proxy's page)
+        return str(error)

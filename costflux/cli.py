@@ -32,7 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     from costflux.advise_cli import add_advise_command
     from costflux.cache.cli import add_cache_command
     from costflux.collect_cli import add_collect_command
+    from costflux.export_cli import add_export_command
     from costflux.pricing_cli import add_pricing_commands
+    from costflux.reconcile_cli import add_reconcile_command
     from costflux.report_cli import add_report_command
     from streams.bridge import add_bridge_arguments
     from streams.replay import add_replay_arguments
@@ -88,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     add_advise_command(commands)
     add_cache_command(commands)
     add_collect_command(commands)
+    add_export_command(commands)
+    add_reconcile_command(commands)
 
     schemas = commands.add_parser("schemas", help="rewrite the JSON Schema files")
     schemas.set_defaults(run=_run_schemas)

@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ def run_demo(
 ) -> int:
     """Run the demo until Ctrl-C or ``duration`` seconds; return an exit code."""
     console = Console()
+    token = settings.http_token_value()  # a bad token file stops the demo here, not its worker
     with _sigterm_as_ctrl_c(), embedded_stack(settings) as live:
         port = live.http_port if live.http_port else free_port()
         live = live.model_copy(update={"http_port": port})
@@ -74,11 +76,16 @@ def run_demo(
         worker = _start_worker(live, log_path)
         try:
             base = f"http://127.0.0.1:{port}"
+            api = _WorkerApi(base, token)
             try:
                 _wait_ready(base, worker, timeout_s=120)
             except RuntimeError as exc:
                 raise RuntimeError(f"{exc}; see its log: {log_path}") from None
             redis_shown = _without_credentials(str(live.redis_url))
+            # The console first: the picture is one click away.
+            console.print(f"[bold]cost console: {base}/ui/[/]"
+                          + ("  (sign in with COSTFLUX_HTTP_TOKEN)" if token else ""),
+                          soft_wrap=True)
             console.print(f"[bold]costflux demo[/] broker {live.kafka_bootstrap}, "
                           f"redis {redis_shown}, worker log {log_path}")
             console.print(f"  metrics:    {base}/metrics")
@@ -95,7 +102,7 @@ def run_demo(
                 threading.Thread(
                     target=target, args=(live, speed, limit), name=name, daemon=True
                 ).start()
-            _show(console, base, worker, duration, show_table)
+            _show(console, api, worker, duration, show_table)
         except KeyboardInterrupt:
             pass
         finally:
@@ -191,8 +198,8 @@ def _replay_gpus(settings: Settings, speed: float, limit: int | None) -> None:
         replay(demo_gpu_samples(events), producer, speed=speed, progress=False)
 
 
-def _fetch(base: str) -> list[dict[str, Any]]:
-    body = _get(f"{base}/model/allocation?window={_TRACE_SPAN}&aggregate=model,label:team")
+def _fetch(api: _WorkerApi) -> list[dict[str, Any]]:
+    body = api.get(f"/model/allocation?window={_TRACE_SPAN}&aggregate=model,label:team")
     return [row for group in body.get("data", []) for row in group.values()]
 
 
@@ -226,7 +233,7 @@ def _table(rows: list[dict[str, Any]]) -> Table:
 
 
 def _show(
-    console: Console, base: str, worker: subprocess.Popen[bytes], duration: float | None,
+    console: Console, api: _WorkerApi, worker: subprocess.Popen[bytes], duration: float | None,
     show_table: bool,
 ) -> None:
     deadline = None if duration is None else time.monotonic() + duration
@@ -236,36 +243,36 @@ def _show(
             if worker.poll() is not None:
                 raise RuntimeError(f"the worker exited with code {worker.returncode}")
             try:
-                rows = _fetch(base)
+                rows = _fetch(api)
             except (urllib.error.URLError, OSError):
                 rows = []
             if show_table:
                 table = _table(rows)
-                table.caption = _alerting_line(base)
+                table.caption = _alerting_line(api)
                 live_view.update(table, refresh=True)
             time.sleep(1.0)
     if not show_table:
-        rows = _fetch(base)
+        rows = _fetch(api)
         console.print(f"requests={sum(int(r['requests']) for r in rows)} "
                       f"cost=${sum(float(r['totalCost']) for r in rows):.6f}")
-        console.print(_alerting_line(base))
-    console.print(_advice_text(base), markup=False, highlight=False, soft_wrap=True)
+        console.print(_alerting_line(api))
+    console.print(_advice_text(api), markup=False, highlight=False, soft_wrap=True)
 
 
-def _advice_text(base: str) -> str:
+def _advice_text(api: _WorkerApi) -> str:
     """The savings advice and ROI table for the trace's span, as ``costflux advise`` prints."""
     try:
-        data = _get(f"{base}/api/advice?window={_TRACE_SPAN}")["data"]
+        data = api.get(f"/api/advice?window={_TRACE_SPAN}")["data"]
     except (urllib.error.URLError, OSError, ValueError):
         return "advice: -"
     return render_advice(data, "table")
 
 
-def _alerting_line(base: str) -> str:
+def _alerting_line(api: _WorkerApi) -> str:
     """Budgets' status and the firing alerts, in one line."""
     try:
-        budgets = _get(f"{base}/api/budgets")["data"]
-        alerts = _get(f"{base}/api/alerts")["data"]
+        budgets = api.get("/api/budgets")["data"]
+        alerts = api.get("/api/alerts")["data"]
     except (urllib.error.URLError, OSError, ValueError):
         return "budgets: -"
     shown = ", ".join(f"{b['name']} {b['status']} (${float(b['spend']):,.2f} of "
@@ -274,10 +281,19 @@ def _alerting_line(base: str) -> str:
     return f"budgets: {shown or '-'}; alerts firing: {len(alerts)} ({firing})"
 
 
-def _get(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback only
-        body: dict[str, Any] = json.load(response)
-    return body
+@dataclass(frozen=True)
+class _WorkerApi:
+    """The demo's worker, read over HTTP with its bearer token when one is set."""
+
+    base: str
+    token: str | None = field(default=None, repr=False)
+
+    def get(self, path: str) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        request = urllib.request.Request(self.base + path, headers=headers)  # noqa: S310
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback
+            body: dict[str, Any] = json.load(response)
+        return body
 
 
 def _stop(worker: subprocess.Popen[bytes]) -> None:

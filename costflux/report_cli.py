@@ -36,20 +36,22 @@ def add_report_command(commands: Any) -> None:
 
 
 def _run_report(args: argparse.Namespace, settings: Settings) -> int:
-    return print_from_worker("report", args.url, lambda: _report_text(args))
+    return print_from_worker("report", args.url,
+                             lambda: _report_text(args, settings.http_token_value()))
 
 
-def _report_text(args: argparse.Namespace) -> str:
+def _report_text(args: argparse.Namespace, token: str | None) -> str:
     if args.by == "time_of_day":
         peak = PeakHours.parse(args.peak_hours, args.timezone)
-        sets = _allocation(args.url, window=args.window, aggregate="model", step="1h")
+        sets = _allocation(args.url, token, window=args.window, aggregate="model", step="1h")
         rows = by_time_of_day(sets, peak)
     else:
-        sets = _allocation(args.url, window=args.window, aggregate=DIMENSIONS[args.by])
+        sets = _allocation(args.url, token, window=args.window, aggregate=DIMENSIONS[args.by])
         rows = report_rows(a for s in sets for a in s.values())
     return render(rows, args.by, args.form, args.window)
 
 
-def _allocation(base: str, **params: str) -> list[dict[str, dict[str, Any]]]:
-    data: list[dict[str, dict[str, Any]]] = get_data(base, "/model/allocation", **params)
+def _allocation(base: str, token: str | None, **params: str) -> list[dict[str, dict[str, Any]]]:
+    data: list[dict[str, dict[str, Any]]] = get_data(base, "/model/allocation", token=token,
+                                                     **params)
     return data

@@ -26,6 +26,8 @@ __all__ = ["REDIS_TIMEOUT_S", "REMOVED_SETTINGS", "ConfigError", "Settings", "lo
 #: Far above a dedup round trip of 20,000 events (~0.1 s).
 REDIS_TIMEOUT_S = 10.0
 REDIS_CONNECT_TIMEOUT_S = 5.0
+#: The shortest HTTP bearer token accepted (``openssl rand -hex 32`` gives 64).
+MIN_HTTP_TOKEN_CHARS = 16
 
 
 #: Settings an earlier version had, and what took their place. Still set, they are ignored
@@ -227,6 +229,18 @@ class Settings(BaseSettings):
     # --- HTTP / metrics ---
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
+    http_token: SecretStr | None = Field(
+        None, description="bearer token the worker's HTTP API and /ui require (a secret; "
+        "/healthz, /readyz and /metrics stay open unless http_protect_metrics)"
+    )
+    http_token_file: Path | None = Field(
+        None, description="file holding the bearer token (a mounted Secret); used when the "
+        "token itself is unset"
+    )
+    http_protect_metrics: bool = Field(
+        False, description="/metrics needs the bearer token too (give Prometheus "
+        "authorization: credentials_file)"
+    )
     metric_label_cap: int = Field(
         100, ge=1, description="distinct values per metric label before 'other'"
     )
@@ -318,6 +332,27 @@ class Settings(BaseSettings):
                               "is not shown: it is a secret)")
         return url
 
+    def http_token_value(self) -> str | None:
+        """The HTTP bearer token: the setting, else the file's content, None when neither is
+        set; errors never show it."""
+        if self.http_token is not None:
+            token, name = self.http_token.get_secret_value().strip(), "COSTFLUX_HTTP_TOKEN"
+        elif self.http_token_file is not None:
+            path, name = self.http_token_file, "COSTFLUX_HTTP_TOKEN_FILE"
+            try:
+                token = path.read_text(encoding="utf-8").strip()  # a mounted Secret ends in \n
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"COSTFLUX_HTTP_TOKEN_FILE={path}: cannot read it "
+                                  f"({type(exc).__name__})") from None
+        else:
+            return None
+        # Short tokens are guessable; a space would not survive an Authorization header.
+        if len(token) < MIN_HTTP_TOKEN_CHARS or any(c.isspace() for c in token):
+            raise ConfigError(f"{name}: give at least {MIN_HTTP_TOKEN_CHARS} characters and no "
+                              "spaces, e.g. `openssl rand -hex 32` (the value is not shown: it "
+                              "is a secret)")
+        return token
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -348,7 +383,8 @@ def load_settings(**overrides: Any) -> Settings:
             # would print every secret in it, so only scalar, non-secret inputs are shown.
             shown = err.get("input")
             # URLs may carry credentials (redis://:password@host).
-            secret = "password" in field or field.endswith("_url") or isinstance(shown, dict)
+            secret = ("password" in field or "token" in field or field.endswith("_url")
+                      or isinstance(shown, dict))
             problems.append(f"{env_name}: {err['msg']}" if secret
                             else f"{env_name}: {err['msg']} (got {shown!r})")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None

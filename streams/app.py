@@ -21,6 +21,7 @@ from agents.alerts_view import AlertsView
 from agents.detector import Detector, DetectorOptions
 from agents.health import Health, guarded
 from agents.http import AdviceInputs, register_http
+from agents.http_access import HttpAccess
 from agents.metrics import CostMetrics
 from agents.serving import ServingView
 from agents.unit_costs import UnitCosts
@@ -238,6 +239,8 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
         advice=AdviceInputs(assumptions,
                             lambda model, ts_ms: pricing.current().model_price(model, ts_ms)),
         other_costs=lambda: pricing.current().other_costs,  # re-read: prices reload live
+        access=HttpAccess(settings.http_token_value(),
+                          protect_metrics=settings.http_protect_metrics),
     )
     return Worker(app, ingest, gpu_ingest, watermark, detector, metrics, pricing)
 
