@@ -315,15 +315,10 @@ class Settings(BaseSettings):
 
     def slack_webhook(self) -> str:
         """The webhook URL: the setting, else the file's content; errors never show it."""
-        if self.slack_webhook_url is not None:
-            url, name = self.slack_webhook_url.get_secret_value().strip(), "URL"
-        elif self.slack_webhook_url_file is not None:
-            path, name = self.slack_webhook_url_file, "URL_FILE"
-            try:
-                url = path.read_text(encoding="utf-8").strip()  # a mounted Secret ends in \n
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"COSTFLUX_SLACK_WEBHOOK_URL_FILE={path}: cannot read it "
-                                  f"({type(exc).__name__})") from None
+        found = _secret(self.slack_webhook_url, self.slack_webhook_url_file,
+                        "COSTFLUX_SLACK_WEBHOOK_URL")
+        if found is not None:
+            url, name = found[0], found[1].removeprefix("COSTFLUX_SLACK_WEBHOOK_")
         else:
             raise ConfigError("no Slack webhook: set COSTFLUX_SLACK_WEBHOOK_URL, or COSTFLUX_"
                               "SLACK_WEBHOOK_URL_FILE to a file holding it (a mounted Secret)")
@@ -335,17 +330,10 @@ class Settings(BaseSettings):
     def http_token_value(self) -> str | None:
         """The HTTP bearer token: the setting, else the file's content, None when neither is
         set; errors never show it."""
-        if self.http_token is not None:
-            token, name = self.http_token.get_secret_value().strip(), "COSTFLUX_HTTP_TOKEN"
-        elif self.http_token_file is not None:
-            path, name = self.http_token_file, "COSTFLUX_HTTP_TOKEN_FILE"
-            try:
-                token = path.read_text(encoding="utf-8").strip()  # a mounted Secret ends in \n
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"COSTFLUX_HTTP_TOKEN_FILE={path}: cannot read it "
-                                  f"({type(exc).__name__})") from None
-        else:
+        found = _secret(self.http_token, self.http_token_file, "COSTFLUX_HTTP_TOKEN")
+        if found is None:
             return None
+        token, name = found
         # Short tokens are guessable; a space would not survive an Authorization header.
         if len(token) < MIN_HTTP_TOKEN_CHARS or any(c.isspace() for c in token):
             raise ConfigError(f"{name}: give at least {MIN_HTTP_TOKEN_CHARS} characters and no "
@@ -365,6 +353,21 @@ class Settings(BaseSettings):
         path = os.environ.get("COSTFLUX_CONFIG_FILE")
         file_source = _ConfigFileSource(settings_cls, Path(path) if path else None)
         return (init_settings, env_settings, file_source)
+
+
+def _secret(value: SecretStr | None, path: Path | None, variable: str
+            ) -> tuple[str, str] | None:
+    """(the secret, the variable it came from): ``variable`` itself, else the file that
+    ``variable``_FILE names; None when neither is set. Errors never show it."""
+    if value is not None:
+        return value.get_secret_value().strip(), variable
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8").strip(), f"{variable}_FILE"  # a Secret ends in \n
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{variable}_FILE={path}: cannot read it ({type(exc).__name__})") \
+            from None
 
 
 def load_settings(**overrides: Any) -> Settings:
