@@ -509,6 +509,13 @@ def _parse_focus(rows: list[tuple[int, list[str]]], source: str, cost_column: st
             kind = category or "(none)"
             left_out[kind] = _add(left_out.get(kind, Decimal(0)), cost)
             continue
+        # costflux's own export: only its token rows are what a provider bills (its GPU and
+        # other-cost rows are not in costflux's tokenCostExact either).
+        component = cell("x_CostComponent") if "x_CostComponent" in columns else "tokens"
+        if component and component != "tokens":
+            kind = f"x_CostComponent {component}"
+            left_out[kind] = _add(left_out.get(kind, Decimal(0)), cost)
+            continue
         period = _period_of(start, end)
         periods.setdefault(period, at)
         lines.append(ProviderLine(period, _focus_model(cell, columns, at),
@@ -517,7 +524,7 @@ def _parse_focus(rows: list[tuple[int, list[str]]], source: str, cost_column: st
     if left_out:
         parts = ", ".join(f"{kind} {_exact_dollars(amount)}"
                           for kind, amount in sorted(left_out.items()))
-        notes.append(f"left out the rows whose ChargeCategory is not Usage ({parts})")
+        notes.append(f"left out the rows that are not token usage ({parts})")
     return _report(source, "focus", lines, periods, notes)
 
 

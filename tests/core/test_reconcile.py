@@ -161,7 +161,7 @@ def test_focus_daily_export_effective_cost_by_default_and_usage_rows_only() -> N
         ("2025-05-02", "gpt-4o-mini", "__unallocated__"): Decimal("0.10"),
     }
     assert report.notes == ("compared the FOCUS column EffectiveCost",
-                            "left out the rows whose ChargeCategory is not Usage "
+                            "left out the rows that are not token usage "
                             "(Credit -$2.00, Tax $0.80)")
     billed = report_of("focus_daily.csv", cost_column="BilledCost")
     assert provider_totals(billed)[("2025-05-01", "gpt-4o", "search")] == Decimal("10.00")

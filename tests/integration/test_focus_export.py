@@ -210,6 +210,16 @@ def test_a_month_of_the_demo_trace_reconciles_with_its_own_focus_file(
     assert {name.rpartition("/")[2] for _, name in by_project} == {
         "assistant", "summarizer", "__idle__"}
 
+    # And `costflux reconcile` itself, on the file: its token rows against tokenCostExact.
+    reconciled = subprocess.run(
+        [sys.executable, "-m", "costflux", "reconcile", "--report", str(daily), "--format",
+         "focus", "--url", worker.base, "--tolerance", "0", "--output", "json"],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
+    answer = json.loads(reconciled.stdout)
+    assert len(answer["rows"]) >= 2 and Decimal(answer["total"]["costflux"]) > 0
+    assert {Decimal(row["difference"]) for row in answer["rows"]} == {Decimal(0)}
+
 
 def cents(amount: Decimal) -> Decimal:
     return amount.quantize(CENT, rounding=ROUND_HALF_EVEN)
