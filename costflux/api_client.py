@@ -8,25 +8,35 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["get_data", "print_from_worker"]
+__all__ = ["get_data", "print_from_worker", "read_from_worker"]
+
+T = TypeVar("T")
 
 
-def print_from_worker(command: str, url: str, produce: Callable[[], str]) -> int:
-    """Print what ``produce`` builds from the worker's answers; the exit status: 2 for a bad
-    query (the API's own message), 1 when the worker cannot be reached."""
+def read_from_worker(command: str, url: str, produce: Callable[[], T]) -> tuple[T | None, int]:
+    """(what ``produce`` builds from the worker's answers, 0), or (None, the exit status):
+    2 for a bad query (the API's own message), 1 when the worker cannot be reached; the
+    reason is printed."""
     try:
-        text = produce()
+        return produce(), 0
     except (ValueError, LookupError) as exc:
         print(f"costflux {command}: {exc}", file=sys.stderr)
-        return 2
+        return None, 2
     except (urllib.error.URLError, OSError) as exc:
         print(f"costflux {command}: cannot read {url} ({exc}); is a worker or "
               "`costflux demo` running?", file=sys.stderr)
-        return 1
-    sys.stdout.write(text)
-    return 0
+        return None, 1
+
+
+def print_from_worker(command: str, url: str, produce: Callable[[], str]) -> int:
+    """Print what ``produce`` builds from the worker's answers; the exit status as
+    ``read_from_worker`` says."""
+    text, status = read_from_worker(command, url, produce)
+    if text is not None:
+        sys.stdout.write(text)
+    return status
 
 
 def get_data(base: str, path: str, *, token: str | None = None, **params: str) -> Any:

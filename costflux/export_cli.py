@@ -19,7 +19,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
-from costflux.api_client import get_data
+from costflux.api_client import get_data, read_from_worker
 from costflux.core.focus import (
     COLUMN_KINDS,
     COLUMNS,
@@ -68,8 +68,6 @@ def add_export_command(commands: Any) -> None:
 
 
 def _run_focus(args: argparse.Namespace, settings: Settings) -> int:
-    import urllib.error
-
     if args.form == "parquet" and args.output is None:
         print("costflux export focus: --format parquet needs --output FILE", file=sys.stderr)
         return 2
@@ -84,16 +82,11 @@ def _run_focus(args: argparse.Namespace, settings: Settings) -> int:
             return 2
     account = FocusAccount(billing_account_id=args.billing_account,
                            billing_account_name=args.billing_account, provider=args.provider)
-    try:
-        rows = list(read_focus_rows(args.url, args.window, _PERIODS[args.period], account,
-                                    token=settings.http_token_value()))
-    except (ValueError, LookupError) as exc:
-        print(f"costflux export focus: {exc}", file=sys.stderr)
-        return 2
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"costflux export focus: cannot read {args.url} ({exc}); is a worker or "
-              "`costflux demo` running?", file=sys.stderr)
-        return 1
+    rows, status = read_from_worker("export focus", args.url, lambda: list(read_focus_rows(
+        args.url, args.window, _PERIODS[args.period], account,
+        token=settings.http_token_value())))
+    if rows is None:
+        return status
     try:
         with _destination(args.output, binary=args.form == "parquet") as out:
             writer(iter(rows), out)

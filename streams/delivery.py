@@ -41,7 +41,6 @@ class AsyncDelivery:
         self._producer = Producer(self._config)
         self._retiring: list[Producer] = []  # renewed away, polled until their queue is empty
         self._lock = threading.Lock()
-        self._renewals = 0
         self._stopping = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="delivery-poll", daemon=True)
         self._poller.start()
@@ -67,11 +66,6 @@ class AsyncDelivery:
             raise DeliveryError(f"{len(errors)} of {len(records)} records not delivered: "
                                 f"{errors[0]}")
 
-    @property
-    def renewals(self) -> int:
-        """How many times the producer was replaced after a failed delivery."""
-        return self._renewals
-
     def _renew(self, failed: Producer) -> None:
         """Replace ``failed`` unless another request already did; its queued records fail
         now (their requests are answered 503), not at their timeout."""
@@ -80,7 +74,6 @@ class AsyncDelivery:
                 return
             self._producer = Producer(self._config)
             self._retiring.append(failed)
-            self._renewals += 1
         failed.purge()
 
     def topic_exists(self, topic: str, timeout_s: float) -> bool:

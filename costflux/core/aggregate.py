@@ -13,7 +13,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from costflux.core.rows import DimKey, GpuDims
+from costflux.core.rows import DimKey, GpuDims, UsageSums
 
 __all__ = ["FlushRows", "PartitionAggregate", "Window", "by_window"]
 
@@ -23,7 +23,7 @@ Window = tuple[int, int]
 _Key = TypeVar("_Key", bound=Hashable)
 #: Sums every usage row has (``UsageSums`` up to ``semantic_saving_pico``); the whole bill's
 #: follow, only in rows with billed requests.
-_PLAIN_SUMS = 9
+_PLAIN_SUMS = UsageSums._fields.index("contract_discount_pico")
 
 
 @dataclass(slots=True)

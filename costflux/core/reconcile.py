@@ -31,7 +31,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Context, Decimal, Inexact, InvalidOperation
@@ -333,20 +333,33 @@ def _parse_openai(pages: list[tuple[str, dict[str, Any]]], source: str) -> Provi
         if page.get("object", "page") != "page":
             raise ReportError(f"{source}: {where}: object is {page.get('object')!r}, expected "
                               "'page' (the response of GET /v1/organization/costs)")
-        for b, bucket in enumerate(page["data"]):
-            at = f"{source}: {where}, data[{b}]"
-            if not isinstance(bucket, dict):
-                raise ReportError(f"{at}: expected a bucket object")
-            start = _unix_seconds(bucket.get("start_time"), f"{at}.start_time")
-            end = _unix_seconds(bucket.get("end_time"), f"{at}.end_time")
-            period = buckets.period(start, end, at)
-            results = bucket.get("results", bucket.get("result"))
-            if not isinstance(results, list):
-                raise ReportError(f"{at}: expected a 'results' list")
-            for r, result in enumerate(results):
-                lines.append(_openai_line(result, period, f"{at}.results[{r}]"))
+        for period, at, result in _bucket_results(
+                page, f"{source}: {where}", buckets, ("start_time", "end_time"), _unix_seconds,
+                ("results", "result")):
+            lines.append(_openai_line(result, period, at))
     notes = _more_pages_note(pages, "GET /v1/organization/costs")
     return _report(source, "openai", lines, buckets.periods, notes)
+
+
+def _bucket_results(
+    page: Mapping[str, Any], where: str, buckets: _Buckets, time_keys: tuple[str, str],
+    read_time: Callable[[object, str], int], result_keys: tuple[str, ...],
+) -> Iterator[tuple[Period, str, object]]:
+    """(period, where, result) of every result of every time bucket of a report page, as
+    both providers shape them: ``data`` buckets with a start, an end and a results list."""
+    for b, bucket in enumerate(page["data"]):
+        at = f"{where}, data[{b}]"
+        if not isinstance(bucket, dict):
+            raise ReportError(f"{at}: expected a bucket object")
+        start_key, end_key = time_keys
+        start = read_time(bucket.get(start_key), f"{at}.{start_key}")
+        end = read_time(bucket.get(end_key), f"{at}.{end_key}")
+        period = buckets.period(start, end, at)
+        results = next((bucket[key] for key in result_keys if key in bucket), None)
+        if not isinstance(results, list):
+            raise ReportError(f"{at}: expected a 'results' list")
+        for r, result in enumerate(results):
+            yield period, f"{at}.results[{r}]", result
 
 
 def _openai_line(result: object, period: Period, at: str) -> ProviderLine:
@@ -382,35 +395,26 @@ def _parse_anthropic(pages: list[tuple[str, dict[str, Any]]], source: str) -> Pr
     buckets = _Buckets()
     left_out: dict[str, Decimal] = {}
     for where, page in pages:
-        for b, bucket in enumerate(page["data"]):
-            at = f"{source}: {where}, data[{b}]"
-            if not isinstance(bucket, dict):
-                raise ReportError(f"{at}: expected a bucket object")
-            start = _rfc3339(bucket.get("starting_at"), f"{at}.starting_at")
-            end = _rfc3339(bucket.get("ending_at"), f"{at}.ending_at")
-            period = buckets.period(start, end, at)
-            results = bucket.get("results")
-            if not isinstance(results, list):
-                raise ReportError(f"{at}: expected a 'results' list")
-            for r, result in enumerate(results):
-                rat = f"{at}.results[{r}]"
-                if not isinstance(result, dict):
-                    raise ReportError(f"{rat}: expected a cost item object")
-                if "amount" not in result and "uncached_input_tokens" in result:
-                    raise ReportError(f"{rat}: this is a usage report (tokens, no amount); "
-                                      "export GET /v1/organizations/cost_report instead")
-                _require_usd(result.get("currency"), f"{rat}.currency")
-                # The reference: "Cost amount in lowest currency units (e.g. cents) as a
-                # decimal string. For example, "123.45" in "USD" represents $1.23."
-                cents = _decimal(result.get("amount"), f"{rat}.amount", "cents")
-                cost = cents.scaleb(-2, _EXACT)
-                cost_type = _optional_text(result.get("cost_type"), f"{rat}.cost_type")
-                if cost_type is not None and cost_type != "tokens":
-                    left_out[cost_type] = _add(left_out.get(cost_type, Decimal(0)), cost)
-                    continue
-                lines.append(ProviderLine(
-                    period, _optional_text(result.get("model"), f"{rat}.model"),
-                    _optional_text(result.get("workspace_id"), f"{rat}.workspace_id"), cost))
+        for period, rat, result in _bucket_results(
+                page, f"{source}: {where}", buckets, ("starting_at", "ending_at"), _rfc3339,
+                ("results",)):
+            if not isinstance(result, dict):
+                raise ReportError(f"{rat}: expected a cost item object")
+            if "amount" not in result and "uncached_input_tokens" in result:
+                raise ReportError(f"{rat}: this is a usage report (tokens, no amount); "
+                                  "export GET /v1/organizations/cost_report instead")
+            _require_usd(result.get("currency"), f"{rat}.currency")
+            # The reference: "Cost amount in lowest currency units (e.g. cents) as a
+            # decimal string. For example, "123.45" in "USD" represents $1.23."
+            cents = _decimal(result.get("amount"), f"{rat}.amount", "cents")
+            cost = cents.scaleb(-2, _EXACT)
+            cost_type = _optional_text(result.get("cost_type"), f"{rat}.cost_type")
+            if cost_type is not None and cost_type != "tokens":
+                left_out[cost_type] = _add(left_out.get(cost_type, Decimal(0)), cost)
+                continue
+            lines.append(ProviderLine(
+                period, _optional_text(result.get("model"), f"{rat}.model"),
+                _optional_text(result.get("workspace_id"), f"{rat}.workspace_id"), cost))
     notes = list(_more_pages_note(pages, "GET /v1/organizations/cost_report"))
     if left_out:
         parts = ", ".join(f"{kind} {_exact_dollars(amount)}"

@@ -94,19 +94,6 @@ class UsageSums(NamedTuple):
     web_search_cost_pico: int = 0
 
     @property
-    def list_cost_pico(self) -> int:
-        """The cost at list prices, before negotiated discounts."""
-        return self.cost_pico + self.contract_discount_pico
-
-    @property
-    def text_cost_pico(self) -> int:
-        """The list cost of text input, cache reads and text output: what the kinds with a
-        cost of their own leave."""
-        return self.list_cost_pico - (
-            self.cache_write_cost_pico + self.audio_cost_pico + self.image_cost_pico
-            + self.reasoning_cost_pico + self.web_search_cost_pico)
-
-    @property
     def served_requests(self) -> int:
         """Requests that reached the model (semantic cache hits used no GPU)."""
         return self.requests - self.semantic_cache_hits

@@ -44,6 +44,31 @@ function stepAt(u, times) {
   return index;
 }
 
+/** A chart's three parts (read-out, plot, legend) in ``container``, emptied of an earlier
+ *  chart; null, with a note in their place, when uPlot did not load. */
+function chartFrame(container) {
+  release(container);
+  if (!chartsAvailable()) {
+    unavailable(container);
+    return null;
+  }
+  const readout = element("div", "readout");
+  const plot = element("div", "chart");
+  const legend = element("div", "legend");
+  container.replaceChildren(readout, plot, legend);
+  return { readout, plot, legend };
+}
+
+/** A setCursor hook that writes the hovered step's time and each series' value. */
+function showValuesAtCursor(readout, times, series, format) {
+  return (u) => {
+    const i = stepAt(u, times);
+    readout.textContent = i < 0 ? "" : readoutText(times[i], series
+      .filter((s) => s.values[i] !== null)
+      .map((s) => `${s.label} ${format(s.values[i])}`));
+  };
+}
+
 function readoutText(time, parts) {
   const when = `${utc(time * 1000)} · ${local(time * 1000)}`;
   return parts.length ? `${when} — ${parts.join(" · ")}` : when;
@@ -56,12 +81,9 @@ function readoutText(time, parts) {
  */
 export function stackedBars(container, { times, stepSeconds, series, format, yFormat,
                                          selected = null, onPick = null, height = 300 }) {
-  release(container);
-  if (!chartsAvailable()) return unavailable(container);
-  const readout = element("div", "readout");
-  const plot = element("div", "chart");
-  const legend = element("div", "legend");
-  container.replaceChildren(readout, plot, legend);
+  const parts = chartFrame(container);
+  if (!parts) return undefined;
+  const { readout, plot, legend } = parts;
 
   // Each series is drawn as a bar from 0 to its cumulative height; the top one first, so
   // every lower series paints over the bottom of those above it.
@@ -88,12 +110,7 @@ export function stackedBars(container, { times, stepSeconds, series, format, yFo
       paths: bars, points: { show: false },
     }))],
     hooks: {
-      setCursor: [(u) => {
-        const i = stepAt(u, times);
-        readout.textContent = i < 0 ? "" : readoutText(times[i], series
-          .filter((s) => s.values[i] !== null)
-          .map((s) => `${s.label} ${format(s.values[i])}`));
-      }],
+      setCursor: [showValuesAtCursor(readout, times, series, format)],
     },
   }, [times, ...drawOrder.map((i) => cumulative[i])], plot);
 
@@ -123,12 +140,9 @@ export function stackedBars(container, { times, stepSeconds, series, format, yFo
 /** Lines over time (e.g. GPU utilization in %), a gap where a step has no value. */
 export function lines(container, { times, stepSeconds, series, format, yFormat,
                                    yMax = null, height = 260 }) {
-  release(container);
-  if (!chartsAvailable()) return unavailable(container);
-  const readout = element("div", "readout");
-  const plot = element("div", "chart");
-  const legend = element("div", "legend");
-  container.replaceChildren(readout, plot, legend);
+  const parts = chartFrame(container);
+  if (!parts) return undefined;
+  const { readout, plot, legend } = parts;
   // Each value belongs to its whole step: drawn at the step's middle.
   const middles = times.map((t) => t + stepSeconds / 2);
   const uplot = new window.uPlot({
@@ -143,12 +157,7 @@ export function lines(container, { times, stepSeconds, series, format, yFormat,
     series: [{}, ...series.map((s) => ({ label: s.label, stroke: s.color, width: 2,
                                          points: { size: 5 } }))],
     hooks: {
-      setCursor: [(u) => {
-        const i = stepAt(u, times);
-        readout.textContent = i < 0 ? "" : readoutText(times[i], series
-          .filter((s) => s.values[i] !== null)
-          .map((s) => `${s.label} ${format(s.values[i])}`));
-      }],
+      setCursor: [showValuesAtCursor(readout, times, series, format)],
     },
   }, [middles, ...series.map((s) => s.values)], plot);
   for (const s of series) {
