@@ -151,6 +151,12 @@ class Settings(BaseSettings):
         "share of its memory; queries and budgets reaching further back read them as empty)"
     )
 
+    principal_retention_days: int = Field(
+        35, ge=2, description="days the cost store keeps each API key's and end user's daily "
+        "usage (aggregate=api_key and end_user); enforced budgets keep their own counters "
+        "for their period"
+    )
+
     # --- GPU cost ---
     gpu_idle_threshold_pct: float = Field(
         5.0, ge=0, le=100, description="a GPU sample under this utilization (%) is idle time"

@@ -29,6 +29,7 @@ from agents.watermark import PipelineWatermark
 from costflux.alerting_source import DetectionSource, advice_assumptions_from
 from costflux.core.allocation import AllocationOptions
 from costflux.core.ingest import IngestRules
+from costflux.core.spend import SpendRules
 from costflux.pricing_source import PricingSource
 from costflux.settings import Settings
 from streams.cost_store import CostStore
@@ -150,6 +151,7 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
             retention_s=serving_retention(settings),
             finest_window_s=min(settings.window_sizes),
             window_max_rows=settings.window_max_rows,
+            principal_retention_s=settings.principal_retention_days * 86_400,
         )
         return IngestLoop(
             IngestOptions(
@@ -172,7 +174,18 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
             metrics,
             health,
             admin_config(settings),
+            spend_rules=spend_rules if kind is USAGE else None,
         )
+
+    spend_memo: list[tuple[object, SpendRules]] = []
+
+    def spend_rules() -> SpendRules:
+        """The enforced budgets of the current budgets file (compiled once per reload)."""
+        current = detection.current()
+        if not spend_memo or spend_memo[0][0] is not current:
+            spend_memo[:] = [(current, SpendRules(
+                current.enforced, settings.principal_retention_days * 86_400))]
+        return spend_memo[0][1]
 
     ingest = ingest_loop(settings.topic_usage, USAGE, "ingest")
     gpu_ingest = ingest_loop(settings.topic_gpu, GPU_SAMPLES, "gpu")

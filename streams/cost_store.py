@@ -20,6 +20,10 @@ Layout (``ns`` is the consumer group, ``v2`` the rows' text version, costflux.co
   of the topic's log the offsets belong to. Never expires.
 - ``ns:v2:activity`` — hash: ``topic:partition`` -> wall ms of its last data or assignment
   (an idle partition stops holding the watermark).
+- ``ns:v2:principals:<label>:<day>`` — hash: an ``api_key`` or ``end_user`` value -> its usage
+  sums that UTC day; ``ns:v2:budget_spend:<counter>:<period start>`` — hash: an enforced
+  budget's spend in one period (costflux.core.spend). Each with a sorted set of the starts
+  held, like the windows, and its own retention.
 - ``ns:v2:seen:<kind>:<event_id>`` — an id counted, for the dedup horizon. Claimed in the
   same step as the rows that count it (and released if that step applies nothing), so a
   claim exists exactly when its event is in the totals: a later sighting is a duplicate.
@@ -84,6 +88,21 @@ class StoreKeys:
     @property
     def activity(self) -> str:
         return f"{self.prefix}:activity"
+
+    def principals(self, label: str, day_ms: int) -> str:
+        """One UTC day's usage per value of a principal label (costflux.core.spend)."""
+        return f"{self.prefix}:principals:{label}:{day_ms}"
+
+    def principal_days(self, label: str) -> str:
+        return f"{self.prefix}:principal_days:{label}"
+
+    def budget_spend(self, counter_id: str, period_start_ms: int) -> str:
+        """An enforced budget's counter for one period: value ("" for the whole scope) ->
+        cost in pico-dollars."""
+        return f"{self.prefix}:budget_spend:{counter_id}:{period_start_ms}"
+
+    def budget_periods(self, counter_id: str) -> str:
+        return f"{self.prefix}:budget_periods:{counter_id}"
 
     def seen(self, kind: str) -> str:
         """The prefix of a kind's dedup keys (each kind has its own event ids)."""
@@ -279,6 +298,7 @@ class CostStore:
         retention_s: Callable[[int], int],
         finest_window_s: int,
         window_max_rows: int,
+        principal_retention_s: int = 35 * 86_400,
     ) -> None:
         self._client = client
         self.keys = StoreKeys(namespace)
@@ -287,6 +307,7 @@ class CostStore:
         self._retention_s = retention_s  # window size in s -> how long its rows are kept
         self._finest_s = finest_window_s
         self._max_rows = window_max_rows
+        self._principal_retention_s = principal_retention_s
         self._apply = client.register_script(_APPLY_FLUSH)
 
     def sources(self, names: Sequence[str]) -> dict[str, SourceState]:
@@ -319,6 +340,7 @@ class CostStore:
         ]
         self._add_windows(args, flush.rows.usage, self.keys.usage, _overflow_key)
         self._add_windows(args, flush.rows.gpu, self.keys.gpu, None)
+        self._add_spend(args, flush.rows)
         status, detail = self._apply(
             keys=[self.keys.sources, self.keys.activity, self.keys.event_time], args=args)
         if status == 1:
@@ -346,6 +368,23 @@ class CostStore:
                     names = encoded[dims] = (
                         encode_dims(dims), overflow_of(dims) if overflow_of else "")
                 args += [names[0], names[1], encode_sums(sums)]
+
+    def _add_spend(self, args: list[str | int | bytes], rows: FlushRows) -> None:
+        """The principals' days and the budget counters, as sections shaped like windows (never
+        folded into overflow rows: their values are the point)."""
+        sections = [
+            (self.keys.principals(label, day_ms), self.keys.principal_days(label), day_ms,
+             self._principal_retention_s, values)
+            for (label, day_ms), values in rows.principals.items()
+        ] + [
+            (self.keys.budget_spend(counter_id, start_ms), self.keys.budget_periods(counter_id),
+             start_ms, keep_s, values)
+            for (counter_id, start_ms, keep_s), values in rows.budget_spend.items()
+        ]
+        for rows_key, index_key, start_ms, keep_s, values in sections:
+            args += [rows_key, index_key, start_ms, keep_s, len(values)]
+            for value, sums in values.items():
+                args += [value, "", encode_sums(sums)]
 
     def _newest_finest_end(self, rows: FlushRows) -> int:
         # A large window only says events exist somewhere inside it; the finest windows are

@@ -59,6 +59,7 @@ from costflux.core.ingest import (
 )
 from costflux.core.pricing import PriceBook
 from costflux.core.rows import GpuSums, UsageSums
+from costflux.core.spend import SpendRules, add_spend_rows
 from streams.cost_store import CostStore, FlushWrite, Outcome, SourceState
 from streams.failpoints import failpoint
 from streams.redis_retry import until_redis_answers
@@ -198,6 +199,7 @@ class IngestLoop:
         health: Health,
         admin_config: dict[str, Any] | None = None,
         wall_clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        spend_rules: Callable[[], SpendRules] | None = None,
     ) -> None:
         self._health = health
         # Tells a stored state of an earlier log of the topic (see _log_replaced).
@@ -208,6 +210,8 @@ class IngestLoop:
         self._producer = Producer(producer_config)
         self._store = store
         self._prices = prices
+        # Usage only: the principals' roll-up and the enforced budgets' counters.
+        self._spend_rules = spend_rules
         self._metrics = metrics
         self._now_ms = wall_clock_ms
         self._finest_s = min(options.rules.window_sizes_s)
@@ -530,6 +534,8 @@ class IngestLoop:
             counted = [c for i, c in enumerate(candidates) if i not in excluded]
             rows = options.kind.aggregate(counted, options.rules).rows(
                 options.rules.window_sizes_s)
+            if self._spend_rules is not None:
+                add_spend_rows(rows, counted, self._spend_rules())
             write = FlushWrite(source_name(options.topic, flush.partition), flush.before,
                                flush.after, event_ids, duplicates, rows,
                                self._now_ms())

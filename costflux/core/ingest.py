@@ -70,6 +70,9 @@ class Candidate(NamedTuple):
     #: None for a request with only input, output and cache reads and no contract; else its
     #: whole bill's sums (``costflux.core.bill.BILL_FIELDS``).
     billed: tuple[int, ...] | None
+    #: Who sent it: its ``api_key`` and ``end_user`` labels ("" where absent), counted apart
+    #: from the windows (costflux.core.spend).
+    principal: tuple[str, str] = ("", "")
 
 
 CandidateT = TypeVar("CandidateT")
@@ -153,9 +156,10 @@ def judge(
                         labels.get("app", ""), labels.get("namespace", ""),
                         entry.get("deployment") or labels.get("deployment", ""),
                         labels.get("cluster", ""))
+                principal = (labels.get("api_key", ""), labels.get("end_user", ""))
                 if entry.get("cache_hit"):
-                    candidates.append(
-                        _semantic_cache_hit(entry, cached, position, ts_ms, dims, price))
+                    candidates.append(_semantic_cache_hit(
+                        entry, cached, position, ts_ms, dims, price, principal))
                     continue
                 input_tokens, output_tokens = entry["input_tokens"], entry["output_tokens"]
                 gpu_seconds = entry.get("gpu_seconds")
@@ -178,6 +182,7 @@ def judge(
                     price.cache_saving(input_tokens, cached) if cached else 0,
                     None,
                     billed,
+                    principal,
                 )))
                 continue
             rejected.append(
@@ -187,12 +192,14 @@ def judge(
 
 
 def _semantic_cache_hit(
-    event: EventFields, cached: int, position: str, ts_ms: int, dims: DimKey, price: ModelPrice
+    event: EventFields, cached: int, position: str, ts_ms: int, dims: DimKey, price: ModelPrice,
+    principal: tuple[str, str],
 ) -> Candidate:
     """A request the semantic cache answered: a request served at no cost and no tokens, and
     the avoided cost, its tokens priced as the model would have billed them at ``ts_ms``."""
     avoided = price.cost(event["input_tokens"], event["output_tokens"], cached)
-    return Candidate(event["event_id"], position, ts_ms, dims, 0, 0, 0, 0, 0, 0, avoided, None)
+    return Candidate(event["event_id"], position, ts_ms, dims, 0, 0, 0, 0, 0, 0, avoided, None,
+                     principal)
 
 
 def _future(rules: IngestRules) -> Rejected:

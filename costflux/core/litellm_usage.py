@@ -76,7 +76,7 @@ from schemas._types import (
     from_epoch_ms,
 )
 
-__all__ = ["EVENT_ID_PREFIX", "LitellmPayloadError", "usage_event_from_litellm"]
+__all__ = ["EVENT_ID_PREFIX", "LitellmPayloadError", "token_parts", "usage_event_from_litellm"]
 
 EVENT_ID_PREFIX: Final = "litellm:"
 #: LiteLLM's SHA-256 of a virtual key, and of a JWT (``hashed-jwt-<sha256>``).
@@ -133,20 +133,45 @@ def _other_kinds(usage: Mapping[str, Any], input_left: int, output_left: int
     reports, each capped at what its total leaves (only those that are non-zero)."""
     prompt = _mapping(usage.get("prompt_tokens_details"))
     completion = _mapping(usage.get("completion_tokens_details"))
-    writes = _count(usage.get("cache_creation_input_tokens"))
-    writes_1h = min(_count(_mapping(usage.get("cache_creation")).get(
-        "ephemeral_1h_input_tokens")), writes)
+    return token_parts(
+        input_left, output_left,
+        cache_writes=_count(usage.get("cache_creation_input_tokens")),
+        cache_writes_1h=_count(_mapping(usage.get("cache_creation")).get(
+            "ephemeral_1h_input_tokens")),
+        audio_input=_count(prompt.get("audio_tokens")),
+        reasoning=_count(completion.get("reasoning_tokens")),
+        audio_output=_count(completion.get("audio_tokens")),
+    )
+
+
+def token_parts(input_left: int, output_left: int, *, cache_writes: int = 0,
+                cache_writes_1h: int = 0, audio_input: int = 0, reasoning: int = 0,
+                audio_output: int = 0) -> dict[str, int]:
+    """The usage fields of the kinds of tokens beyond text and cache reads, only those that
+    are non-zero, each capped at what its total leaves.
+
+    ``input_left`` is the input total less the cache reads, ``output_left`` the output total;
+    ``cache_writes`` is every cache write, of which ``cache_writes_1h`` lived an hour (the
+    rest five minutes). Input parts are taken in the order 1-hour writes, 5-minute writes,
+    audio; output parts reasoning, then audio. The contract requires the parts of a total to
+    fit in it, and a provider's counts that do not are cut rather than dropped.
+
+    >>> token_parts(100, 10, cache_writes=80, cache_writes_1h=30, audio_input=40)
+    {'cache_write_1h_input_tokens': 30, 'cache_write_input_tokens': 50, 'audio_input_tokens': 20}
+    """
+    writes = max(cache_writes, 0)
+    writes_1h = max(min(cache_writes_1h, writes), 0)
     fields: dict[str, int] = {}
     for name, value, side in (
         ("cache_write_1h_input_tokens", writes_1h, "input"),
         ("cache_write_input_tokens", writes - writes_1h, "input"),
-        ("audio_input_tokens", _count(prompt.get("audio_tokens")), "input"),
-        ("reasoning_tokens", _count(completion.get("reasoning_tokens")), "output"),
-        ("audio_output_tokens", _count(completion.get("audio_tokens")), "output"),
+        ("audio_input_tokens", audio_input, "input"),
+        ("reasoning_tokens", reasoning, "output"),
+        ("audio_output_tokens", audio_output, "output"),
     ):
         left = input_left if side == "input" else output_left
         taken = min(value, left)
-        if taken:
+        if taken > 0:
             fields[name] = taken
             if side == "input":
                 input_left -= taken

@@ -14,14 +14,12 @@ from costflux.cache.policy import (
     CachePolicy,
     Candidate,
     Lookup,
-    TokenUsage,
     best_hit,
     classify,
     evictions_needed,
     labels_from_headers,
-    token_usage,
 )
-from costflux.cache.usage import StreamUsageScanner, usage_event
+from costflux.cache.usage import usage_event
 
 POLICY = CachePolicy(threshold=0.95, max_temperature=1.0, tenant_label="team")
 TEAM = {"team": "search"}
@@ -109,23 +107,6 @@ def test_eviction_count_and_policy_validation() -> None:
         CachePolicy(threshold=0)
     with pytest.raises(ValueError, match="temperature"):
         CachePolicy(max_temperature=-1)
-
-
-def test_usage_is_read_from_responses_and_streams() -> None:
-    usage = {"prompt_tokens": 12, "completion_tokens": 4,
-             "prompt_tokens_details": {"cached_tokens": 5}}
-    assert token_usage({"usage": usage}) == TokenUsage(12, 4, 5)
-    assert token_usage({"usage": {**usage, "prompt_tokens_details": {"cached_tokens": 99}}}) == (
-        TokenUsage(12, 4, 0))
-    assert token_usage({}) is None
-    assert token_usage({"usage": {"prompt_tokens": -1, "completion_tokens": 1}}) is None
-    scanner = StreamUsageScanner()
-    stream = (b'data: {"choices": [{"delta": {}}]}\n\ndata: {"choices": [], "usage": '
-              b'{"prompt_tokens": 7, "completion_tokens": 2}}\n\ndata: [DONE]\n\n')
-    for i in range(0, len(stream), 5):  # split mid-line
-        scanner.feed(stream[i:i + 5])
-    scanner.close()
-    assert scanner.usage == TokenUsage(7, 2)
 
 
 def test_labels_and_the_event() -> None:

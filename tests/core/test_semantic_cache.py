@@ -271,7 +271,7 @@ def test_the_cache_proxys_hit_event_is_judged_a_semantic_cache_hit() -> None:
     # The contract between costflux cache and the pipeline: the proxy's own event builder.
     moment = datetime(2024, 5, 1, 0, 45, tzinfo=UTC)
     events = [usage_event(event_id=f"cache:{hit}", ts=moment, model="m",
-                          usage=TokenUsage(1000, 100), labels={"team": "search"},
+                          usage=TokenUsage(1000, 100).fields(), labels={"team": "search"},
                           latency_ms=3.0, ok=True, cache_hit=hit) for hit in (True, False)]
     hit, miss = judged(events)
     # after the change: 1000 x $0.000003 + 100 x $0.000006 = $0.0036, as cost or as saving

@@ -1,11 +1,16 @@
-"""The OpenAI-compatible caching proxy: aiohttp in front of an upstream, one event per request.
+"""The gateway: aiohttp in front of an OpenAI- or Anthropic-compatible upstream, one usage
+event per request.
 
-``POST /v1/chat/completions`` and ``/v1/completions`` are answered from the cache when
-``policy.classify`` allows it and a stored prompt of the same partition is similar enough;
-otherwise they go upstream, and a successful non-streamed answer with usage is stored.
-Streams are passed through (never cached). Every other path is passed through untouched.
-The client's ``Authorization`` header goes upstream as is and nowhere else: not into Redis,
-events or logs.
+Routes (costflux.gateway.usage.ROUTES): OpenAI chat completions, completions, responses and
+embeddings, and Anthropic messages. Each request is first admitted by the budget guard
+(costflux.gateway.guard) when there is one: a hard budget reached answers 429 before anything
+goes upstream. With the semantic cache on, ``/v1/chat/completions`` and ``/v1/completions``
+are answered from it when ``policy.classify`` allows it and a stored prompt of the same
+partition is similar enough; otherwise they go upstream, and a successful non-streamed answer
+with usage is stored. Streams are passed through (never cached), their usage read from the
+final chunk as it passes. Every other path is passed through untouched. The client's
+credentials go upstream as they are and nowhere else: not into Redis, events, metrics or logs
+(the guard keeps a SHA-256 prefix of the key).
 """
 
 from __future__ import annotations
@@ -32,21 +37,21 @@ from costflux.cache.policy import (
     Bypass,
     CachePolicy,
     Candidate,
-    Endpoint,
     Lookup,
     TokenUsage,
     best_hit,
     classify,
     labels_from_headers,
     text_digest,
-    token_usage,
 )
 from costflux.cache.store import EntryStore, NewEntry
-from costflux.cache.usage import StreamUsageScanner, usage_event
+from costflux.cache.usage import usage_event
+from costflux.gateway.guard import Admission, BudgetGuard, Refusal
+from costflux.gateway.usage import ROUTES, Route, StreamUsage, answer_usage, request_model
 
-__all__ = ["CACHE_HEADER", "ProxyConfig", "SemanticCacheProxy"]
+__all__ = ["CACHE_HEADER", "Gateway", "ProxyConfig", "SemanticCache"]
 
-log = logging.getLogger("costflux.cache")
+log = logging.getLogger("costflux.gateway")
 
 CACHE_HEADER: Final = "X-Costflux-Cache"
 _HOP_BY_HOP: Final = frozenset({
@@ -56,9 +61,8 @@ _HOP_BY_HOP: Final = frozenset({
 # aiohttp's client decompresses answers, so their encoding header no longer applies.
 _NOT_RETURNED: Final = _HOP_BY_HOP | {"content-encoding"}
 _NOT_FORWARDED: Final = _HOP_BY_HOP | {"accept-encoding"}
-_ENDPOINTS: Final[dict[str, Endpoint]] = {
-    "/v1/chat/completions": "chat", "/v1/completions": "completions",
-}
+#: The routes the semantic cache may answer.
+_CACHED_ROUTES: Final = frozenset({"chat", "completions"})
 
 _REBUILD_BATCH: Final = 5000
 
@@ -80,26 +84,41 @@ class ProxyConfig:
     candidates: int = 8
 
 
+@dataclass(frozen=True, slots=True)
+class SemanticCache:
+    """What the semantic cache runs on: the embedding model and the shared entry store."""
+
+    embedder: Embedder
+    store: EntryStore
+
+
 @dataclass(slots=True)
 class _Outcome:
     """What one request did, for its usage event."""
 
-    model: str
-    usage: TokenUsage | None = None
+    admission: Admission
+    usage: dict[str, int] | None = None
     ok: bool = True
     cache_hit: bool = False
 
+    @property
+    def model(self) -> str:
+        return self.admission.model
 
-class SemanticCacheProxy:
-    """Serve the proxy's routes; ``app()`` is the aiohttp application."""
 
-    def __init__(self, config: ProxyConfig, embedder: Embedder, store: EntryStore,
-                 publish: Publish, *, sync_interval_s: float = 2.0) -> None:
+class Gateway:
+    """Serve the gateway's routes; ``app()`` is the aiohttp application."""
+
+    def __init__(self, config: ProxyConfig, publish: Publish, *,
+                 cache: SemanticCache | None = None, guard: BudgetGuard | None = None,
+                 metrics: Callable[[], bytes] | None = None,
+                 sync_interval_s: float = 2.0) -> None:
         self._config = config
         self._upstream = config.upstream.rstrip("/")
         self._upstream_has_v1 = self._upstream.endswith("/v1")
-        self._embedder = embedder
-        self._store = store
+        self._cache = cache
+        self._guard = guard
+        self._metrics = metrics
         self._publish = publish
         self._index = VectorIndex()
         self._session: aiohttp.ClientSession | None = None
@@ -118,8 +137,10 @@ class SemanticCacheProxy:
         """The aiohttp application (index rebuilt from Redis on start-up)."""
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/healthz", self._healthz)
-        for path, endpoint in _ENDPOINTS.items():
-            app.router.add_post(path, self._completion_handler(endpoint))
+        if self._metrics is not None:
+            app.router.add_get("/metrics", self._metrics_page)
+        for path, route in ROUTES.items():
+            app.router.add_post(path, self._completion_handler(route))
         app.router.add_route("*", "/{tail:.*}", self._pass_through)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
@@ -129,6 +150,8 @@ class SemanticCacheProxy:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self._config.upstream_timeout_s),
         )
+        if self._cache is None:
+            return
         # Read before loading: entries stored meanwhile are picked up by the sync below.
         self._synced_id = await self._store.newest_id()
         loaded, batch = 0, []
@@ -172,65 +195,92 @@ class SemanticCacheProxy:
         if self._session is not None:
             await self._session.close()
 
+    @property
+    def _store(self) -> EntryStore:
+        assert self._cache is not None
+        return self._cache.store
+
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "indexed": len(self._index), **self.stats})
 
-    def _completion_handler(self, endpoint: Endpoint) -> Callable[[web.Request],
-                                                                   Any]:
+    async def _metrics_page(self, request: web.Request) -> web.Response:
+        assert self._metrics is not None
+        return web.Response(body=self._metrics(), content_type="text/plain",
+                            charset="utf-8")
+
+    def _completion_handler(self, route: Route) -> Callable[[web.Request], Any]:
         async def handle(request: web.Request) -> web.StreamResponse:
-            return await self._completion(request, endpoint)
+            return await self._completion(request, route)
         return handle
 
-    async def _completion(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
+    async def _completion(self, request: web.Request, route: Route) -> web.StreamResponse:
         started = time.perf_counter()
         raw = await request.read()
-        labels = labels_from_headers(request.headers, self._config.label_defaults)
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             body = None
         if not isinstance(body, dict):
-            return await self._forward(request, raw, _Outcome("unknown"), started, labels,
-                                       lookup=None, decision="not_json")
-        decision = classify(endpoint, body, labels, self._config.policy)
-        if "cache" in body:  # ours, not the upstream API's
+            body = {}
+        admitted = await self._admit(request, route, body, len(raw))
+        if isinstance(admitted, Refusal):
+            return web.json_response(admitted.body, status=admitted.status)
+        outcome = _Outcome(admitted)
+        if not body:
+            return await self._forward(request, raw, outcome, started, lookup=None,
+                                       decision="not_json")
+        if admitted.body_patch or "cache" in body:  # "cache" is ours, not the upstream's
+            body.update(admitted.body_patch or {})
             raw = orjson.dumps({k: v for k, v in body.items() if k != "cache"})
-        outcome = _Outcome(body["model"] if isinstance(body.get("model"), str)
-                           and body["model"] else "unknown")
+        if body.get("stream") is True:
+            return await self._stream(request, raw, outcome, started)
+        if self._cache is None or route not in _CACHED_ROUTES:
+            return await self._forward(request, raw, outcome, started, lookup=None,
+                                       decision="bypass:route" if self._cache else "off")
+        decision = classify(route, body, admitted.labels,  # type: ignore[arg-type]
+                            self._config.policy)
         if isinstance(decision, Bypass):
             self.stats["bypassed"] += 1
-            if decision.reason == "stream":
-                return await self._stream(request, raw, outcome, started, labels)
-            return await self._forward(request, raw, outcome, started, labels, lookup=None,
+            return await self._forward(request, raw, outcome, started, lookup=None,
                                        decision=f"bypass:{decision.reason}")
         try:
-            looked_up = await self._look_up(decision, started, labels)
+            looked_up = await self._look_up(decision, started, outcome)
         except RedisError as exc:
             # The cache is an optimisation: without its Redis, requests still get answers.
             self._redis_failed("look-up", exc)
-            return await self._forward(request, raw, outcome, started, labels, lookup=None,
+            return await self._forward(request, raw, outcome, started, lookup=None,
                                        decision="bypass:cache_unavailable")
         if isinstance(looked_up, web.Response):
             return looked_up
         self.stats["misses"] += 1
-        return await self._forward(request, raw, outcome, started, labels, lookup=looked_up,
+        return await self._forward(request, raw, outcome, started, lookup=looked_up,
                                    decision="miss")
 
+    async def _admit(self, request: web.Request, route: Route, body: dict[str, Any],
+                     size: int) -> Admission | Refusal:
+        model = request_model(route, body) or "unknown"
+        if self._guard is None:
+            labels = labels_from_headers(request.headers, self._config.label_defaults)
+            return Admission(f"gw:{uuid.uuid4().hex}", labels, model)
+        client_labels = labels_from_headers(request.headers, {})
+        return await self._guard.admit(route, body, size, request.headers, client_labels,
+                                       model)
+
     async def _look_up(self, decision: Lookup, started: float,
-                       labels: dict[str, str]) -> web.Response | _Remember:
+                       outcome: _Outcome) -> web.Response | _Remember:
         """A hit's answer, or what storing the upstream's answer to a miss needs."""
         text_sha = text_digest(decision.text)
         # The same text needs no embedding and cannot be missed by the approximate index.
         exact = await self._store.exact(decision.partition, text_sha)
         if exact is not None:
-            hit = await self._answer(exact, 1.0, started, labels)
+            hit = await self._answer(exact, 1.0, started, outcome)
             if hit is not None:
                 return hit
         vector, truncated = await self._embed(decision.text)
         digest = text_sha if truncated else None
         found = await self._find(decision, vector, digest)
         if found is not None:
-            hit = await self._answer(found.entry_id, found.similarity, started, labels)
+            hit = await self._answer(found.entry_id, found.similarity, started, outcome)
             if hit is not None:
                 return hit
             self._index.remove(found.entry_id)
@@ -243,22 +293,25 @@ class SemanticCacheProxy:
                     step, type(exc).__name__)
 
     async def _answer(self, entry_id: int, similarity: float, started: float,
-                      labels: dict[str, str]) -> web.Response | None:
+                      outcome: _Outcome) -> web.Response | None:
         """The stored answer as a hit, or None if the entry is gone."""
         answer = await self._store.answer(entry_id, _now_ms())
         if answer is None:
             return None
         self.stats["hits"] += 1
-        self._emit(_Outcome(answer.model, answer.usage, ok=True, cache_hit=True), started,
-                   labels)
+        outcome.admission.model = answer.model
+        outcome.usage, outcome.cache_hit = answer.usage.fields(), True
+        await self._emit(outcome, started)
         return web.Response(body=answer.response, content_type="application/json",
                             headers={CACHE_HEADER: "hit",
-                                     f"{CACHE_HEADER}-Similarity": f"{similarity:.4f}"})
+                                     f"{CACHE_HEADER}-Similarity": f"{similarity:.4f}",
+                                     **outcome.admission.headers})
 
     async def _embed(self, text: str) -> tuple[Vector, bool]:
         """The prompt's vector, and whether the model saw only its beginning."""
         async with self._embed_lock:
-            (embedding,) = await asyncio.to_thread(self._embedder.embed, [text])
+            assert self._cache is not None
+            (embedding,) = await asyncio.to_thread(self._cache.embedder.embed, [text])
         return embedding.vector, embedding.truncated
 
     async def _find(self, lookup: Lookup, vector: Vector,
@@ -273,31 +326,31 @@ class SemanticCacheProxy:
         return best_hit(candidates, lookup.partition, self._config.policy.threshold, digest)
 
     async def _forward(self, request: web.Request, raw: bytes, outcome: _Outcome,
-                       started: float, labels: dict[str, str], *,
-                       lookup: _Remember | None,
+                       started: float, *, lookup: _Remember | None,
                        decision: str) -> web.Response:
         try:
             status, headers, body = await self._upstream_call(request, raw)
         except (TimeoutError, aiohttp.ClientError) as exc:
-            return self._upstream_failed(exc, outcome, started, labels)
+            return await self._upstream_failed(exc, outcome, started)
         answer = _json_object(body)
         outcome.ok = 200 <= status < 300
-        outcome.usage = token_usage(answer) if answer is not None else None
+        outcome.usage = answer_usage(_route(request), answer) if answer is not None else None
         if lookup is not None and status == 200 and outcome.usage is not None:
             try:
                 await self._remember(lookup, body, outcome)
             except RedisError as exc:
                 self._redis_failed("store", exc)
-        self._emit(outcome, started, labels)
+        await self._emit(outcome, started)
         headers[CACHE_HEADER] = decision
+        headers.update(outcome.admission.headers)
         return web.Response(status=status, body=body, headers=headers)
 
-    def _upstream_failed(self, exc: Exception, outcome: _Outcome, started: float,
-                         labels: dict[str, str]) -> web.Response:
+    async def _upstream_failed(self, exc: Exception, outcome: _Outcome,
+                               started: float) -> web.Response:
         """The client's answer when the upstream timed out or could not be reached; the
         request still publishes its (failed) usage event."""
         outcome.ok = False
-        self._emit(outcome, started, labels)
+        await self._emit(outcome, started)
         if not isinstance(exc, TimeoutError):
             log.warning("upstream unreachable: %s", type(exc).__name__)
         return _upstream_error(exc)
@@ -307,7 +360,7 @@ class SemanticCacheProxy:
         assert outcome.usage is not None
         entry_id, evicted = await self._store.put(
             NewEntry(decision.partition, vector, digest, text_sha, body, outcome.model,
-                     outcome.usage),
+                     TokenUsage.of(outcome.usage)),
             _now_ms(),
         )
         self._index.add(entry_id, decision.partition, vector)
@@ -328,9 +381,9 @@ class SemanticCacheProxy:
             return upstream.status, _returned(upstream.headers), body
 
     async def _stream(self, request: web.Request, raw: bytes, outcome: _Outcome,
-                      started: float, labels: dict[str, str]) -> web.StreamResponse:
+                      started: float) -> web.StreamResponse:
         assert self._session is not None
-        scanner = StreamUsageScanner()
+        scanner = StreamUsage(_route(request))
         try:
             async with self._session.post(self._target(request), data=raw,
                                           headers=_forwarded(request.headers),
@@ -338,6 +391,7 @@ class SemanticCacheProxy:
                 response = web.StreamResponse(status=upstream.status,
                                               headers=_returned(upstream.headers))
                 response.headers[CACHE_HEADER] = "bypass:stream"
+                response.headers.update(outcome.admission.headers)
                 await response.prepare(request)
                 async for chunk in upstream.content.iter_any():
                     scanner.feed(chunk)
@@ -345,13 +399,13 @@ class SemanticCacheProxy:
                 await response.write_eof()
                 outcome.ok = 200 <= upstream.status < 300
         except (TimeoutError, aiohttp.ClientError) as exc:
-            return self._upstream_failed(exc, outcome, started, labels)
+            return await self._upstream_failed(exc, outcome, started)
         scanner.close()
         outcome.usage = scanner.usage
         if outcome.ok and scanner.usage is None:
             log.warning("a streamed answer reported no usage: its event carries 0 tokens "
                         "(ask for stream_options.include_usage)")
-        self._emit(outcome, started, labels)
+        await self._emit(outcome, started)
         return response
 
     async def _pass_through(self, request: web.Request) -> web.Response:
@@ -369,10 +423,16 @@ class SemanticCacheProxy:
             path = path[3:]
         return self._upstream + path
 
-    def _emit(self, outcome: _Outcome, started: float, labels: dict[str, str]) -> None:
+    async def _emit(self, outcome: _Outcome, started: float) -> None:
+        admission = outcome.admission
+        if self._guard is not None:
+            # Before the event: its hold must show the real cost before the pipeline counts
+            # it (a hold counted already is dropped at the next admission).
+            await self._guard.finish(admission, None if outcome.cache_hit else outcome.usage,
+                                     outcome.ok)
         event = usage_event(
-            event_id=f"cache:{uuid.uuid4().hex}", ts=datetime.now(UTC), model=outcome.model,
-            usage=outcome.usage, labels=labels,
+            event_id=admission.event_id, ts=datetime.now(UTC), model=admission.model,
+            usage=outcome.usage, labels=admission.labels,
             latency_ms=(time.perf_counter() - started) * 1000.0, ok=outcome.ok,
             cache_hit=outcome.cache_hit,
         )
@@ -410,6 +470,10 @@ def _upstream_error(exc: Exception) -> web.Response:
 
 def _error(status: int, kind: str, message: str) -> web.Response:
     return web.json_response({"error": {"message": message, "type": kind}}, status=status)
+
+
+def _route(request: web.Request) -> Route:
+    return ROUTES[request.path]
 
 
 def _now_ms() -> int:

@@ -1,0 +1,100 @@
+"""Enforced budgets' counters on a real Redis: written by the store's atomic step, read by the
+gateway at most a second old, and reservations held, settled and dropped once counted."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from costflux.core.aggregate import FlushRows
+from costflux.core.budgets import parse_budgets_text
+from costflux.core.enforcement import scopes_of
+from streams.budget_counters import BudgetCounters
+from streams.cost_store import CostStore, FlushWrite, Outcome, SourceState
+
+pytestmark = pytest.mark.integration
+
+NOON = 1_796_558_400_000  # 2026-12-06T12:00:00Z
+DOLLAR = 10**12
+BUDGET = parse_budgets_text(
+    "budgets: [{name: team-a, scope: {team: a}, period: daily, amount: 1, enforce: hard}]")[0]
+SCOPES = scopes_of([BUDGET], {"team": "a"}, NOON)
+
+
+def apply(store: CostStore, state: SourceState, offset: int, ids: list[str],
+          cost_pico: int) -> SourceState:
+    scope = SCOPES[0]
+    rows = FlushRows(budget_spend={(scope.counter_id, scope.period_start_ms, 86_400): {
+        "": [cost_pico]}})
+    after = SourceState(offset, NOON, "t")
+    result = store.apply(FlushWrite("usage:0", state, after, ids, (), rows, 1))
+    assert result.outcome is Outcome.APPLIED
+    return after
+
+
+def test_spend_hold_settle_and_counted(redis_client: redis.Redis, redis_url: str,
+                                       unique: Callable[[str], str]) -> None:
+    namespace = unique("ns")
+    store = CostStore(redis_client, namespace, dedup_kind="usage", dedup_horizon_s=3600,
+                      retention_s=lambda size_s: 86_400, finest_window_s=60,
+                      window_max_rows=1000)
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        counters = BudgetCounters(client, namespace, max_age_s=0.2)
+        try:
+            assert await counters.spends(SCOPES) == [0]
+            state = apply(store, SourceState(), 1, ["other"], DOLLAR // 10)
+            assert await counters.spends(SCOPES) == [0]  # cached: at most max_age_s old
+            await asyncio.sleep(0.25)
+            assert await counters.spends(SCOPES) == [DOLLAR // 10]
+
+            bound = 4 * DOLLAR // 10
+            assert (await counters.hold(SCOPES, "gw:1", bound, NOON)).admitted
+            assert (await counters.hold(SCOPES, "gw:2", bound, NOON)).admitted
+            refused = await counters.hold(SCOPES, "gw:3", bound, NOON)  # 0.1 + 0.8 + 0.4 > 1
+            assert not refused.admitted
+            assert (refused.spent_pico, refused.held_pico) == (DOLLAR // 10, 8 * DOLLAR // 10)
+            # gw:1 cost 0.3 and the pipeline counted it: its hold goes, the counter has it.
+            await counters.settle(SCOPES, "gw:1", 3 * DOLLAR // 10, NOON)
+            apply(store, state, 2, ["gw:1"], 3 * DOLLAR // 10)
+            await counters.settle(SCOPES, "gw:2", DOLLAR // 10, NOON)  # 0.4 + 0.1 + 0.4 <= 1
+            assert (await counters.hold(SCOPES, "gw:3", bound, NOON)).admitted
+            assert not (await counters.hold(SCOPES, "gw:4", bound, NOON)).admitted
+            await counters.release(SCOPES, "gw:3")
+            assert (await counters.hold(SCOPES, "gw:4", bound, NOON)).admitted
+            # A hold whose request vanished ends at its deadline.
+            later = NOON + 601_000
+            answer = await counters.hold(SCOPES, "gw:5", 6 * DOLLAR // 10, later)
+            assert answer.admitted and answer.held_pico == 0
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_many_readers_share_one_read(redis_url: str, unique: Callable[[str], str]) -> None:
+    async def scenario() -> int:
+        client = aioredis.Redis.from_url(redis_url)
+        counters = BudgetCounters(client, unique("ns"))
+        reads = 0
+        real_pipeline = client.pipeline
+
+        def counting_pipeline(*args: object, **kwargs: object) -> object:
+            nonlocal reads
+            reads += 1
+            return real_pipeline(*args, **kwargs)  # type: ignore[arg-type]
+
+        client.pipeline = counting_pipeline  # type: ignore[method-assign]
+        try:
+            results = await asyncio.gather(*(counters.spends(SCOPES) for _ in range(50)))
+            assert results == [[0]] * 50
+        finally:
+            await client.aclose()
+        return reads
+
+    assert asyncio.run(scenario()) == 1
