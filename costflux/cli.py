@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     from costflux.cache.cli import add_cache_command
     from costflux.collect_cli import add_collect_command
     from costflux.export_cli import add_export_command
+    from costflux.gateway.cli import add_gateway_command
     from costflux.pricing_cli import add_pricing_commands
     from costflux.reconcile_cli import add_reconcile_command
     from costflux.report_cli import add_report_command
@@ -89,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     add_report_command(commands)
     add_advise_command(commands)
     add_cache_command(commands)
+    add_gateway_command(commands)
     add_collect_command(commands)
     add_export_command(commands)
     add_reconcile_command(commands)

