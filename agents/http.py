@@ -25,6 +25,7 @@ from costflux.core.allocation import (
     AllocationQueryError,
     TimeRange,
     allocate,
+    allocation_set,
     cover,
     parse_aggregate,
     parse_step,
@@ -34,6 +35,13 @@ from costflux.core.allocation import (
 from costflux.core.gpu_report import gpu_report, parse_gpu_aggregate
 from costflux.core.overheads import with_other_costs
 from costflux.core.pricing import ModelPrice, OtherCost
+from costflux.core.principals import (
+    day_starts,
+    day_step,
+    parse_day_window,
+    principal_aggregate,
+    principal_costs,
+)
 from costflux.core.rows import WindowRows
 from costflux.core.spike import HOUR_MS
 from schemas._types import from_epoch_ms
@@ -127,29 +135,43 @@ def register_http(
     @app.page("/model/allocation")
     async def allocation(web: faust.web.View, request: faust.web.Request) -> Any:
         """Kubecost's /model/allocation: one set for the window, or one per ``step``
-        (``accumulate=true`` sums the steps into one set)."""
+        (``accumulate=true`` sums the steps into one set). ``aggregate=api_key`` or
+        ``end_user``: whole UTC days from their daily roll-up (costflux.core.principals)."""
         query = request.query
         try:
-            group_by = parse_aggregate(query.get("aggregate", "namespace"))
+            aggregate = query.get("aggregate", "namespace")
+            principal = principal_aggregate(aggregate)
+            group_by = [] if principal else parse_aggregate(aggregate)
             options = AllocationOptions(
                 share_idle=_flag("shareIdle", query.get("shareIdle"), gpu_defaults.share_idle),
                 weight=query.get("gpuWeight", gpu_defaults.weight),
             )
             step_ms = parse_step(query.get("step"), finest_s)
-            accumulate = _flag("accumulate", query.get("accumulate"), False)
-            span = await window_of(request)
-            if step_ms is None or accumulate:
-                rows = (await read_spans([span]))[0]
-                data = with_other_costs(allocate(rows, group_by, span, options), span,
-                                        other_costs())
-                return web.json({"code": 200, "data": [data] if data else []})
-            steps = split_steps(span, step_ms)
+            whole = step_ms is None or _flag("accumulate", query.get("accumulate"), False)
+            if principal:
+                step_ms = day_step(step_ms)
+                now_ms = await view.newest_event_time_ms()
+                span = parse_day_window(query.get("window", "1d"), now_ms or 0)
+            else:
+                span = await window_of(request)
+            steps = [span] if whole or step_ms is None else split_steps(span, step_ms)
             step_rows = await read_spans(steps)
+            held = {} if principal is None else await view.read_principal_days(
+                principal, day_starts(span))
         except AllocationQueryError as exc:
             return web.json({"code": 400, "message": str(exc)}, status=400)
+
+        def allocation_of(step: TimeRange, rows: list[WindowRows]) -> dict[str, Any]:
+            if not principal:
+                return allocate(rows, group_by, step, options)
+            days = (held[day] for day in day_starts(step))
+            return allocation_set(principal_costs(days, rows, options), step)
+
         components = other_costs()  # each step is charged its own part of the month
-        sets = [with_other_costs(allocate(rows, group_by, step, options), step, components)
+        sets = [with_other_costs(allocation_of(step, rows), step, components)
                 for step, rows in zip(steps, step_rows, strict=True)]
+        if whole:
+            return web.json({"code": 200, "data": [sets[0]] if sets[0] else []})
         return web.json({"code": 200, "data": sets})
 
     @app.page("/model/gpu")

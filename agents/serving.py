@@ -57,6 +57,17 @@ class ServingView:
             for usage, gpu in zip(results[::2], results[1::2], strict=True)
         ]
 
+    async def read_principal_days(self, label: str, days: list[int]
+                                  ) -> dict[int, dict[str, UsageSums]]:
+        """Each UTC day's usage per value of ``label`` (``api_key``, ``end_user``), by day
+        start; a day not held reads as empty."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for day_ms in days:
+                pipe.hgetall(self._keys.principals(label, day_ms))
+            results = await pipe.execute()
+        return {day_ms: _decoded(raw, bytes.decode, decode_usage_sums)
+                for day_ms, raw in zip(days, results, strict=True)}
+
     async def partition_marks(self, lateness_ms: int) -> dict[str, PartitionMark]:
         """Every source partition's watermark (its clock less ``lateness_ms``) and when it
         last had data: what the pipeline's watermark is taken over."""

@@ -124,7 +124,7 @@ def run(trials: int, gap_s: float) -> dict[str, Any]:
             while not stop.is_set():
                 for message in consumer.consume(100, timeout=0.2):
                     if message.error() is None:
-                        alert = orjson.loads(message.value())
+                        alert = orjson.loads(message.value())  # type: ignore[arg-type]
                         team = alert["labels"].get("team", "").removeprefix("trial-")
                         if alert["state"] == "firing":
                             on_kafka.setdefault((alert["rule"], team), time.monotonic())

@@ -16,7 +16,7 @@ import orjson
 from costflux.embedded import die_with_parent_hook
 
 try:
-    import psutil
+    import psutil  # type: ignore[import-untyped, unused-ignore]
 except ImportError:  # optional: /proc covers Linux without it
     psutil = None
 

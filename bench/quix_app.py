@@ -55,7 +55,7 @@ def main() -> None:
     def cost(event: dict[str, Any]) -> int:
         progress.first()
         price_in, price_out = prices[event["model"]]
-        cost_pico = event["input_tokens"] * price_in + event["output_tokens"] * price_out
+        cost_pico: int = event["input_tokens"] * price_in + event["output_tokens"] * price_out
         progress.cost_pico += cost_pico  # a cross-check of the events seen, not of the windows
         return cost_pico
 

@@ -44,11 +44,12 @@ def main() -> None:
                 continue
             progress.first()
             for message in messages:
-                if message.error() is not None:
-                    if message.error().code() == KafkaError._PARTITION_EOF:
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
                         continue
-                    raise RuntimeError(f"consumer error: {message.error()}")
-                document = loads(message.value())
+                    raise RuntimeError(f"consumer error: {error}")
+                document = loads(message.value())  # type: ignore[arg-type] # data has a value
                 for event in document if type(document) is list else (document,):
                     model = event["model"]
                     labels = event["labels"]

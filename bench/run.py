@@ -379,7 +379,7 @@ def applied_messages(bench: Bench, group: str, topic: str) -> int:
     for its partitions (every event in them is then counted and served)."""
     client = redis.Redis.from_url(str(bench.settings.redis_url))
     try:
-        stored = client.hgetall(StoreKeys(group).sources)
+        stored: dict[bytes, bytes] = client.hgetall(StoreKeys(group).sources)  # type: ignore[assignment]
     finally:
         client.close()
     return sum(SourceState.parse(text).next_offset or 0 for name, text in stored.items()

@@ -24,6 +24,7 @@ import redis
 from procs import cpu_seconds
 
 from costflux.core.aggregate import PartitionAggregate
+from costflux.core.ingest import Candidate
 from costflux.embedded import EmbeddedRedis
 from streams.cost_store import CostStore, FlushWrite, SourceState
 
@@ -32,16 +33,17 @@ START_MS = 1_700_000_000_000
 DAY_S = 86_400
 
 
-def candidates(first: int, count: int, combinations: int, rng: random.Random) -> list[tuple]:
-    """Rows shaped like ``costflux.core.ingest.Candidate``: 5 ms apart, one of C label
-    combinations each."""
+def candidates(first: int, count: int, combinations: int,
+               rng: random.Random) -> list[Candidate]:
+    """``costflux.core.ingest.Candidate`` rows: 5 ms apart, one of C label combinations each,
+    no principals (bench/principal_memory.py measures those)."""
     out = []
     for index in range(first, first + count):
         combo = rng.randrange(combinations)
         dims = (f"model-{combo % 3}", f"team-{combo % 7}", f"project-{combo % 11}",
                 f"app-{combo}", "prod", "", "us-east-1")
-        out.append((f"ev-{index}", str(index), START_MS + index * 5, dims,
-                    rng.randrange(10**9), 100, 20, 0, 0, 0, None))
+        out.append(Candidate(f"ev-{index}", str(index), START_MS + index * 5, dims,
+                             rng.randrange(10**9), 100, 20, 0, 0, 0, None, None))
     return out
 
 
@@ -75,10 +77,9 @@ def main() -> None:
         wall = time.perf_counter() - started
         redis_cpu = (cpu_seconds(server.pid) or 0.0) - redis_cpu
         events = args.flushes * args.events_per_flush
-        rows, row_bytes = 0, 0
+        window_rows, row_bytes = 0, 0
         for key in client.scan_iter(match="bench:v2:usage:*"):
-            count = client.hlen(key)
-            rows += count
+            window_rows += client.hlen(key)
             row_bytes += client.memory_usage(key, samples=0) or 0
         dedup_bytes = sum(client.memory_usage(key) or 0
                           for key in client.scan_iter(match="bench:v2:seen:*", count=1000))
@@ -90,7 +91,7 @@ def main() -> None:
             "flushes_per_redis_cpu_s": round(args.flushes / redis_cpu, 1),
             "redis_cpu_us_per_event": round(redis_cpu / events * 1e6, 2),
             "events_per_s_one_client": round(events / wall),
-            "window_rows": rows, "bytes_per_window_row": round(row_bytes / rows),
+            "window_rows": window_rows, "bytes_per_window_row": round(row_bytes / window_rows),
             "bytes_per_dedup_id": round(dedup_bytes / events),
         }
         client.close()

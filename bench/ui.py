@@ -149,7 +149,8 @@ def main() -> None:
             demo.kill()
 
     def p50(loads: list[dict[str, Any]]) -> float:
-        return statistics.median(load["drawn_ms"] for load in loads)
+        drawn: list[float] = [load["drawn_ms"] for load in loads]
+        return statistics.median(drawn)
 
     result = {"chromium": version, "loads": args.loads,
               "cold": {"p50_drawn_ms": p50(cold), "each": cold},

@@ -64,7 +64,8 @@ def dims_key(event: dict[str, Any]) -> bytes:
 def cost_pico(event: dict[str, Any]) -> int:
     """Token cost of one event in pico-dollars."""
     price_in, price_out = PRICES_PICO[event["model"]]
-    return event["input_tokens"] * price_in + event["output_tokens"] * price_out
+    cost: int = event["input_tokens"] * price_in + event["output_tokens"] * price_out
+    return cost
 
 
 def ts_ms(event: dict[str, Any]) -> int:

@@ -16,9 +16,10 @@ from costflux.settings import Settings
 __all__ = ["add_report_command"]
 
 #: --by value -> the allocation API's aggregate parameter (time_of_day: hourly sets instead).
+#: api_key and end_user are whole UTC days (``--window 30d``: today and the 29 days before).
 DIMENSIONS = {"model": "model", "team": "label:team", "project": "label:project",
               "app": "label:app", "namespace": "namespace", "deployment": "deployment",
-              "cluster": "cluster"}
+              "cluster": "cluster", "api_key": "api_key", "end_user": "end_user"}
 
 
 def add_report_command(commands: Any) -> None:

@@ -8,12 +8,13 @@ used the model in that window (``gpuCost``), its idle part shared or as an ``__i
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from costflux.core.bill import BILL_FIELDS
+from costflux.core.budgets import PRINCIPAL_KEYS
 from costflux.core.gpu import (
     UNITS_PER_PICO,
     cost_units,
@@ -27,8 +28,8 @@ from costflux.core.windows import duration_ms
 
 __all__ = ["IDLE", "IDLE_KEY", "MAX_STEPS", "UNALLOCATED", "WINDOW_KEYWORDS",
            "AllocationOptions", "AllocationQueryError", "GroupCost", "TimeRange", "allocate",
-           "cover", "empty_allocation", "group_costs", "iso_window", "parse_aggregate",
-           "parse_step", "parse_window", "split_steps"]
+           "allocation_set", "cover", "empty_allocation", "group_costs", "iso_window",
+           "parse_aggregate", "parse_step", "parse_window", "split_steps"]
 
 UNALLOCATED = "__unallocated__"
 #: The row idle GPU cost goes to unless it is shared (OpenCost's shareIdle=false).
@@ -174,8 +175,9 @@ def cover(span: TimeRange, sizes_s: Iterable[int]) -> list[tuple[int, int]]:
 _UNTRACKED = ("node", "controller", "controllerKind", "service", "pod", "container",
               "statefulset", "daemonset", "job")
 #: The aggregate values, as the error messages list them (``label:`` works for any dimension).
+#: ``api_key`` and ``end_user`` stand alone: costflux.core.principals answers them.
 _AGGREGATES = ("model", "namespace", "deployment", "cluster", "label:team", "label:project",
-               "label:app")
+               "label:app", *PRINCIPAL_KEYS)
 
 
 def parse_aggregate(text: str) -> list[int]:
@@ -184,6 +186,12 @@ def parse_aggregate(text: str) -> list[int]:
     valid = ", ".join(_AGGREGATES)
     for part in (p.strip() for p in text.split(",")):
         name = part.removeprefix("label:")
+        if name in PRINCIPAL_KEYS:
+            raise AllocationQueryError(
+                f"aggregate by {name} alone: its rows are kept per {name} and UTC day, apart "
+                f"from the other dimensions ({', '.join(DIMENSIONS)}), so it does not combine "
+                "with them"
+            )
         if part in _UNTRACKED:
             raise AllocationQueryError(
                 f"cannot aggregate by {part!r}: costflux does not record {part} for LLM usage "
@@ -237,18 +245,39 @@ class GroupCost:
         """Token, busy and idle GPU cost together, exactly, in GPU cost units."""
         return self.token_pico * UNITS_PER_PICO + self.gpu_units + self.idle_units
 
-    def add(self, other: GroupCost) -> None:
-        self.token_pico += other.token_pico
-        self.gpu_units += other.gpu_units
-        self.idle_units += other.idle_units
-        self.input_tokens += other.input_tokens
-        self.output_tokens += other.output_tokens
-        self.cached_input_tokens += other.cached_input_tokens
-        self.requests += other.requests
-        self.cache_saving_pico += other.cache_saving_pico
-        self.semantic_cache_hits += other.semantic_cache_hits
-        self.semantic_saving_pico += other.semantic_saving_pico
-        self.billed.update(other.billed)
+    def add(self, other: GroupCost, sign: int = 1) -> None:
+        """Add ``other`` (``sign=-1``: take it away) field by field."""
+        for name in _COUNTS:
+            setattr(self, name, getattr(self, name) + sign * getattr(other, name))
+        if sign < 0:
+            self.billed.subtract(other.billed)
+        else:
+            self.billed.update(other.billed)
+
+    def add_usage(self, sums: UsageSums) -> None:
+        """Add one usage row's token cost and counts (GPU cost is shared out apart)."""
+        self.token_pico += sums.cost_pico
+        self.input_tokens += sums.input_tokens
+        self.output_tokens += sums.output_tokens
+        self.cached_input_tokens += sums.cached_input_tokens
+        self.requests += sums.requests
+        self.cache_saving_pico += sums.cache_saving_pico
+        self.semantic_cache_hits += sums.semantic_cache_hits
+        self.semantic_saving_pico += sums.semantic_saving_pico
+        billed = sums[-len(BILL_FIELDS):]
+        if any(billed):
+            self.billed.update(dict(zip(BILL_FIELDS, billed, strict=True)))
+
+    @property
+    def negative(self) -> bool:
+        """Whether any sum is below zero (a difference of groups that did not contain each
+        other)."""
+        return (any(getattr(self, name) < 0 for name in _COUNTS)
+                or any(value < 0 for value in self.billed.values()))
+
+
+#: GroupCost's integer sums (all but ``billed``).
+_COUNTS = tuple(name for name in GroupCost.__dataclass_fields__ if name != "billed")
 
 
 #: The group of idle GPU cost that is not shared (its name in an answer is ``IDLE``).
@@ -282,13 +311,17 @@ def allocate(
     proportion to their weight (exactly: the parts sum to the whole); GPU time of a model
     nobody used in the window is charged to the GPU's own labels (team, namespace).
     """
+    return allocation_set(group_costs(windows_rows, group_by, options), span)
+
+
+def allocation_set(
+    groups: Mapping[tuple[str, ...], GroupCost], span: TimeRange
+) -> dict[str, dict[str, object]]:
+    """One Kubecost allocation set: a row per group, named by its values joined with "/"."""
     window = iso_window(span)
     return {
         name: _allocation(name, group, window)
-        for name, group in sorted(
-            ("/".join(key), group) for key, group in group_costs(windows_rows, group_by, options)
-            .items()
-        )
+        for name, group in sorted(("/".join(key), group) for key, group in groups.items())
     }
 
 
@@ -317,18 +350,7 @@ def group_costs(
             gpu_by_model.setdefault(gpu_dims[4], []).append((gpu_dims, gpu_sums))
         for dims, sums in sorted(rows.usage.items()):
             users_by_model.setdefault(dims[0], []).append((dims, sums))
-            group = group_of(dims)
-            group.token_pico += sums.cost_pico
-            group.input_tokens += sums.input_tokens
-            group.output_tokens += sums.output_tokens
-            group.cached_input_tokens += sums.cached_input_tokens
-            group.requests += sums.requests
-            group.cache_saving_pico += sums.cache_saving_pico
-            group.semantic_cache_hits += sums.semantic_cache_hits
-            group.semantic_saving_pico += sums.semantic_saving_pico
-            billed = sums[-len(BILL_FIELDS):]
-            if any(billed):
-                group.billed.update(dict(zip(BILL_FIELDS, billed, strict=True)))
+            group_of(dims).add_usage(sums)
         for model, gpu_rows in gpu_by_model.items():
             users = users_by_model.get(model) if model else None
             if users:

@@ -7,7 +7,7 @@ reached its amount refuses the request before anything is sent upstream; a soft 
 through and says so in a header.
 
 Reservation mode adds what admitted requests may still cost: a request is admitted only if
-spend + held + its own most expensive outcome stays within the amount (streams.budget_holds
+spend + held + its own most expensive outcome stays within the amount (streams.budget_counters
 does that sum atomically in Redis; ``max_cost_pico`` is the request's bound).
 """
 

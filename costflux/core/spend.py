@@ -10,7 +10,7 @@ figures cannot come from them:
   multiplying the windows' label combinations.
 - **Budget counters.** Per enforced budget (``enforce: soft | hard``) and period, the cost of
   the requests it scopes, one counter per value for a ``"*"`` scope. The gateway reads them to
-  admit or refuse a request (costflux.gateway.enforce): exact, shared by every replica, one
+  admit or refuse a request (costflux.gateway.guard): exact, shared by every replica, one
   read per budget. A counter is keyed by the budget's ``counter_id`` (scope and periods), so
   renaming a budget or changing its amount keeps what it counted.
 

@@ -74,6 +74,7 @@ class Admission:
 class Refusal:
     status: int
     body: dict[str, object]
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class GuardMetrics:
@@ -158,7 +159,7 @@ class BudgetGuard:
         if verdict.refused is not None:
             scope, spent = verdict.refused
             self._metrics.refused.labels(scope.budget.name).inc()
-            return Refusal(429, refusal(scope, spent))
+            return Refusal(429, refusal(scope, spent), _retry_after(scope, now_ms))
         if verdict.over:
             admission.headers[BUDGET_HEADER] = soft_header(verdict.over)
             for scope, _spent in verdict.over:
@@ -180,7 +181,8 @@ class BudgetGuard:
         if not answer.admitted:
             scope = hard[answer.index]
             self._metrics.refused.labels(scope.budget.name).inc()
-            return Refusal(429, refusal(scope, answer.spent_pico, answer.held_pico))
+            return Refusal(429, refusal(scope, answer.spent_pico, answer.held_pico),
+                           _retry_after(scope, now_ms))
         admission.held = tuple(hard)
         return None
 
@@ -196,7 +198,8 @@ class BudgetGuard:
             return Refusal(503, {"error": {
                 "type": "budget_check_unavailable", "code": "budget_check_unavailable",
                 "message": "budgets cannot be checked: the gateway's budget store is not "
-                           "answering, and this gateway fails closed; retry shortly"}})
+                           "answering, and this gateway fails closed; retry shortly"}},
+                {"Retry-After": "1"})
         return admission
 
     async def finish(self, admission: Admission, usage: Mapping[str, int] | None,
@@ -223,6 +226,11 @@ class BudgetGuard:
             return price.cost(usage.get("input_tokens", 0), usage.get("output_tokens", 0),
                               usage.get("cached_input_tokens", 0))
         return bill(price, {"input_tokens": 0, "output_tokens": 0, **usage}, None)[0]
+
+
+def _retry_after(scope: Scope, now_ms: int) -> dict[str, str]:
+    """Seconds until the budget's period ends (RFC 9110 Retry-After)."""
+    return {"Retry-After": str(max(1, -(-(scope.period_end_ms - now_ms) // 1000)))}
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

@@ -149,7 +149,8 @@ class Gateway:
             body = {}
         admitted = await self._admit(request, route, body, len(raw))
         if isinstance(admitted, Refusal):
-            return web.json_response(admitted.body, status=admitted.status)
+            return web.json_response(admitted.body, status=admitted.status,
+                                     headers=admitted.headers)
         outcome = _Outcome(admitted)
         if not body:
             return await self._forward(request, raw, outcome, started, miss=None,

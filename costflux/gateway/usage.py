@@ -294,12 +294,17 @@ def _anthropic_fields(usage: Mapping[str, Any]) -> dict[str, int]:
     # The total is the breakdown's sum; older answers (and some proxies) give only the total.
     writes = (sum(by_ttl) if usage.get("cache_creation_input_tokens") is None
               else _tokens(usage, "cache_creation_input_tokens"))
-    return _fields(
+    fields = _fields(
         _tokens(usage, "input_tokens", required=True) + reads + writes,
         _tokens(usage, "output_tokens"), reads,
         cache_writes=writes, cache_writes_1h=by_ttl[1],
         reasoning=_tokens(_mapping(usage.get("output_tokens_details")), "thinking_tokens"),
     )
+    # Server-side web searches are billed per search, beside the tokens.
+    searches = _mapping(usage.get("server_tool_use")).get("web_search_requests")
+    if _is_count(searches) and searches:
+        fields["web_search_calls"] = searches
+    return fields
 
 
 def _fields(input_tokens: int, output_tokens: int, cached: int, **parts: int

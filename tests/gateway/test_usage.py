@@ -236,6 +236,25 @@ def test_anthropic_optional_counts_may_be_null_or_only_broken_down() -> None:
           "cache_write_1h_input_tokens": 60, "cache_write_input_tokens": 40}
 
 
+def test_anthropic_server_web_searches_are_counted_per_search() -> None:
+    # The usage of the web search tool's example answer in Anthropic's documentation
+    # (docs.anthropic.com, "Web search tool", Usage).
+    usage = {"input_tokens": 105, "output_tokens": 6039, "cache_read_input_tokens": 7123,
+             "cache_creation_input_tokens": 7345, "server_tool_use": {"web_search_requests": 1}}
+    assert answer_usage("messages", {"usage": usage}) == {
+        "input_tokens": 105 + 7123 + 7345, "output_tokens": 6039,
+        "cached_input_tokens": 7123, "cache_write_input_tokens": 7345, "web_search_calls": 1}
+    usage["server_tool_use"] = {"web_search_requests": "1"}  # unreadable: the tokens still count
+    assert "web_search_calls" not in (answer_usage("messages", {"usage": usage}) or {})
+    stream = StreamUsage("messages")
+    stream.feed(b'data: {"type": "message_start", "message": {"usage": {"input_tokens": 9}}}\n\n'
+                b'data: {"type": "message_delta", "usage": {"output_tokens": 4, '
+                b'"server_tool_use": {"web_search_requests": 2}}}\n\n')
+    stream.close()
+    assert stream.usage == {"input_tokens": 9, "output_tokens": 4, "cached_input_tokens": 0,
+                            "web_search_calls": 2}
+
+
 @pytest.mark.parametrize("usage", [
     None, [], {}, {"completion_tokens": 3},
     {"prompt_tokens": -1, "completion_tokens": 3},

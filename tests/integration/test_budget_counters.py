@@ -18,6 +18,7 @@ from costflux.core.pricing import parse_pricing_text
 from costflux.gateway.guard import BudgetGuard, GuardConfig, Refusal
 from streams.budget_counters import BudgetCounters
 from streams.cost_store import CostStore, FlushWrite, Outcome, SourceState
+from tests.background import run_async
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +78,7 @@ def test_spend_hold_settle_and_counted(redis_client: redis.Redis, redis_url: str
         finally:
             await client.aclose()
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
 
 def test_many_readers_share_one_read(redis_url: str, unique: Callable[[str], str]) -> None:
@@ -100,7 +101,7 @@ def test_many_readers_share_one_read(redis_url: str, unique: Callable[[str], str
             await client.aclose()
         return reads
 
-    assert asyncio.run(scenario()) == 1
+    assert run_async(scenario()) == 1
 
 
 def test_a_refused_scope_is_admitted_again_when_its_period_starts(
@@ -134,4 +135,4 @@ def test_a_refused_scope_is_admitted_again_when_its_period_starts(
             await client.aclose()
         return statuses
 
-    assert asyncio.run(scenario()) == [429, 429, 200, 200]
+    assert run_async(scenario()) == [429, 429, 200, 200]

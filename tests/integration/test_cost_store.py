@@ -4,7 +4,6 @@ serving view reads back."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 import threading
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from agents.serving import ServingView
 from costflux.core.aggregate import FlushRows
 from costflux.core.rows import OVERFLOW, GpuSums, UsageSums, WindowRows, encode_dims
 from streams.cost_store import AppliedFlush, CostStore, FlushWrite, Outcome, SourceState
+from tests.background import run_async
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +60,7 @@ def read_window(redis_url: str, namespace: str, window: tuple[int, int] = WINDOW
         finally:
             await client.aclose()
 
-    return asyncio.run(read())
+    return run_async(read())
 
 
 @settings(max_examples=40, deadline=None,

@@ -29,6 +29,7 @@ import redis
 
 from costflux.embedded import EmbeddedRedis, free_port
 from costflux.settings import Settings
+from tests.background import run_async
 from tests.gateway.upstream import Answered, FakeUpstream
 from tests.integration.test_producer import read_all
 from tests.integration.worker_process import WorkerProcess
@@ -242,12 +243,13 @@ def test_a_hard_daily_team_budget_refuses_within_two_seconds_on_both_replicas(
     stack = start_stack(team_budgets(teams, noon_zone()), keys_file(secrets))
     lags, overspends = [], []
     for team in teams:
-        replies = asyncio.run(hammer(stack.urls, secrets[team]))
+        replies = run_async(hammer(stack.urls, secrets[team]))
         answers = stack.upstream.answers_for(f"Bearer {secrets[team]}")
         reached, total = crossing(answers, "big-model")
         refusals = [r for r in replies if r.status == 429]
         assert {r.body["error"]["type"] for r in refusals} == {"budget_exceeded"}
         assert all(f"{team}-daily" in r.body["error"]["message"] for r in refusals)
+        assert all(0 < int(r.headers["Retry-After"]) <= 86_400 for r in refusals)
         lags.append(min(r.received for r in refusals) - reached)
         # The documented bound: nothing is admitted later than the lag after the crossing.
         last_admitted = max(a.arrived for a in answers)
@@ -270,7 +272,7 @@ def test_reservation_mode_never_passes_a_hard_budget(start_stack: Callable[..., 
                         gateway_env=[{"COSTFLUX_GATEWAY_RESERVATION": "true"}] * 2)
     # One client in five sets no output limit: the gateway sets its default (4096) and holds
     # that much.
-    asyncio.run(hammer(stack.urls, secret,
+    run_async(hammer(stack.urls, secret,
                        body=lambda c: chat(max_tokens=None if c % 5 == 0 else 200)))
     answers = stack.upstream.answers_for(f"Bearer {secret}")
     total = sum((cost("big-model", a.usage) for a in answers), Decimal(0))
@@ -314,7 +316,7 @@ def test_soft_budgets_streams_identity_and_no_key_anywhere(
                 replies.append(await post(session, url, "/v1/messages", secrets["ads"], claude))
         return replies
 
-    replies = asyncio.run(scenario())
+    replies = run_async(scenario())
     assert all(r.status == 200 for r in replies)
     # One request at a time: the upstream answered them in the order they were sent.
     answers = sorted(stack.upstream.answered, key=lambda a: a.arrived)
@@ -356,8 +358,9 @@ def assert_no_secret(stack: Stack, secrets: Iterable[str], redis_url: str) -> No
         value = client.dump(key)
         if value is not None:
             dumped.append(value)
-    events = read_all(str(stack.worker.settings.kafka_bootstrap),
-                      stack.worker.settings.topic_usage, 1, len(stack.upstream.answered))
+    settings = stack.worker.settings
+    events = read_all(str(settings.kafka_bootstrap), settings.topic_usage,
+                      settings.topic_partitions, len(stack.upstream.answered))
     places = {
         "redis": b"\n".join(dumped),
         "events": b"\n".join(m.value for m in events),
@@ -386,9 +389,9 @@ def test_redis_paused_fails_open_or_closed_as_configured(
             return await post(session, url, "/v1/chat/completions", secret, chat())
 
     def answers(url: str, status: int) -> bool:
-        return asyncio.run(one(url)).status == status
+        return run_async(one(url)).status == status
 
-    asyncio.run(hammer(stack.urls, secret))  # the budget is spent: both refuse
+    run_async(hammer(stack.urls, secret))  # the budget is spent: both refuse
     for url in (opened, closed):
         stack.worker.wait_for(partial(answers, url, 429), 10, "refusing")
     assert own_redis.pid is not None
@@ -398,11 +401,11 @@ def test_redis_paused_fails_open_or_closed_as_configured(
         # answers 503 with a message that says why.
         stack.worker.wait_for(partial(answers, opened, 200), 10, "failing open")
         stack.worker.wait_for(partial(answers, closed, 503), 10, "failing closed")
-        refused = asyncio.run(one(closed))
+        refused = run_async(one(closed))
         assert refused.status == 503
         assert refused.body["error"]["type"] == "budget_check_unavailable"
         assert "retry" in refused.body["error"]["message"]
-        assert asyncio.run(one(opened)).status == 200
+        assert run_async(one(opened)).status == 200
     finally:
         os.kill(own_redis.pid, signal.SIGCONT)
     for url in (opened, closed):

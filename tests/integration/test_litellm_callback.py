@@ -25,6 +25,7 @@ from costflux.embedded import free_port  # noqa: E402
 from costflux.integrations.litellm import CostfluxCallback  # noqa: E402
 from costflux.settings import ConfigError  # noqa: E402
 from schemas.usage import UsageEvent  # noqa: E402
+from tests.background import run_async
 from tests.integration.test_producer import Received, create_topic, read_all  # noqa: E402
 
 pytestmark = [
@@ -153,7 +154,7 @@ def test_every_call_is_exactly_one_valid_event_and_no_key_leaks(
                                       metadata=call_metadata("async-failure"))
         await wait_until_async(lambda: callback.stats().queued == 8, "the async calls' events")
 
-    asyncio.run(async_calls())
+    run_async(async_calls())
     assert callback.flush(timeout=30)
     finished_ms = int(time.time() * 1000)
     assert callback.stats().failures == {}

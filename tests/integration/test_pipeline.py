@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -41,6 +41,16 @@ def produce_trace(settings: Settings, limit: int | None, speed: float,
     with UsageProducer(producer_config(settings), settings.topic_usage,
                        events_per_message=events_per_message) as producer:
         replay(events, producer, speed=speed)
+
+
+def produce_events(settings: Settings, events: Iterable[dict[str, Any]]) -> None:
+    """``events`` onto the usage topic, one a message. Produced before a worker starts, so
+    that every partition's first flush spans several offsets."""
+    ensure_topics(settings, {settings.topic_usage: settings.topic_partitions})
+    with UsageProducer(producer_config(settings), settings.topic_usage,
+                       events_per_message=1) as producer:
+        for event in events:
+            producer.send(event)
 
 
 def wait_for_requests(worker: WorkerProcess, expected: int, timeout_s: float = 120) -> None:
