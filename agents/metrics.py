@@ -50,6 +50,9 @@ class CostMetrics:
     """Every metric a worker exports, on one injectable registry."""
 
     COST_LABELS = ("model", "team", "app", "namespace")
+    #: Labels kept out of the cost series' combinations (end users can number hundreds of
+    #: thousands): each gets series of its own, capped like the others.
+    PRINCIPAL_LABELS = ("api_key", "end_user")
 
     def __init__(
         self,
@@ -65,7 +68,8 @@ class CostMetrics:
         self._children: dict[tuple[str, str, str, str], tuple[Any, ...]] = {}
         self._cache_cap = 4 * label_cap**2
         self._limit = {
-            name: LabelLimiter(label_cap, allowed.get(name, ())) for name in self.COST_LABELS
+            name: LabelLimiter(label_cap, allowed.get(name, ()))
+            for name in (*self.COST_LABELS, *self.PRINCIPAL_LABELS)
         }
         labels = self.COST_LABELS
         self.cost = Counter(
@@ -87,6 +91,17 @@ class CostMetrics:
             "llm_cache_hits", "Requests answered by the semantic cache (also in llm_requests)",
             labels, registry=self.registry,
         )
+        self.principal_cost = {
+            label: Counter(f"llm_{label}_cost_dollars", f"Token cost of requests by {label} "
+                           "(the gateway's key id or end user), USD", (label,),
+                           registry=self.registry)
+            for label in self.PRINCIPAL_LABELS
+        }
+        self.principal_requests = {
+            label: Counter(f"llm_{label}_requests", f"Requests counted by {label}", (label,),
+                           registry=self.registry)
+            for label in self.PRINCIPAL_LABELS
+        }
         self.deadletters = Counter(
             "costflux_deadletter", "Inputs sent to the dead-letter topic, by reason",
             ("reason",), registry=self.registry,
@@ -250,6 +265,12 @@ class CostMetrics:
         tokens_cached.inc(sums.cached_input_tokens)
         hits.inc(sums.semantic_cache_hits)
         savings.inc(pico_to_dollars(sums.semantic_saving_pico))
+
+    def count_principal(self, label: str, value: str, sums: UsageSums) -> None:
+        """Add one applied row of the per-key or per-user roll-up (costflux.core.spend)."""
+        shown = self._limit[label](value)
+        self.principal_cost[label].labels(shown).inc(pico_to_dollars(sums.cost_pico))
+        self.principal_requests[label].labels(shown).inc(sums.requests)
 
     def _children_for(
         self, model: str, team: str, app: str, namespace: str

@@ -111,6 +111,9 @@ def _count_usage(metrics: CostMetrics, counted: list[Any], rows: FlushRows,
     metrics.ingested.inc(len(counted))
     for dims, sums in rows.finest_usage(finest_s):
         metrics.count_row(dims, UsageSums(*sums))
+    for (label, _day_ms), values in rows.principals.items():
+        for value, principal_sums in values.items():
+            metrics.count_principal(label, value, UsageSums(*principal_sums))
 
 
 def _count_gpu(metrics: CostMetrics, counted: list[GpuCandidate], rows: FlushRows,

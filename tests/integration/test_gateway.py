@@ -344,6 +344,11 @@ def test_soft_budgets_streams_identity_and_no_key_anywhere(
     stack.wait_counted("team", by_team)
     stack.wait_counted("api_key", by_key)
     stack.wait_counted("end_user", by_user)
+    # /metrics by key and by user (floats: the allocation API above is the exact figure).
+    for label, expected in (("api_key", by_key), ("end_user", by_user)):
+        for value, spent in expected.items():
+            shown = stack.worker.metric(f"llm_{label}_cost_dollars_total", **{label: value})
+            assert shown == pytest.approx(float(spent), rel=1e-9), (label, value)
     assert_no_secret(stack, secrets.values(), redis_url)
 
 
