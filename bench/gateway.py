@@ -440,7 +440,7 @@ def main() -> None:
                       for mode in modes if mode in GUARDED}
             client = redis.Redis.from_url(store.url)
             holds = {key.decode(): client.hlen(key)
-                     for key in client.scan_iter(match=f"{NAMESPACE}:*budget_held:*")}
+                     for key in client.scan_iter(match=f"{NAMESPACE}:*budget_held:*", _type="hash")}
             client.close()
         finally:
             for server in servers.values():

@@ -5,13 +5,15 @@ The counters are written by ingest's atomic store step (costflux.core.spend); th
 only reads them, each at most once a second per scope however many requests ask (one read in
 flight per counter, shared by every request waiting on it).
 
-Reservation mode keeps, per scope, a hash of the requests admitted and not yet counted:
-event id -> ``nano-dollars|deadline ms``. Admission is one Lua step that adds the counter, the
-holds still pending and the request's own bound, and holds the bound only if every scope stays
-within its amount. A hold is dropped as soon as its event's dedup claim exists (the store step
+Reservation mode keeps, per scope, the requests admitted and not yet counted (event id ->
+``nano-dollars|deadline ms``) and their running total. Admission is one Lua step that adds the
+counter, the total held and the request's own bound, and holds the bound only if every scope
+stays within its amount. A hold is dropped once its event's dedup claim exists (the store step
 claims an event id in the same step that adds its cost to the counter, so from then on the
-counter holds it) or when its deadline passes. Holds compare in nano-dollars, rounded up:
-exact in a Lua double up to $9,007,199 per budget.
+counter holds it; only settled holds are checked, oldest first: an event is published after
+its hold is settled) or when its deadline passes. Each admission prunes a bounded number of
+holds, so its cost does not grow with the holds pending. Holds compare in nano-dollars,
+rounded up: exact in a Lua double up to $9,007,199 per budget.
 """
 
 from __future__ import annotations
@@ -29,10 +31,42 @@ from streams.cost_store import StoreKeys
 
 __all__ = ["BudgetCounters", "CountersUnavailable", "Hold"]
 
-# KEYS: per scope its counter and its holds. ARGV: 1 scopes, 2 event id, 3 bound (nano),
-# 4 deadline ms, 5 now ms, 6 dedup claim prefix, 7 holds' ttl s, then per scope its counter
-# field and its amount (nano).
-_HOLD = r"""
+# Per scope, four keys under one prefix: ``<p>`` hash event id -> "nano|deadline ms", ``<p>:total``
+# the sum of its nanos, ``<p>:settled`` the ids whose events may be counted (settled, by time),
+# ``<p>:deadlines`` every id by deadline. The shared part: drop one hold, and prune a scope
+# (expired holds, and the oldest settled ones whose events the pipeline has claimed; at most
+# _PRUNE of each per call, so an admission costs the same however many holds are pending).
+_COMMON = r"""
+local function drop(p, id)
+  local value = redis.call('HGET', p, id)
+  if value then
+    local bar = string.find(value, '|', 1, true)
+    redis.call('DECRBY', p .. ':total', string.sub(value, 1, bar - 1))
+    redis.call('HDEL', p, id)
+  end
+  redis.call('ZREM', p .. ':settled', id)
+  redis.call('ZREM', p .. ':deadlines', id)
+end
+local function prune(p, now, claims, limit)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', p .. ':deadlines', '-inf', now - 1,
+                                 'LIMIT', 0, limit)) do
+    drop(p, id)
+  end
+  for _, id in ipairs(redis.call('ZRANGE', p .. ':settled', 0, limit - 1)) do
+    if redis.call('EXISTS', claims .. id) == 1 then drop(p, id) end
+  end
+end
+local function keep(p, ttl)
+  for _, key in ipairs({p, p .. ':total', p .. ':settled', p .. ':deadlines'}) do
+    redis.call('EXPIRE', key, ttl)
+  end
+end
+"""
+
+# KEYS: per scope its counter and its holds' prefix. ARGV: 1 scopes, 2 event id, 3 bound
+# (nano), 4 deadline ms, 5 now ms, 6 dedup claim prefix, 7 holds' ttl s, 8 prune limit, then
+# per scope its counter field and its amount (nano).
+_HOLD = _COMMON + r"""
 local function nano(pico)
   if not pico then return 0 end
   local n = #pico
@@ -44,42 +78,45 @@ end
 local scopes, id, bound = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local now = tonumber(ARGV[5])
 for i = 1, scopes do
-  local holds = KEYS[2 * i]
-  local spent = nano(redis.call('HGET', KEYS[2 * i - 1], ARGV[6 + 2 * i]))
-  local held = 0
-  local entries = redis.call('HGETALL', holds)
-  for j = 1, #entries, 2 do
-    local other, value = entries[j], entries[j + 1]
-    local bar = string.find(value, '|', 1, true)
-    if tonumber(string.sub(value, bar + 1)) < now
-        or redis.call('EXISTS', ARGV[6] .. other) == 1 then
-      redis.call('HDEL', holds, other)
-    elseif other ~= id then
-      held = held + tonumber(string.sub(value, 1, bar - 1))
-    end
-  end
-  if spent + held + bound > tonumber(ARGV[7 + 2 * i]) then
+  local p = KEYS[2 * i]
+  prune(p, now, ARGV[6], tonumber(ARGV[8]))
+  local spent = nano(redis.call('HGET', KEYS[2 * i - 1], ARGV[7 + 2 * i]))
+  local held = tonumber(redis.call('GET', p .. ':total') or '0')
+  if spent + held + bound > tonumber(ARGV[8 + 2 * i]) then
     return {0, i, string.format('%.0f', spent), string.format('%.0f', held)}
   end
 end
 for i = 1, scopes do
-  redis.call('HSET', KEYS[2 * i], id, ARGV[3] .. '|' .. ARGV[4])
-  redis.call('EXPIRE', KEYS[2 * i], ARGV[7])
+  local p = KEYS[2 * i]
+  drop(p, id)
+  redis.call('HSET', p, id, ARGV[3] .. '|' .. ARGV[4])
+  redis.call('INCRBY', p .. ':total', ARGV[3])
+  redis.call('ZADD', p .. ':deadlines', ARGV[4], id)
+  keep(p, ARGV[7])
 end
 return {1}
 """
 
-# KEYS: the scopes' holds. ARGV: 1 event id, 2 "nano|deadline" (settle) or "" (release).
-_SETTLE = r"""
+# KEYS: the scopes' holds' prefixes. ARGV: 1 event id, 2 cost (nano) or "" (release),
+# 3 deadline ms, 4 now ms, 5 holds' ttl s.
+_SETTLE = _COMMON + r"""
 for i = 1, #KEYS do
+  local p = KEYS[i]
   if ARGV[2] == '' then
-    redis.call('HDEL', KEYS[i], ARGV[1])
-  elseif redis.call('HEXISTS', KEYS[i], ARGV[1]) == 1 then
-    redis.call('HSET', KEYS[i], ARGV[1], ARGV[2])
+    drop(p, ARGV[1])
+  elseif redis.call('HEXISTS', p, ARGV[1]) == 1 then
+    drop(p, ARGV[1])
+    redis.call('HSET', p, ARGV[1], ARGV[2] .. '|' .. ARGV[3])
+    redis.call('INCRBY', p .. ':total', ARGV[2])
+    redis.call('ZADD', p .. ':settled', ARGV[4], ARGV[1])
+    redis.call('ZADD', p .. ':deadlines', ARGV[3], ARGV[1])
+    keep(p, ARGV[5])
   end
 end
 return 1
 """
+#: Expired and counted holds dropped per scope and admission, at most.
+_PRUNE = 64
 
 
 class CountersUnavailable(Exception):
@@ -107,6 +144,7 @@ class BudgetCounters:
         self._claims = self._keys.seen(dedup_kind)
         self._max_age_s = max_age_s
         self._hold_ms = int(hold_s * 1000)
+        self._hold_ttl_s = self._hold_ms // 1000 + 60
         self._cache: dict[tuple[str, str], tuple[float, int]] = {}
         self._reading: dict[tuple[str, str], asyncio.Future[int]] = {}
         self._hold = client.register_script(_HOLD)
@@ -161,7 +199,7 @@ class BudgetCounters:
         keys: list[str] = []
         args: list[str | int] = [len(scopes), event_id, _nano_up(bound_pico),
                                  now_ms + self._hold_ms, now_ms, self._claims,
-                                 self._hold_ms // 1000 + 60]
+                                 self._hold_ttl_s, _PRUNE]
         for scope in scopes:
             keys += [self.counter_key(scope), self._holds_key(scope)]
             args += [scope.field, scope.budget.amount_pico // 1000]
@@ -175,12 +213,13 @@ class BudgetCounters:
         """Hold the request's real cost instead of its bound until the pipeline counts it."""
         await self._call(self._settle(
             keys=[self._holds_key(s) for s in scopes],
-            args=[event_id, f"{_nano_up(cost_pico)}|{now_ms + self._hold_ms}"]))
+            args=[event_id, _nano_up(cost_pico), now_ms + self._hold_ms, now_ms,
+                  self._hold_ttl_s]))
 
     async def release(self, scopes: Sequence[Scope], event_id: str) -> None:
         """Drop the request's hold (it failed before costing anything)."""
         await self._call(self._settle(keys=[self._holds_key(s) for s in scopes],
-                                      args=[event_id, ""]))
+                                      args=[event_id, "", 0, 0, self._hold_ttl_s]))
 
     async def _call(self, pending: object) -> list[bytes | int]:
         try:

@@ -136,3 +136,45 @@ def test_a_refused_scope_is_admitted_again_when_its_period_starts(
         return statuses
 
     assert run_async(scenario()) == [429, 429, 200, 200]
+
+
+def test_holds_add_up_through_settling_counting_and_pruning(
+    redis_client: redis.Redis, redis_url: str, unique: Callable[[str], str],
+) -> None:
+    """A hundred requests at once: each holds its bound, settles to its cost, and leaves the
+    held total as the pipeline counts it; what is held is never less than what is pending."""
+    namespace = unique("ns")
+    store = CostStore(redis_client, namespace, dedup_kind="usage", dedup_horizon_s=3600,
+                      retention_s=lambda size_s: 86_400, finest_window_s=60,
+                      window_max_rows=1000)
+    cent = DOLLAR // 100
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        counters = BudgetCounters(client, namespace, max_age_s=0.0)
+        ids = [f"gw:{n}" for n in range(100)]
+        try:
+            for event_id in ids:
+                assert (await counters.hold(SCOPES, event_id, cent, NOON)).admitted
+            full = await counters.hold(SCOPES, "gw:probe", cent, NOON)
+            assert (full.admitted, full.held_pico) == (False, DOLLAR)
+            for event_id in ids:
+                await counters.settle(SCOPES, event_id, cent // 2, NOON)
+            # The pipeline counts the first 70 (their claims and cost in one store step).
+            apply(store, SourceState(), 1, ids[:70], 70 * cent // 2)
+            probe = await counters.hold(SCOPES, "gw:probe", 80 * cent, NOON)
+            assert not probe.admitted and probe.spent_pico == 70 * cent // 2
+            # 64 counted holds pruned by that admission, the rest by the next one.
+            assert probe.held_pico == (100 - 64) * cent // 2
+            probe = await counters.hold(SCOPES, "gw:probe", 80 * cent, NOON)
+            assert (probe.spent_pico, probe.held_pico) == (70 * cent // 2, 30 * cent // 2)
+            # $0.35 counted + $0.15 held + $0.50 = $1: admitted exactly at the amount.
+            assert (await counters.hold(SCOPES, "gw:last", 50 * cent, NOON)).admitted
+            await counters.release(SCOPES, "gw:last")
+            for event_id in ids[70:]:
+                await counters.release(SCOPES, event_id)
+            assert (await counters.hold(SCOPES, "gw:all", DOLLAR - 35 * cent, NOON)).admitted
+        finally:
+            await client.aclose()
+
+    run_async(scenario())
