@@ -51,6 +51,24 @@ class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the field and the fix."""
 
 
+def invalid_settings(exc: ValidationError, env_prefix: str, what: str) -> ConfigError:
+    """A command's own settings that failed validation, each problem named by its variable.
+
+    >>> from pydantic import BaseModel
+    >>> class Knobs(BaseModel):
+    ...     ttl_s: int
+    >>> try:
+    ...     Knobs(ttl_s="soon")
+    ... except ValidationError as exc:
+    ...     print(invalid_settings(exc, "COSTFLUX_CACHE_", "cache"))
+    invalid cache configuration:
+      COSTFLUX_CACHE_TTL_S: Input should be a valid integer, unable to parse string as an integer
+    """
+    problems = [f"{env_prefix}{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                for e in exc.errors()]
+    return ConfigError(f"invalid {what} configuration:\n  " + "\n  ".join(problems))
+
+
 class _ConfigFileSource(PydanticBaseSettingsSource):
     """Settings from the YAML/JSON file named by COSTFLUX_CONFIG_FILE (lower priority than env)."""
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from costflux.settings import ConfigError, Settings
+from costflux.settings import Settings, invalid_settings
 
 __all__ = ["add_cache_command", "cache_settings"]
 
@@ -55,9 +55,7 @@ def cache_settings(overrides: dict[str, Any]) -> Any:
     try:
         return CacheSettings(**overrides)
     except ValidationError as exc:
-        problems = [f"COSTFLUX_CACHE_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
-                    for e in exc.errors()]
-        raise ConfigError("invalid cache configuration:\n  " + "\n  ".join(problems)) from None
+        raise invalid_settings(exc, "COSTFLUX_CACHE_", "cache") from None
 
 
 def _run_cache(args: argparse.Namespace, settings: Settings) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from costflux.settings import ConfigError, Settings
+from costflux.settings import ConfigError, Settings, invalid_settings
 
 __all__ = ["add_gateway_command"]
 
@@ -56,9 +56,7 @@ def _gateway_settings(args: argparse.Namespace) -> Any:
     try:
         return GatewaySettings(**overrides)
     except ValidationError as exc:
-        problems = [f"COSTFLUX_GATEWAY_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
-                    for e in exc.errors()]
-        raise ConfigError("invalid gateway configuration:\n  " + "\n  ".join(problems)) from None
+        raise invalid_settings(exc, "COSTFLUX_GATEWAY_", "gateway") from None
 
 
 def _run_gateway(args: argparse.Namespace, settings: Settings) -> int:

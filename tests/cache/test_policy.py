@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-import importlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -120,9 +118,3 @@ def test_labels_and_the_event() -> None:
                      "input_tokens": 0, "output_tokens": 0, "cached_input_tokens": 0,
                      "latency_ms": 0.0, "status": "error", "labels": labels,
                      "cache_hit": False}
-
-
-@pytest.mark.parametrize("name", ["costflux.cache.policy", "costflux.cache.usage"])
-def test_docstring_examples(name: str) -> None:
-    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
-    assert result.attempted and result.failed == 0

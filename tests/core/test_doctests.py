@@ -1,4 +1,5 @@
-"""The examples in the pure core's docstrings run, so they cannot drift from the code."""
+"""The examples in docstrings run, so they cannot drift from the code: the pure core's, the
+schemas', the gateway's and the cache's, and the settings'."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import pkgutil
 
 import pytest
 
+import costflux.cache
 import costflux.core
+import costflux.gateway
 import schemas
 
 MODULES = sorted(
-    f"{package.__name__}.{info.name}"
-    for package in (costflux.core, schemas)
-    for info in pkgutil.iter_modules(package.__path__)
+    [f"{package.__name__}.{info.name}"
+     for package in (costflux.core, schemas, costflux.gateway, costflux.cache)
+     for info in pkgutil.iter_modules(package.__path__)] + ["costflux.settings"]
 )
 
 
