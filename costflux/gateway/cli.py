@@ -40,6 +40,9 @@ def add_gateway_command(commands: Any) -> None:
     gateway.add_argument("--fail-mode", choices=("open", "closed"), default=None,
                          help="when Redis does not answer: let requests through (open, the "
                          "default) or answer 503 (closed)")
+    gateway.add_argument("--keys-file", type=Path, default=None,
+                         help="keys file: alias, team, project and labels per key id (or "
+                         "COSTFLUX_KEYS_FILE)")
     gateway.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                          help="default event label (repeatable; X-Costflux-<Label> overrides)")
     gateway.set_defaults(run=_run_gateway)
@@ -49,7 +52,7 @@ def _gateway_settings(args: argparse.Namespace) -> Any:
     from costflux.gateway.settings import GatewaySettings
 
     overrides = {name: getattr(args, name) for name in
-                 ("upstream", "semantic_cache", "reservation", "fail_mode")
+                 ("upstream", "semantic_cache", "reservation", "fail_mode", "keys_file")
                  if getattr(args, name) is not None}
     if args.label:
         overrides["labels"] = ",".join(args.label)

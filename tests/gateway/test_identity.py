@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import string
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -242,3 +246,24 @@ def test_request_labels_always_make_a_valid_event_with_the_keys_labels(
     assert labels["api_key"] == "key-3f9a1c0b7e2d4f68"
     assert labels["api_key_alias"] == "search-prod"
     assert labels.get("end_user") == (end[:256] or None)
+
+
+def test_the_key_id_command_prints_the_id_of_the_key_on_stdin() -> None:
+    secret = "sk-proj-not-a-real-key-but-shaped-like-one"
+    printed = subprocess.run([sys.executable, "-m", "costflux", "gateway", "key-id"],
+                             input=secret + "\n", capture_output=True, text=True, timeout=60,
+                             check=True).stdout.strip()
+    assert printed == "key-" + hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def test_a_bad_keys_file_stops_the_gateway_naming_file_line_and_field(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.yaml"
+    keys.write_text("keys:\n  - {id: key-0123456789abcdef, team: search}\n"
+                    "  - {id: key-0123456789abcdef, team: ads}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COSTFLUX_")}
+    env.update(COSTFLUX_KAFKA_BOOTSTRAP="127.0.0.1:1", COSTFLUX_REDIS_URL="redis://127.0.0.1:1")
+    done = subprocess.run([sys.executable, "-m", "costflux", "gateway", "--upstream",
+                           "http://127.0.0.1:1", "--keys-file", str(keys)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert f"{keys}:3: keys[1].id:" in done.stderr, done.stderr
