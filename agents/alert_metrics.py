@@ -7,10 +7,10 @@ from fractions import Fraction
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from agents.metrics import LabelLimiter
 from costflux.core.budgets import BudgetStatus
 from costflux.core.money import PICO_PER_DOLLAR
 from schemas.alert import AlertEvent
+from streams.metrics import LabelLimiter
 
 __all__ = ["AlertMetrics"]
 

@@ -30,11 +30,11 @@ import faust
 
 from agents.alert_metrics import AlertMetrics
 from agents.alerts_view import AlertsView
-from agents.health import Health, guarded
 from agents.serving import ServingView
 from costflux.core.alerts import AlertState
 from costflux.core.detect import Detection, StepResult
 from costflux.core.signals import Rows, Tile
+from streams.health import Health, guarded
 
 __all__ = ["Detector"]
 

@@ -15,7 +15,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.alerts_view import AlertsView
 from agents.http_access import LOGIN_PATH, HttpAccess, sign_in
-from agents.metrics import CostMetrics
 from agents.serving import ServingView
 from agents.ui import register_ui
 from costflux.core.advice import Assumptions, advise, measurable
@@ -45,6 +44,7 @@ from costflux.core.principals import (
 from costflux.core.rows import WindowRows
 from costflux.core.spike import HOUR_MS
 from schemas._types import from_epoch_ms
+from streams.metrics import CostMetrics
 
 __all__ = ["AdviceInputs", "register_http"]
 

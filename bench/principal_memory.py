@@ -45,12 +45,12 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agents.app import serving_retention  # noqa: E402
 from costflux.core.budgets import Budget, parse_budgets_text  # noqa: E402
 from costflux.core.ingest import Candidate, IngestRules  # noqa: E402
 from costflux.core.spend import SpendRules, add_spend_rows  # noqa: E402
 from costflux.embedded import EmbeddedRedis  # noqa: E402
 from costflux.settings import Settings  # noqa: E402
-from streams.app import serving_retention  # noqa: E402
 from streams.cost_store import CostStore, FlushWrite, Outcome, SourceState  # noqa: E402
 from streams.ingest import USAGE  # noqa: E402
 

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from costflux.core.pricing import PricingError
+from costflux.log_setup import configure_logging
 from costflux.settings import ConfigError, Settings, load_settings
 
 __all__ = ["main"]
@@ -100,18 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
 def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     import faust
 
+    from agents.app import build_worker
     from costflux.embedded import embedded_stack
-    from streams.app import build_worker
 
     configure_logging(settings)
     with embedded_stack(settings) as live:

@@ -31,9 +31,9 @@ def add_collect_command(commands: Any) -> None:
 def _run_collect(args: argparse.Namespace, settings: Settings) -> int:
     from aiohttp import web
 
-    from costflux.cli import configure_logging
     from costflux.core.genai_spans import SpanMapping, parse_label_mapping
     from costflux.embedded import EmbeddedBroker
+    from costflux.log_setup import configure_logging
     from costflux.pricing_source import PricingSource
     from streams.collect import CollectorConfig, UsageCollector
     from streams.delivery import AsyncDelivery

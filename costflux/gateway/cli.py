@@ -76,8 +76,8 @@ def _run_gateway(args: argparse.Namespace, settings: Settings) -> int:
               file=sys.stderr)
         return 2
     from costflux.alerting_source import DetectionSource
-    from costflux.cli import configure_logging
     from costflux.file_watch import ReloadedFiles
+    from costflux.log_setup import configure_logging
     from costflux.pricing_source import PricingSource
     from streams.sidecar import parse_labels
 

@@ -14,7 +14,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from agents.metrics import CostMetrics
 from costflux.core.aggregate import FlushRows
 from costflux.core.allocation import IDLE, AllocationOptions, TimeRange, allocate
 from costflux.core.gpu_report import gpu_report, parse_gpu_aggregate
@@ -23,6 +22,7 @@ from costflux.core.ingest import IngestRules, PartitionClock
 from costflux.core.pricing import parse_pricing_text
 from costflux.core.rows import GPU_DIMENSIONS, DimKey, GpuDims, GpuSums, UsageSums, WindowRows
 from schemas.deadletter import DeadLetterReason as R
+from streams.metrics import CostMetrics
 from tests.core.test_rows import stored_windows
 
 PRICES = parse_pricing_text(

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from agents.metrics import CostMetrics, LabelLimiter
 from costflux.core.pricing import PricingError
 from costflux.core.rows import UsageSums
 from costflux.pricing_source import PricingSource
+from streams.metrics import CostMetrics, LabelLimiter
 
 GOOD = "model_costs:\n  m:\n    input_tokens: 0.001\n    output_tokens: 0.002\n"
 BETTER = "model_costs:\n  m:\n    input_tokens: 0.003\n    output_tokens: 0.004\n"

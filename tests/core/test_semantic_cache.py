@@ -18,7 +18,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from agents.metrics import CostMetrics
 from costflux.cache.policy import TokenUsage
 from costflux.cache.usage import usage_event
 from costflux.core.advice import advise
@@ -35,6 +34,7 @@ from costflux.core.rows import (
     decode_usage_sums,
 )
 from schemas.deadletter import DeadLetterReason
+from streams.metrics import CostMetrics
 from tests.core.test_rows import stored_windows
 
 MINUTE_MS, HOUR_MS = 60_000, 3_600_000

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from streams.app import ticks_topic
+from agents.app import ticks_topic
 from tests.deploy.manifests import (
     STRIMZI,
     compose,

@@ -19,10 +19,8 @@ import redis.asyncio as aioredis
 from agents.alert_metrics import AlertMetrics
 from agents.alerts_view import AlertsView
 from agents.detector import Detector, DetectorOptions
-from agents.health import Health, guarded
 from agents.http import AdviceInputs, register_http
 from agents.http_access import HttpAccess
-from agents.metrics import CostMetrics
 from agents.serving import ServingView
 from agents.unit_costs import UnitCosts
 from agents.watermark import PipelineWatermark
@@ -33,6 +31,7 @@ from costflux.core.spend import SpendRules
 from costflux.pricing_source import PricingSource
 from costflux.settings import Settings
 from streams.cost_store import CostStore
+from streams.health import Health, guarded
 from streams.ingest import GPU_SAMPLES, USAGE, IngestLoop, IngestOptions, SourceKind
 from streams.kafka import (
     admin_config,
@@ -41,6 +40,7 @@ from streams.kafka import (
     faust_broker_options,
     producer_config,
 )
+from streams.metrics import CostMetrics
 
 __all__ = ["Worker", "build_worker"]
 
