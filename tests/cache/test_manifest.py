@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from costflux.cache.cli import _cache_settings
 from costflux.cli import _parser
+from costflux.cli.cache import _cache_settings
 from tests.deploy.manifests import K8S, docs, seed_yaml_blocks
 
 

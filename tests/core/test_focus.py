@@ -260,7 +260,7 @@ def test_long_windows_are_read_in_parts_the_api_answers() -> None:
     """The API answers at most 1,000 steps a query: 62 days of hours come in aligned parts."""
     from datetime import timedelta
 
-    from costflux.export_cli import _parts
+    from costflux.cli.export import _parts
 
     start, end = datetime(2024, 1, 1, 0, 30, tzinfo=UTC), datetime(2024, 3, 3, tzinfo=UTC)
     parts = list(_parts((start, end), timedelta(hours=1)))

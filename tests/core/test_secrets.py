@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from costflux.demo import _without_credentials
+from costflux.cli.demo import _without_credentials
 
 
 @pytest.mark.parametrize(

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from costflux.demo import DEMO_ASSIGNMENT
-from costflux.demo_gpu import demo_gpu_samples
-from costflux.export_cli import add_export_command
+from costflux.cli.demo import DEMO_ASSIGNMENT
+from costflux.cli.demo_gpu import demo_gpu_samples
+from costflux.cli.export import add_export_command
 from costflux.settings import Settings
 from streams.kafka import ensure_topics, producer_config
 from streams.producer import UsageProducer

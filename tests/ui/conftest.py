@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from costflux.demo import DEMO_LABELS, DEMO_MODELS, bundled_trace_path
-from costflux.demo_gpu import demo_gpu_samples
+from costflux.cli.demo import DEMO_LABELS, DEMO_MODELS, bundled_trace_path
+from costflux.cli.demo_gpu import demo_gpu_samples
 from costflux.embedded import free_port
 from costflux.settings import Settings
 from streams.kafka import ensure_topics, producer_config

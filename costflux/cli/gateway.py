@@ -175,9 +175,9 @@ def _semantic_cache(settings: Settings) -> Any:
     try:
         import redis.asyncio as aioredis
 
-        from costflux.cache.cli import cache_settings
         from costflux.cache.embedder import Embedder, EmbedderError
         from costflux.cache.store import EntryStore
+        from costflux.cli.cache import cache_settings
         from costflux.gateway.semantic import SemanticCache
     except ImportError as exc:
         raise ConfigError(f"--semantic-cache: {exc.name} is missing; install the extra: pip "

@@ -30,14 +30,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from costflux.advise_cli import add_advise_command
-    from costflux.cache.cli import add_cache_command
-    from costflux.collect_cli import add_collect_command
-    from costflux.export_cli import add_export_command
-    from costflux.gateway.cli import add_gateway_command
-    from costflux.pricing_cli import add_pricing_commands
-    from costflux.reconcile_cli import add_reconcile_command
-    from costflux.report_cli import add_report_command
+    from costflux.cli.advise import add_advise_command
+    from costflux.cli.cache import add_cache_command
+    from costflux.cli.collect import add_collect_command
+    from costflux.cli.export import add_export_command
+    from costflux.cli.gateway import add_gateway_command
+    from costflux.cli.pricing import add_pricing_commands
+    from costflux.cli.reconcile import add_reconcile_command
+    from costflux.cli.report import add_report_command
     from streams.bridge import add_bridge_arguments
     from streams.replay import add_replay_arguments
     from streams.sidecar import add_sidecar_arguments
@@ -121,7 +121,7 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from costflux.demo import run_demo
+    from costflux.cli.demo import run_demo
 
     return run_demo(settings, duration=args.duration, speed=args.speed, limit=args.limit,
                     show_table=not args.no_table)

@@ -2,7 +2,7 @@
 
 Starts an embedded broker and Redis, a worker process, and replays the bundled Azure LLM
 inference trace (CC-BY-4.0) with rotating models and teams, and GPU samples of a simulated
-fleet serving the Llama models (``costflux.demo_gpu``), while a live table shows token, GPU
+fleet serving the Llama models (``costflux.cli.demo_gpu``), while a live table shows token, GPU
 and idle cost by model and team read back from the worker's allocation API.
 """
 
@@ -184,7 +184,7 @@ def _replay(settings: Settings, speed: float, limit: int | None) -> None:
 
 
 def _replay_gpus(settings: Settings, speed: float, limit: int | None) -> None:
-    from costflux.demo_gpu import demo_gpu_samples
+    from costflux.cli.demo_gpu import demo_gpu_samples
     from streams.kafka import producer_config
     from streams.producer import UsageProducer
     from streams.replay import Assignment, ColumnMapping, iter_usage_events, replay
