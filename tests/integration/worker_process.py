@@ -66,7 +66,9 @@ class WorkerProcess:
     def get(self, path: str, **params: str) -> tuple[int, Any]:
         url = self.base + path + ("?" + urllib.parse.urlencode(params) if params else "")
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
+            # Generous: a worker catching up on a backlog (its detector evaluating days of
+            # event time) answers late on a loaded machine, and a late answer is not an error.
+            with urllib.request.urlopen(url, timeout=30) as response:
                 body = response.read()
                 status = response.status
         except urllib.error.HTTPError as error:
