@@ -2,6 +2,12 @@
 
 ``costAtTier`` prices the same GPU-hours at every tier: what the fleet would have cost all
 on-demand, all spot or all reserved (the input for savings advice).
+
+The hours, one meaning each: ``gpuHours`` is the time the GPUs were sampled; ``utilizedHours``
+is that time weighted by utilization (an hour at 40 % is 0.4); ``idleHours`` is the time of
+samples under the idle threshold (``COSTFLUX_GPU_IDLE_THRESHOLD_PCT``), whole. Utilized plus
+idle is therefore not the total: an hour at 50 % is 0.5 utilized and 0 idle. ``busyHours`` is
+the old name of ``utilizedHours``, kept for one release.
 """
 
 from __future__ import annotations
@@ -75,7 +81,8 @@ def _report(name: str, sums: list[int], window: dict[str, str]) -> dict[str, obj
         "start": window["start"],
         "end": window["end"],
         "gpuHours": float(gpu_ms / _MS_PER_HOUR),
-        "busyHours": float(busy_ms / _MS_PER_HOUR),
+        "utilizedHours": float(busy_ms / _MS_PER_HOUR),
+        "busyHours": float(busy_ms / _MS_PER_HOUR),  # deprecated: utilizedHours
         "idleHours": float(idle_ms / _MS_PER_HOUR),
         "utilization": busy_ms / gpu_ms if gpu_ms else 0.0,
         "totalCost": float(units_to_dollars(cost)),

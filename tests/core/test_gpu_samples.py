@@ -239,7 +239,8 @@ def test_gpu_report_by_tier_with_what_ifs() -> None:
                   gpu_row("m", "b", 1_800_000, 0, tier="reserved_1y"),
                   usage_row("m", "a", 1, 1, 1))
     report = gpu_report([rows], parse_gpu_aggregate("gpu_type"), HOUR)["nvidia-a100-80gb"]
-    assert (report["gpuHours"], report["idleHours"], report["busyHours"]) == (1.5, 1.0, 0.5)
+    assert (report["gpuHours"], report["idleHours"], report["utilizedHours"]) == (1.5, 1.0, 0.5)
+    assert report["busyHours"] == report["utilizedHours"]  # the old name, for one release
     assert report["totalCost"] == pytest.approx(float(Decimal("1.2") + Decimal("2.1") / 2))
     assert report["idleCost"] == pytest.approx(1.2)
     assert report["costByTier"] == pytest.approx({"on_demand": 0, "spot": 1.2,

@@ -207,7 +207,7 @@ def test_gpu_and_token_cost_per_team_equal_independent_recomputation(
     status, body = worker.get("/model/gpu", window=FIRST_HOUR, aggregate="model")
     assert status == 200, body
     mistral = body["data"][0]["mistral-7b"]
-    assert (mistral["gpuHours"], mistral["idleHours"], mistral["busyHours"]) == (1.0, 1.0, 0.0)
+    assert (mistral["gpuHours"], mistral["idleHours"], mistral["utilizedHours"]) == (1.0, 1.0, 0.0)
     assert mistral["totalCost"] == mistral["idleCost"] == 0.3
     assert mistral["costAtTier"] == {"on_demand": 0.5, "spot": 0.15, "reserved_1y": 0.3}
 

@@ -39,7 +39,7 @@ export const COST_KINDS = {
   total: { label: "total cost", pick: (row) => dollars(row.totalCostExact),
            total: (row) => row.totalCostExact },
   token: { label: "token cost", pick: (row) => row.tokenCost, total: (row) => row.tokenCost },
-  gpu: { label: "GPU cost (busy)", pick: (row) => row.gpuCost, total: (row) => row.gpuCost },
+  gpu: { label: "GPU cost (not idle)", pick: (row) => row.gpuCost, total: (row) => row.gpuCost },
   idle: { label: "idle GPU cost", pick: (row) => row.idleCost, total: (row) => row.idleCost },
 };
 

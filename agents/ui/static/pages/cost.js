@@ -121,7 +121,7 @@ function summary(rows) {
     el("div", { class: "grid stats" },
        item("total cost", "total", sum("totalCostExact")),
        item("token cost", "token", sum("tokenCost")),
-       item("GPU cost (busy)", "gpu", sum("gpuCost")),
+       item("GPU cost (not idle)", "gpu", sum("gpuCost")),
        item("idle GPU cost", "idle", sum("idleCost"))),
     span ? el("p", { class: "muted small" }, timeElement(ms(span.start)), " to ",
               timeElement(ms(span.end)))

@@ -40,7 +40,7 @@ export async function render(main, params, ctx) {
   main.replaceChildren(
     el("h1", { text: "GPU" }),
     el("div", { class: "controls" }, byBox, windowBox, stepBox),
-    panel(`Utilization by ${label}, per ${step} (busy GPU time / GPU time)`, utilizationChart),
+    panel(`Utilization by ${label}, per ${step} (utilized GPU time / GPU time)`, utilizationChart),
     panel(`Idle GPU cost by ${label}, per ${step}`, idleChart),
     panel(`GPU time and cost by ${label}`, gpuTable(rows, label),
           rows.length ? el("p", { class: "muted small" }, timeElement(ms(rows[0].window.start)),
@@ -82,7 +82,8 @@ function gpuTable(rows, label) {
   const columns = [
     { label, key: "group", value: (row) => rowLabel(row.name) },
     { label: "GPU-hours", num: true, key: "gpuHours", value: (row) => hours(row.gpuHours) },
-    { label: "busy h", num: true, key: "busyHours", value: (row) => hours(row.busyHours) },
+    { label: "utilized h", num: true, key: "utilizedHours",
+      value: (row) => hours(row.utilizedHours) },
     { label: "idle h", num: true, key: "idleHours", value: (row) => hours(row.idleHours) },
     { label: "utilization", num: true, key: "utilization",
       value: (row) => ratioPercent(row.utilization) },
