@@ -9,7 +9,6 @@ real Prometheus scraping a real worker.
 from __future__ import annotations
 
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,24 +33,17 @@ from tests.deploy.manifests import (
     compose,
     compose_mounts,
     docs,
-    k8s_object,
-    load_script,
 )
 from tests.prometheus_tools import run_promtool
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 PROVISIONING = GRAFANA / "provisioning"
-CONFIGMAP_FILE = K8S / "configmap-grafana-dashboard.yaml"
 # kubectl apply (client side) stores the whole object in an annotation, limited to 256 KiB.
 LAST_APPLIED_LIMIT = 262_144
 
 
 def _panels() -> list[dict[str, Any]]:
     return [panel for panel in dashboard()["panels"] if panel["type"] != "row"]
-
-
-def _configmap_generator() -> ModuleType:
-    return load_script(GRAFANA / "configmap.py")
 
 
 # --- the queries ----------------------------------------------------------------------------------
@@ -167,24 +159,17 @@ def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
 # --- the Kubernetes ConfigMap ---------------------------------------------------------------------
 
 
-def test_configmap_carries_the_dashboard_byte_for_byte() -> None:
-    configmap = k8s_object("ConfigMap", "costflux-grafana-dashboard")
-    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
-    text = DASHBOARD_FILE.read_text(encoding="utf-8")
-    assert configmap["data"] == {DASHBOARD_FILE.name: text}
-    # Generated, not edited: regenerating gives the file as checked in.
-    generated = _configmap_generator().render(text)
-    assert CONFIGMAP_FILE.read_text(encoding="utf-8") == generated, (
-        "run: python deploy/grafana/configmap.py"
-    )
-    assert len(CONFIGMAP_FILE.read_bytes()) < LAST_APPLIED_LIMIT
-
-
-def test_configmap_generator_refuses_a_json_it_cannot_keep_exact() -> None:
-    render = _configmap_generator().render
-    with pytest.raises(ValueError, match="one newline"):
-        render('{"a": 1}')
-    assert render('{"a": 1}\n').endswith('  costflux.json: |\n    {"a": 1}\n')
+def test_the_configmap_is_generated_from_the_one_dashboard_file() -> None:
+    kustomization = docs(K8S / "kustomization.yaml")[0]
+    (generator,) = [g for g in kustomization["configMapGenerator"]
+                    if g["name"] == "costflux-grafana-dashboard"]
+    assert [K8S / f for f in generator["files"]] == [DASHBOARD_FILE]
+    # The sidecar finds it by this label; a fixed name keeps `kubectl apply -k` replacing it.
+    assert generator["options"] == {"disableNameSuffixHash": True,
+                                    "labels": {"grafana_dashboard": "1"}}
+    assert not list(K8S.glob("configmap-grafana*")), "a second copy of the dashboard"
+    # `kubectl apply` keeps the whole object in an annotation, which has a size limit.
+    assert len(DASHBOARD_FILE.read_bytes()) < LAST_APPLIED_LIMIT
 
 
 # --- provisioning in docker compose ---------------------------------------------------------------
