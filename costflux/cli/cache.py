@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from costflux.cli.upstream import missing_prerequisite
 from costflux.settings import Settings, invalid_settings
 
 __all__ = ["add_cache_command", "cache_settings"]
@@ -78,13 +79,10 @@ def _run_cache(args: argparse.Namespace, settings: Settings) -> int:
     from streams.sidecar import parse_labels
 
     cache = _cache_settings(args)
-    if not cache.upstream or not cache.upstream.startswith(("http://", "https://")):
-        print("costflux cache: give the upstream API's base URL: --upstream https://... "
-              "(or COSTFLUX_CACHE_UPSTREAM)", file=sys.stderr)
-        return 2
-    if settings.kafka_bootstrap is None or settings.redis_url is None:
-        print("costflux cache: set COSTFLUX_KAFKA_BOOTSTRAP and COSTFLUX_REDIS_URL (entries "
-              "are shared by every proxy replica)", file=sys.stderr)
+    missing = missing_prerequisite("costflux cache", cache.upstream, "COSTFLUX_CACHE_UPSTREAM",
+                                   settings, "entries are shared by every proxy replica")
+    if missing:
+        print(missing, file=sys.stderr)
         return 2
     try:
         labels = parse_labels(cache.labels, "--label / COSTFLUX_CACHE_LABELS")
@@ -103,7 +101,7 @@ def _run_cache(args: argparse.Namespace, settings: Settings) -> int:
     # A short timeout: a Redis that hangs costs each request this long, then the request
     # goes upstream without the cache (proxy.py).
     client = aioredis.Redis.from_url(
-        settings.redis_url, **settings.redis_client_options(cache.redis_timeout_s))
+        settings.redis_url or "", **settings.redis_client_options(cache.redis_timeout_s))
     store = EntryStore(client, cache.namespace, max_entries=cache.max_entries,
                        ttl_s=cache.ttl_s)
     config = ProxyConfig(cache.upstream, labels, cache.upstream_timeout_s)

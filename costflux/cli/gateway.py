@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from costflux.cli.upstream import missing_prerequisite
 from costflux.settings import ConfigError, Settings, invalid_settings
 
 __all__ = ["add_gateway_command"]
@@ -66,14 +67,11 @@ def _run_gateway(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "key-id":
         return _print_key_id()
     gateway = _gateway_settings(args)
-    if not gateway.upstream or not gateway.upstream.startswith(("http://", "https://")):
-        print("costflux gateway: give the upstream API's base URL: --upstream https://... "
-              "(or COSTFLUX_GATEWAY_UPSTREAM)", file=sys.stderr)
-        return 2
-    if settings.kafka_bootstrap is None or settings.redis_url is None:
-        print("costflux gateway: set COSTFLUX_KAFKA_BOOTSTRAP and COSTFLUX_REDIS_URL (the "
-              "usage topic the workers read, the Redis they write budgets' spend to)",
-              file=sys.stderr)
+    missing = missing_prerequisite(
+        "costflux gateway", gateway.upstream, "COSTFLUX_GATEWAY_UPSTREAM", settings,
+        "the usage topic the workers read, the Redis they write budgets' spend to")
+    if missing:
+        print(missing, file=sys.stderr)
         return 2
     from costflux.alerting_source import DetectionSource
     from costflux.file_watch import ReloadedFiles

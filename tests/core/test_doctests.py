@@ -1,5 +1,5 @@
 """The examples in docstrings run, so they cannot drift from the code: the pure core's, the
-schemas', the gateway's and the cache's, and the settings'."""
+schemas', the gateway's, the cache's and the commands', and the settings'."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import pkgutil
 import pytest
 
 import costflux.cache
+import costflux.cli
 import costflux.core
 import costflux.gateway
 import schemas
 
 MODULES = sorted(
     [f"{package.__name__}.{info.name}"
-     for package in (costflux.core, schemas, costflux.gateway, costflux.cache)
+     for package in (costflux.core, schemas, costflux.gateway, costflux.cache, costflux.cli)
      for info in pkgutil.iter_modules(package.__path__)] + ["costflux.settings"]
 )
 
