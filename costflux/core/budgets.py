@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
 from typing import Any, Literal, NamedTuple
@@ -69,6 +69,17 @@ class Budget:
     project_after_ms: int = _DAY_MS  # before this much of a period, spend is the projection
     members: tuple[Mapping[str, str], ...] = ()  # scope.cost_center: any of these scopes
     enforce: Enforce = "none"  # what the gateway does once the spend reaches the amount
+    #: What identifies the spend this budget measures: its scope and its periods, not its
+    #: name or amount (renaming it or raising its amount keeps the spend counted so far).
+    #: Computed once: the gateway asks for it on every request.
+    counter_id: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        definition = orjson.dumps(
+            [sorted(self.scope.items()), [sorted(m.items()) for m in self.members],
+             self.period, self.reset_day, self.timezone, self.custom_days,
+             self.custom_start.isoformat() if self.custom_start else None])
+        object.__setattr__(self, "counter_id", hashlib.sha256(definition).hexdigest()[:16])
 
     def matches(self, dimensions: Mapping[str, str]) -> bool:
         return all(_value_matches(dimensions.get(key), value)
@@ -87,16 +98,6 @@ class Budget:
         """Whether the scope names an API key or end user, which window rows do not hold:
         only the gateway's counters (costflux.core.spend) can measure such a budget."""
         return any(key in PRINCIPAL_KEYS for key in self.scope)
-
-    @property
-    def counter_id(self) -> str:
-        """What identifies the spend this budget measures: its scope and its periods, not its
-        name or amount (renaming it or raising its amount keeps the spend counted so far)."""
-        definition = orjson.dumps(
-            [sorted(self.scope.items()), [sorted(m.items()) for m in self.members],
-             self.period, self.reset_day, self.timezone, self.custom_days,
-             self.custom_start.isoformat() if self.custom_start else None])
-        return hashlib.sha256(definition).hexdigest()[:16]
 
     def period_at(self, ts_ms: int) -> tuple[int, int]:
         """The [start, end) of the period holding ``ts_ms``, in epoch ms, from local midnights."""

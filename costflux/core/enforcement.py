@@ -41,10 +41,13 @@ class Scope:
     """One enforced budget as it applies to one request: its counter and current period."""
 
     budget: Budget
-    counter_id: str
     period_start_ms: int
     period_end_ms: int
     field: str  # the counter's field: the request's API key or end user for "*", else ""
+
+    @property
+    def counter_id(self) -> str:
+        return self.budget.counter_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +69,7 @@ def scopes_of(budgets: Iterable[Budget], labels: Mapping[str, str], now_ms: int
             continue
         start, end = budget.period_at(now_ms)
         each = budget.per_principal
-        scopes.append(Scope(budget, budget.counter_id, start, end,
-                            labels[each] if each else ""))
+        scopes.append(Scope(budget, start, end, labels[each] if each else ""))
     return scopes
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from costflux.core.aggregate import PartitionAggregate
-from costflux.core.bill import BILLED_FIELDS, bill
+from costflux.core.bill import request_cost
 from costflux.core.events import Rejected, decode_usage_fields
 from costflux.core.pricing import ModelPrice, PriceBook
 from costflux.core.rows import DimKey
@@ -164,11 +164,7 @@ def judge(
                 input_tokens, output_tokens = entry["input_tokens"], entry["output_tokens"]
                 gpu_seconds = entry.get("gpu_seconds")
                 discount = prices.discount(model, price, ts_ms) if contracts else None
-                billed = None
-                if discount is None and BILLED_FIELDS.isdisjoint(entry):
-                    cost = price.cost(input_tokens, output_tokens, cached)
-                else:
-                    cost, billed = bill(price, entry, discount)
+                cost, billed = request_cost(price, entry, discount)
                 candidates.append(_new_candidate(Candidate, (
                     entry["event_id"],
                     position,

@@ -38,10 +38,10 @@ _COUNTER_GRACE_S = 2 * 86_400
 
 @dataclass(frozen=True, slots=True)
 class SpendRules:
-    """What the budget counters and the principals' roll-up count, and how long they keep."""
+    """What the budget counters count (the principals' roll-up needs no rule; how long it is
+    kept is the store's business)."""
 
     enforced: tuple[Budget, ...] = ()
-    principal_retention_s: int = 35 * 86_400
 
 
 def add_spend_rows(rows: FlushRows, counted: Sequence[Candidate], rules: SpendRules) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from costflux.core.bill import BILLED_FIELDS, bill
+from costflux.core.bill import request_cost
 from costflux.core.budgets import Budget
 from costflux.core.enforcement import (
     BUDGET_HEADER,
@@ -221,11 +221,7 @@ class BudgetGuard:
         span = self._prices().model_price_span(model, now_ms)
         if span is None:
             return 0
-        price = span[0]
-        if BILLED_FIELDS.isdisjoint(usage):
-            return price.cost(usage.get("input_tokens", 0), usage.get("output_tokens", 0),
-                              usage.get("cached_input_tokens", 0))
-        return bill(price, {"input_tokens": 0, "output_tokens": 0, **usage}, None)[0]
+        return request_cost(span[0], {"input_tokens": 0, "output_tokens": 0, **usage})[0]
 
 
 def _retry_after(scope: Scope, now_ms: int) -> dict[str, str]:

@@ -67,7 +67,7 @@ def start_proxy(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
     def nothing() -> Iterator[None]:
         yield
 
-    def start(settings: Settings, upstream: str, *args: str) -> Proxy:
+    def start(settings: Settings, upstream: str, *args: str, command: str = "cache") -> Proxy:
         port = free_port()
         env = {**os.environ, "COSTFLUX_KAFKA_BOOTSTRAP": str(settings.kafka_bootstrap),
                "COSTFLUX_REDIS_URL": str(settings.redis_url),
@@ -78,7 +78,7 @@ def start_proxy(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
         log = tmp_path / f"proxy-{len(running)}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "costflux", "cache", "--upstream", upstream,
+                [sys.executable, "-m", "costflux", command, "--upstream", upstream,
                  "--label", "namespace=ml-prod", *args],
                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
         running.append(process)
@@ -144,6 +144,24 @@ def test_identical_and_paraphrased_prompts_are_served_from_the_cache_unrelated_o
     assert published[3]["input_tokens"] == usage_for(UNRELATED)["prompt_tokens"]
     assert all(e["labels"] == {"team": "search", "app": "docs-bot", "namespace": "ml-prod"}
                for e in published)
+
+
+def test_the_gateway_answers_from_the_same_cache_with_semantic_cache_on(
+    settings_for: Callable[..., Settings], start_proxy: Callable[..., Proxy],
+) -> None:
+    settings = settings_for()
+    with Upstream() as upstream:
+        gateway = start_proxy(settings, upstream.url, "--semantic-cache", command="gateway")
+        first = gateway.chat(QUESTION, temperature=0)
+        assert first.status_code == 200 and first.headers["X-Costflux-Cache"] == "miss"
+        again = gateway.chat(PARAPHRASE, temperature=0)
+        assert again.headers["X-Costflux-Cache"] == "hit" and again.json() == first.json()
+        assert upstream.calls == 1
+    published = events(settings, 2)
+    assert [e["cache_hit"] for e in published] == [False, True]
+    original = usage_for(QUESTION)
+    assert all((e["input_tokens"], e["output_tokens"]) == (
+        original["prompt_tokens"], original["completion_tokens"]) for e in published)
 
 
 def test_sampling_parameters_temperature_bound_opt_out_and_tenants_are_kept_apart(
