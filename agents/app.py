@@ -19,8 +19,9 @@ import redis.asyncio as aioredis
 from agents.alert_metrics import AlertMetrics
 from agents.alerts_view import AlertsView
 from agents.detector import Detector, DetectorOptions
-from agents.http import AdviceInputs, register_http
+from agents.http import register_http
 from agents.http_access import HttpAccess
+from agents.http_api import AdviceInputs, WorkerApi
 from agents.serving import ServingView
 from agents.unit_costs import UnitCosts
 from agents.watermark import PipelineWatermark
@@ -239,16 +240,18 @@ def build_worker(settings: Settings, app_id: str | None = None) -> Worker:
             return False, "; ".join(problems)
         return True, "ok"
 
-    register_http(
-        app, metrics, view, tuple(settings.window_sizes), (liveness, readiness),
-        AllocationOptions(settings.gpu_share_idle, settings.gpu_allocation_weight),
-        alerts_view,
+    api = WorkerApi(
+        view, alerts_view,
+        window_sizes_s=tuple(settings.window_sizes),
+        gpu_defaults=AllocationOptions(settings.gpu_share_idle, settings.gpu_allocation_weight),
         advice=AdviceInputs(assumptions,
                             lambda model, ts_ms: pricing.current().model_price(model, ts_ms)),
         other_costs=lambda: pricing.current().other_costs,  # re-read: prices reload live
-        access=HttpAccess(settings.http_token_value(),
-                          protect_metrics=settings.http_protect_metrics),
+        probes=(liveness, readiness),
+        registry=metrics.registry,
     )
+    register_http(app, api, access=HttpAccess(settings.http_token_value(),
+                                              protect_metrics=settings.http_protect_metrics))
     return Worker(app, ingest, gpu_ingest, watermark, detector, metrics, pricing)
 
 

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 import redis
 from aiohttp import web
 
@@ -239,12 +240,9 @@ class Server:
 
 
 def healthy(url: str) -> bool:
-    import urllib.request
-
     try:
-        with urllib.request.urlopen(url, timeout=1) as answer:  # noqa: S310 - loopback
-            return bool(answer.status == 200)
-    except OSError:
+        return httpx.get(url, timeout=1).status_code == 200  # loopback
+    except httpx.HTTPError:
         return False
 
 
@@ -344,10 +342,7 @@ def throughput(servers: dict[str, Server], upstream: Server, redis_pid: int | No
 
 
 def checks_done(server: Server) -> int:
-    import urllib.request
-
-    with urllib.request.urlopen(f"{server.url}/metrics", timeout=5) as answer:  # noqa: S310
-        text = answer.read().decode()
+    text = httpx.get(f"{server.url}/metrics", timeout=5).raise_for_status().text
     for line in text.splitlines():
         if line.startswith("costflux_gateway_budget_check_seconds_count"):
             return int(float(line.split()[-1]))

@@ -20,8 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import redis
 import workload
@@ -37,6 +36,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from procs import ConsumerProcess, cpu_seconds, thread_cpu_seconds
 
 from costflux.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+from costflux.http_clients import client
 from costflux.settings import Settings
 from streams.cost_store import SourceState, StoreKeys
 from streams.kafka import admin_config, consumer_config, producer_config
@@ -218,8 +218,9 @@ def run_baseline(bench: Bench, system: str, kind: str, attempt: int) -> dict[str
 
 def scrape(port: int) -> dict[str, float]:
     """The costflux metrics the benchmark reads, each summed over its label sets."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-        text = response.read().decode()
+    with client(timeout_s=2) as http:
+        response = http.get(f"http://127.0.0.1:{port}/metrics")
+    text = response.raise_for_status().text
     sums: dict[str, float] = defaultdict(float)
     for line in text.splitlines():
         match = _SAMPLE.match(line)
@@ -241,12 +242,16 @@ def ready(port: int) -> bool:
 
 def readiness(port: int) -> tuple[int | None, str]:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
-            return response.status, ""
-    except urllib.error.HTTPError as error:
-        return error.code, str(orjson.loads(error.read()).get("detail", ""))
-    except (urllib.error.URLError, OSError, ValueError):
+        with client(timeout_s=1) as http:
+            response = http.get(f"http://127.0.0.1:{port}/readyz")
+    except httpx.TransportError:
         return None, ""
+    if response.is_success:
+        return response.status_code, ""
+    try:
+        return response.status_code, str(orjson.loads(response.content).get("detail", ""))
+    except (ValueError, AttributeError):  # not the worker's JSON
+        return response.status_code, ""
 
 
 def costflux_env(bench: Bench, topic: str, prefix: str, group: str, port: int,

@@ -87,11 +87,14 @@ def main() -> None:
             "flushes": args.flushes, "events_per_flush": args.events_per_flush,
             "rows_per_flush": rows_per_flush / args.flushes,
             "wall_s": round(wall, 2), "redis_cpu_s": round(redis_cpu, 2),
-            "events_per_redis_cpu_s": round(events / redis_cpu),
-            "flushes_per_redis_cpu_s": round(args.flushes / redis_cpu, 1),
+            # /proc counts CPU in clock ticks (10 ms): a very short run can measure none.
+            "events_per_redis_cpu_s": round(events / redis_cpu) if redis_cpu else None,
+            "flushes_per_redis_cpu_s": (round(args.flushes / redis_cpu, 1)
+                                        if redis_cpu else None),
             "redis_cpu_us_per_event": round(redis_cpu / events * 1e6, 2),
             "events_per_s_one_client": round(events / wall),
-            "window_rows": window_rows, "bytes_per_window_row": round(row_bytes / window_rows),
+            "window_rows": window_rows,
+            "bytes_per_window_row": round(row_bytes / max(window_rows, 1)),
             "bytes_per_dedup_id": round(dedup_bytes / events),
         }
         client.close()

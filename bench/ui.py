@@ -28,11 +28,10 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+import httpx
 from playwright.sync_api import Page, Request, sync_playwright
 
 from costflux.embedded import free_port
@@ -44,11 +43,8 @@ FINAL_EVALUATION = "2023-11-16T19:09:00+00:00"
 
 
 def _get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:  # loopback only
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
+    response = httpx.get(url, timeout=5)  # loopback only
+    return response.status_code, response.content
 
 
 def _metric(base: str, name: str) -> float:
@@ -71,7 +67,7 @@ def wait_served(base: str, demo: subprocess.Popen[bytes], timeout_s: float = 300
                     and json.loads(_get(f"{base}/api/budgets")[1])["evaluatedAt"]
                     == FINAL_EVALUATION):
                 return
-        except (urllib.error.URLError, OSError, ValueError, KeyError):
+        except (httpx.HTTPError, ValueError, KeyError):
             pass
         time.sleep(0.5)
     raise SystemExit(f"the demo did not serve the trace within {timeout_s:.0f}s")

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from costflux.core.advice import Assumptions
-from costflux.core.advice_config import AdviceConfigError, parse_assumptions_text
-from costflux.core.alert_rules import DEFAULT_RULES, RulesError, parse_rules_text
+from costflux.core.advice_config import parse_assumptions_text
+from costflux.core.alert_rules import DEFAULT_RULES, parse_rules_text
 from costflux.core.alerts import Rule
 from costflux.core.allocation import AllocationOptions
-from costflux.core.budgets import Budget, BudgetError, parse_budgets_text
+from costflux.core.budgets import Budget, parse_budgets_text
 from costflux.core.detect import Detection, DetectOptions
 from costflux.file_watch import ReloadedFiles
 from costflux.settings import ConfigError, Settings
@@ -27,15 +27,13 @@ def detection_from(settings: Settings) -> Detection:
         )
     rules: tuple[Rule, ...] = DEFAULT_RULES
     budgets: list[Budget] = []
-    try:
-        if settings.rules_file is not None:
-            rules = parse_rules_text(_read(settings.rules_file, "COSTFLUX_RULES_FILE"),
-                                     str(settings.rules_file))
-        if settings.budgets_file is not None:
-            budgets = parse_budgets_text(_read(settings.budgets_file, "COSTFLUX_BUDGETS_FILE"),
-                                         str(settings.budgets_file))
-    except (RulesError, BudgetError) as exc:  # their messages name the file and the field
-        raise ConfigError(str(exc)) from None
+    # A RulesError or BudgetError is a ConfigError: its message names the file and the field.
+    if settings.rules_file is not None:
+        rules = parse_rules_text(_read(settings.rules_file, "COSTFLUX_RULES_FILE"),
+                                 str(settings.rules_file))
+    if settings.budgets_file is not None:
+        budgets = parse_budgets_text(_read(settings.budgets_file, "COSTFLUX_BUDGETS_FILE"),
+                                     str(settings.budgets_file))
     options = DetectOptions(
         window_sizes_s=tuple(settings.window_sizes),
         step_ms=settings.eval_interval_s * 1000,
@@ -57,11 +55,8 @@ def advice_assumptions_from(settings: Settings) -> Assumptions:
     """The savings advice's assumptions: the defaults, or the advice file's."""
     if settings.advice_file is None:
         return Assumptions()
-    try:
-        return parse_assumptions_text(_read(settings.advice_file, "COSTFLUX_ADVICE_FILE"),
-                                      str(settings.advice_file))
-    except AdviceConfigError as exc:
-        raise ConfigError(str(exc)) from None
+    return parse_assumptions_text(_read(settings.advice_file, "COSTFLUX_ADVICE_FILE"),
+                                  str(settings.advice_file))
 
 
 def _read(path: Path, setting: str) -> str:

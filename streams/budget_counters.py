@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from costflux.core.enforcement import Scope
+from costflux.core.errors import UnavailableError
 from streams.cost_store import StoreKeys
 
 __all__ = ["BudgetCounters", "CountersUnavailable", "Hold"]
@@ -119,7 +120,7 @@ return 1
 _PRUNE = 64
 
 
-class CountersUnavailable(Exception):
+class CountersUnavailable(UnavailableError):
     """Redis did not answer: the gateway's fail mode decides."""
 
 

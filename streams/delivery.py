@@ -20,6 +20,8 @@ from typing import Any, Final
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from costflux.core.errors import UnavailableError
+
 __all__ = ["AsyncDelivery", "DeliveryError", "Record"]
 
 #: How long a full local queue is waited on before produce() is tried again.
@@ -29,7 +31,7 @@ _POLL_S: Final = 0.1
 Record = tuple[str, bytes | None, bytes]  # topic, key, value
 
 
-class DeliveryError(RuntimeError):
+class DeliveryError(UnavailableError):
     """Kafka did not take every record; none of them may be acknowledged to the sender."""
 
 

@@ -21,6 +21,7 @@ from confluent_kafka.admin import AdminClient
 # confluent_kafka.admin re-exports NewTopic but its stubs declare it only here.
 from confluent_kafka.cimpl import NewTopic
 
+from costflux.core.errors import UnavailableError
 from costflux.settings import ConfigError, Settings
 
 __all__ = [
@@ -47,7 +48,7 @@ _REDACTED_MARKERS = ("password", "secret", "sasl.oauthbearer", "ssl.key.pem")
 _CHURN_FACILITIES = frozenset({"FAIL"})
 
 
-class KafkaSetupError(RuntimeError):
+class KafkaSetupError(UnavailableError):
     """Kafka could not be reached or a topic could not be created."""
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from costflux.core.errors import UnavailableError
 from costflux.core.gpu import gpu_type_for
 from costflux.core.gpu_samples import PROCESS_LABEL
 from schemas._types import MAX_LABEL_VALUE_LENGTH, MAX_LABELS, from_epoch_ms
@@ -46,7 +47,7 @@ _POD_UID = re.compile(
 )
 
 
-class NvmlUnavailable(RuntimeError):
+class NvmlUnavailable(UnavailableError):
     """No NVML on this host (no driver, no library, no GPU): the message says which."""
 
 

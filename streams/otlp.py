@@ -20,6 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
+from costflux.core.errors import InputError
 from costflux.core.genai_spans import READ_ATTRIBUTES, GenAISpan
 
 __all__ = ["OtlpDecodeError", "answer", "read_json", "read_protobuf", "span_document"]
@@ -27,7 +28,7 @@ __all__ = ["OtlpDecodeError", "answer", "read_json", "read_protobuf", "span_docu
 _STATUS_ERROR = Status.STATUS_CODE_ERROR
 
 
-class OtlpDecodeError(ValueError):
+class OtlpDecodeError(InputError):
     """The body is not an export request in the encoding its content type names."""
 
 

@@ -10,6 +10,8 @@ from typing import Any, Final
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from costflux.core.errors import UnavailableError
+
 __all__ = ["ProducerError", "UsageProducer"]
 
 #: A batch is sent early once it reaches this size, so that events with large labels stay well
@@ -22,7 +24,7 @@ _MAX_ERROR_DETAILS: Final = 10
 _QUEUE_FULL_POLL_S: Final = 0.1
 
 
-class ProducerError(RuntimeError):
+class ProducerError(UnavailableError):
     """One or more messages could not be handed to Kafka or delivered by it."""
 
 

@@ -12,6 +12,8 @@ from typing import TypeVar
 
 import redis
 
+from costflux.core.retry import Backoff, retry
+
 __all__ = ["REDIS_UNAVAILABLE", "until_redis_answers"]
 
 _T = TypeVar("_T")
@@ -21,8 +23,7 @@ _T = TypeVar("_T")
 #: noeviction: it refuses a write before making any, so waiting for room is safe).
 REDIS_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                      redis.exceptions.OutOfMemoryError)
-_RETRY_FIRST_S = 0.1
-_RETRY_MAX_S = 5.0
+_BACKOFF = Backoff(first_s=0.1, cap_s=5.0)
 
 
 def until_redis_answers(
@@ -36,16 +37,15 @@ def until_redis_answers(
     ``on_retry(exc, first_of_outage)`` runs before each wait and ``on_recovered()`` once Redis
     answers after an outage. When ``stopping`` is set the last Redis error is raised.
     """
-    delay = _RETRY_FIRST_S
-    while True:
-        try:
-            result = call()
-        except REDIS_UNAVAILABLE as exc:
-            on_retry(exc, delay == _RETRY_FIRST_S)
-            if stopping.wait(delay):
-                raise
-            delay = min(delay * 2, _RETRY_MAX_S)
-            continue
-        if delay > _RETRY_FIRST_S:
-            on_recovered()
-        return result
+    outage = False
+
+    def retrying(exc: Exception, failures: int) -> None:
+        nonlocal outage
+        outage = True
+        on_retry(exc, failures == 1)
+
+    result = retry(call, lambda exc: isinstance(exc, REDIS_UNAVAILABLE), _BACKOFF,
+                   wait=stopping.wait, on_retry=retrying)
+    if outage:
+        on_recovered()
+    return result

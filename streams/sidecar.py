@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
-import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
-from schemas.gpu import GpuSample, PricingTier
+from schemas.gpu import GpuSample
 from streams.nvml import (
     EXIT_NO_NVML,
     NvmlSampler,
@@ -24,30 +22,21 @@ from streams.nvml import (
 from streams.nvml_recorded import RecordedNvml
 from streams.producer import ProducerError, UsageProducer
 
-__all__ = ["add_sidecar_arguments", "parse_labels", "publish_rounds", "sidecar_options"]
+__all__ = ["SidecarSettings", "parse_labels", "publish_rounds", "run_sidecar"]
 
 log = logging.getLogger(__name__)
 
 
-def add_sidecar_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--interval", type=float, default=10.0,
-                        help="seconds between samples (default 10)")
-    parser.add_argument("--node", default=None,
-                        help="node name (default: $NODE_NAME from the downward API, or hostname)")
-    parser.add_argument("--tier", default="on_demand", choices=get_args(PricingTier),
-                        help="pricing tier of this node's GPUs (default on_demand)")
-    parser.add_argument("--labels", default="",
-                        help="labels for every sample: k=v,k=v (team=search,model=llama-2-70b)")
-    parser.add_argument("--labels-file", type=Path, default=None,
-                        help="Kubernetes downward API labels file (lines of key=\"value\")")
-    parser.add_argument("--gpu-type", action="append", default=[], metavar="NVML_NAME=KEY",
-                        help="pricing key for an NVML device name (repeatable)")
-    parser.add_argument("--recorded", type=Path, default=None,
-                        help="replay recorded NVML readings (record.py JSON lines) instead of "
-                        "the live driver")
-    parser.add_argument("--once", action="store_true", help="take one sample round and exit")
-    parser.add_argument("--print", action="store_true", dest="print_only",
-                        help="write samples to stdout as JSON lines instead of Kafka")
+@dataclass(frozen=True)
+class SidecarSettings:
+    """What ``costflux sidecar nvml`` was told, read from its flags and environment at the
+    command line (``costflux.cli.sidecar``): what to stamp on samples, and where they come
+    from."""
+
+    sampling: SidecarOptions
+    recorded: Path | None = None  # replay these recorded NVML readings, not the driver
+    once: bool = False  # one sample round, then exit
+    print_only: bool = False  # samples to stdout as JSON lines, not Kafka
 
 
 def parse_labels(text: str, flag: str = "--labels") -> dict[str, str]:
@@ -59,31 +48,6 @@ def parse_labels(text: str, flag: str = "--labels") -> dict[str, str]:
             raise ValueError(f"{flag}: {pair!r} is not key=value")
         labels[key.strip()] = value.strip()
     return labels
-
-
-def read_downward_labels(path: Path) -> dict[str, str]:
-    """The downward API's labels file: one ``key="value"`` per line."""
-    labels = {}
-    for line in path.read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            labels[key.strip()] = value.strip().strip('"')
-    return labels
-
-
-def sidecar_options(args: argparse.Namespace) -> SidecarOptions:
-    labels = read_downward_labels(args.labels_file) if args.labels_file else {}
-    labels.update(parse_labels(args.labels))
-    overrides = parse_labels(",".join(args.gpu_type), "--gpu-type")
-    if args.interval <= 0:
-        raise ValueError("--interval: must be more than 0 seconds")
-    return SidecarOptions(
-        node=args.node or os.environ.get("NODE_NAME") or socket.gethostname(),
-        interval_s=args.interval,
-        pricing_tier=args.tier,
-        labels=labels,
-        gpu_type_overrides=overrides,
-    )
 
 
 def publish_rounds(
@@ -135,17 +99,13 @@ def _flush_logging_failures(producer: UsageProducer) -> Callable[[], None]:
 
 
 def run_sidecar(
-    args: argparse.Namespace, producer_config: Mapping[str, Any] | None, topic: str
+    sidecar: SidecarSettings, producer_config: Mapping[str, Any] | None, topic: str
 ) -> int:
-    """The command: sample live or recorded NVML, publish to ``topic`` (print without config)."""
-    try:
-        options = sidecar_options(args)
-    except (ValueError, OSError) as exc:
-        print(f"costflux sidecar: {exc}", file=sys.stderr)
-        return 2
+    """Sample live or recorded NVML, publish to ``topic`` (print without a producer config)."""
+    options = sidecar.sampling
     stop = threading.Event()
-    if args.recorded is not None:
-        recorded = RecordedNvml.from_file(args.recorded)
+    if sidecar.recorded is not None:
+        recorded = RecordedNvml.from_file(sidecar.recorded)
         api: Any = recorded
         rounds: Iterable[int] = recorded.rounds()
     else:
@@ -154,7 +114,7 @@ def run_sidecar(
         except NvmlUnavailable as exc:
             print(f"costflux sidecar: {exc}", file=sys.stderr)
             return EXIT_NO_NVML
-        rounds = live_rounds(options.interval_s, stop, args.once)
+        rounds = live_rounds(options.interval_s, stop, sidecar.once)
     sampler = NvmlSampler(api, options)
     if producer_config is None:
         def send(sample: GpuSample) -> None:

@@ -614,10 +614,11 @@ def test_daemonset_runs_the_nvml_sidecar_on_every_gpu_node() -> None:
 
 
 def test_daemonset_sidecar_stamps_its_node_and_pod_labels_on_samples(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The DaemonSet's command line on recorded H100 readings, with a downward API file."""
     from costflux.cli import _parser
+    from costflux.cli.sidecar import sidecar_settings
     from streams.sidecar import run_sidecar
     from tests.paths import NVML_H100
 
@@ -634,10 +635,11 @@ def test_daemonset_sidecar_stamps_its_node_and_pod_labels_on_samples(
     labels_file.write_text("\n".join(f'{k}="{v}"' for k, v in sorted(labels.items())))
     argv = [str(labels_file) if arg == "/etc/podinfo/labels" else arg for arg in container["args"]]
     assert argv != container["args"]
-    monkeypatch.setenv("NODE_NAME", "gpu-node-7")
 
     args = _parser().parse_args([*argv, "--recorded", str(NVML_H100), "--print"])
-    assert run_sidecar(args, None, Settings.model_fields["topic_gpu"].default) == 0
+    # The downward API's NODE_NAME, as the DaemonSet sets it.
+    sidecar = sidecar_settings(args, {"NODE_NAME": "gpu-node-7"})
+    assert run_sidecar(sidecar, None, Settings.model_fields["topic_gpu"].default) == 0
     samples = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert samples
     for sample in samples:

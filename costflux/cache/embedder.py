@@ -19,6 +19,8 @@ import numpy.typing as npt
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
+from costflux.core.errors import UnavailableError
+
 __all__ = ["EMBEDDING_DIM", "Embedder", "Embedding", "EmbedderError", "bundled_model_dir"]
 
 EMBEDDING_DIM: Final = 384
@@ -28,7 +30,7 @@ MAX_SEQ_LENGTH: Final = 256
 Vectors = npt.NDArray[np.float32]
 
 
-class EmbedderError(RuntimeError):
+class EmbedderError(UnavailableError):
     """The model files are missing or not the expected model."""
 
 

@@ -8,39 +8,43 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from costflux.core.pricing import PricingError
+from costflux.core.errors import CostfluxError
 from costflux.log_setup import configure_logging
-from costflux.settings import ConfigError, Settings, load_settings
+from costflux.settings import Settings, load_settings
 
 __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script."""
+    """Entry point of the console script: a costflux error is one line and its exit code.
+
+    The codes are in docs/commands-and-api.md (costflux.core.errors): 2 a setting or
+    configuration file to fix, 65 unreadable input, 69 a service that did not answer.
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
         return int(args.run(args, settings))
-    except (ConfigError, PricingError) as exc:
+    except CostfluxError as exc:  # its message names the fix and never holds a secret
         print(f"costflux: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
 
 
 def _parser() -> argparse.ArgumentParser:
     from costflux.cli.advise import add_advise_command
+    from costflux.cli.bridge import add_bridge_arguments
     from costflux.cli.cache import add_cache_command
     from costflux.cli.collect import add_collect_command
     from costflux.cli.export import add_export_command
     from costflux.cli.gateway import add_gateway_command
     from costflux.cli.pricing import add_pricing_commands
     from costflux.cli.reconcile import add_reconcile_command
+    from costflux.cli.replay import add_replay_arguments
     from costflux.cli.report import add_report_command
-    from streams.bridge import add_bridge_arguments
-    from streams.replay import add_replay_arguments
-    from streams.sidecar import add_sidecar_arguments
+    from costflux.cli.sidecar import add_sidecar_arguments
 
     parser = argparse.ArgumentParser(
         prog="costflux", description="Real-time cost monitoring and FinOps for LLM inference."
@@ -96,7 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     add_export_command(commands)
     add_reconcile_command(commands)
 
-    schemas = commands.add_parser("schemas", help="rewrite the JSON Schema files")
+    schemas = commands.add_parser("schemas", help="rewrite the JSON Schema files (the wire "
+                                  "contracts and the configuration files)")
     schemas.set_defaults(run=_run_schemas)
     return parser
 
@@ -128,8 +133,8 @@ def _run_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from costflux.cli.replay import run_replay
     from streams.kafka import ensure_topics, producer_config
-    from streams.replay import run_replay
 
     if settings.kafka_bootstrap is None:
         print("costflux replay: set COSTFLUX_KAFKA_BOOTSTRAP to the broker to replay into",
@@ -140,29 +145,16 @@ def _run_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_sidecar_nvml(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.kafka import KafkaSetupError, ensure_topics, producer_config
-    from streams.sidecar import run_sidecar
+    from costflux.cli.sidecar import run_sidecar_command
 
-    configure_logging(settings)
-    if settings.kafka_bootstrap is None and not args.print_only:
-        print("costflux sidecar: set COSTFLUX_KAFKA_BOOTSTRAP to the broker to publish to, "
-              "or pass --print", file=sys.stderr)
-        return 2
-    if args.print_only:
-        return run_sidecar(args, None, settings.topic_gpu)  # no producer: print
-    try:
-        ensure_topics(settings, {settings.topic_gpu: settings.topic_partitions})
-    except KafkaSetupError as exc:  # e.g. the broker is unreachable: a message, not a trace
-        print(f"costflux sidecar: {exc}", file=sys.stderr)
-        return 1
-    return run_sidecar(args, producer_config(settings), settings.topic_gpu)
+    return run_sidecar_command(args, settings)
 
 
 def _run_bridge_prometheus(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.bridge import run_bridge
+    from costflux.cli.bridge import run_bridge_command
 
     configure_logging(settings)
-    return run_bridge(args, settings)
+    return run_bridge_command(args, settings)
 
 
 def _run_notify(args: argparse.Namespace, settings: Settings) -> int:
@@ -229,8 +221,9 @@ def _run_notify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_schemas(args: argparse.Namespace, settings: Settings) -> int:
+    from costflux.cli.config_schemas import write_all as write_config_schemas
     from schemas.generate import write_all
 
-    for path in write_all():
+    for path in [*write_all(), *write_config_schemas()]:
         print(path)
     return 0

@@ -8,7 +8,6 @@ and idle cost by model and team read back from the worker's allocation API.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,8 +15,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,16 +23,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from costflux.api_client import get_json
 from costflux.core.advice_report import render_advice
+from costflux.core.trace import Assignment, ColumnMapping
 from costflux.embedded import embedded_stack, free_port
+from costflux.http_clients import client
 from costflux.settings import Settings
 
-__all__ = ["DEMO_ASSIGNMENT", "bundled_trace_path", "run_demo"]
+__all__ = ["DEMO_ASSIGNMENT", "bundled_trace_path", "demo_usage_events", "run_demo"]
 
 #: Rotation of the trace's rows over models and labels (row i: models[i % 3], team[i % 4], …).
 DEMO_MODELS = ("llama-2-70b", "llama-2-7b", "gpt-4")
@@ -161,41 +162,43 @@ def _wait_ready(base: str, worker: subprocess.Popen[bytes], timeout_s: float) ->
         if worker.poll() is not None:
             raise RuntimeError(f"the worker exited with code {worker.returncode}")
         try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as response:  # noqa: S310
-                if response.status == 200:
+            with client(timeout_s=2) as http:
+                if http.get(f"{base}/readyz").status_code == 200:
                     return
-        except (urllib.error.URLError, OSError):
+        except httpx.TransportError:
             pass
         time.sleep(0.5)
     raise RuntimeError(f"the worker was not ready within {timeout_s:.0f}s")
 
 
-def _replay(settings: Settings, speed: float, limit: int | None) -> None:
-    from streams.kafka import producer_config
-    from streams.producer import UsageProducer
-    from streams.replay import Assignment, ColumnMapping, iter_usage_events, replay
+def demo_usage_events(limit: int | None = None) -> Iterator[dict[str, Any]]:
+    """The bundled trace's rows as the demo's usage events (``DEMO_ASSIGNMENT``'s rotation)."""
+    from streams.trace import iter_usage_events
 
-    events = iter_usage_events(
+    return iter_usage_events(
         bundled_trace_path(), ColumnMapping(),
         Assignment(models=DEMO_MODELS, labels=DEMO_LABELS), id_prefix="azure-conv", limit=limit,
     )
+
+
+def _replay(settings: Settings, speed: float, limit: int | None) -> None:
+    from streams.kafka import producer_config
+    from streams.pacing import pace
+    from streams.producer import UsageProducer
+
     with UsageProducer(producer_config(settings), settings.topic_usage) as producer:
-        replay(events, producer, speed=speed, progress=False)
+        pace(demo_usage_events(limit), producer, speed=speed)
 
 
 def _replay_gpus(settings: Settings, speed: float, limit: int | None) -> None:
     from costflux.cli.demo_gpu import demo_gpu_samples
     from streams.kafka import producer_config
+    from streams.pacing import pace
     from streams.producer import UsageProducer
-    from streams.replay import Assignment, ColumnMapping, iter_usage_events, replay
 
-    events = iter_usage_events(
-        bundled_trace_path(), ColumnMapping(),
-        Assignment(models=DEMO_MODELS, labels=DEMO_LABELS), id_prefix="azure-conv", limit=limit,
-    )
     with UsageProducer(producer_config(settings), settings.topic_gpu,
                        events_per_message=1) as producer:
-        replay(demo_gpu_samples(events), producer, speed=speed, progress=False)
+        pace(demo_gpu_samples(demo_usage_events(limit)), producer, speed=speed)
 
 
 def _fetch(api: _WorkerApi) -> list[dict[str, Any]]:
@@ -244,7 +247,7 @@ def _show(
                 raise RuntimeError(f"the worker exited with code {worker.returncode}")
             try:
                 rows = _fetch(api)
-            except (urllib.error.URLError, OSError):
+            except (OSError, ValueError):  # not up yet, or answering 503: the next second
                 rows = []
             if show_table:
                 table = _table(rows)
@@ -263,7 +266,7 @@ def _advice_text(api: _WorkerApi) -> str:
     """The savings advice and ROI table for the trace's span, as ``costflux advise`` prints."""
     try:
         data = api.get(f"/api/advice?window={_TRACE_SPAN}")["data"]
-    except (urllib.error.URLError, OSError, ValueError):
+    except (OSError, ValueError):
         return "advice: -"
     return render_advice(data, "table")
 
@@ -273,7 +276,7 @@ def _alerting_line(api: _WorkerApi) -> str:
     try:
         budgets = api.get("/api/budgets")["data"]
         alerts = api.get("/api/alerts")["data"]
-    except (urllib.error.URLError, OSError, ValueError):
+    except (OSError, ValueError):
         return "budgets: -"
     shown = ", ".join(f"{b['name']} {b['status']} (${float(b['spend']):,.2f} of "
                       f"${float(b['limit']):,.0f})" for b in budgets)
@@ -289,10 +292,8 @@ class _WorkerApi:
     token: str | None = field(default=None, repr=False)
 
     def get(self, path: str) -> dict[str, Any]:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        request = urllib.request.Request(self.base + path, headers=headers)  # noqa: S310
-        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback
-            body: dict[str, Any] = json.load(response)
+        """The JSON answer; a ValueError for an answer not 2xx, an OSError for none."""
+        body: dict[str, Any] = get_json(self.base, path, token=self.token, timeout_s=5)
         return body
 
 

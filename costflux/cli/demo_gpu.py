@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from streams.replay import parse_trace_time
+from costflux.core.trace import parse_trace_time
 
 __all__ = ["DEMO_FLEET", "demo_gpu_samples"]
 

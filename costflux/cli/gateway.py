@@ -159,16 +159,15 @@ async def _reload_forever(sources: Any, interval_s: float) -> None:
 
 
 def _load_keys(path: Path | None) -> dict[str, Any]:
-    from costflux.gateway.identity import KeysFileError, parse_keys_text
+    from costflux.gateway.identity import parse_keys_text
 
     if path is None:
         return {}
     try:
-        return parse_keys_text(path.read_text(encoding="utf-8"), str(path))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"COSTFLUX_KEYS_FILE: cannot read {path}: {exc.strerror}") from None
-    except KeysFileError as exc:  # names the file, line and field
-        raise ConfigError(str(exc)) from None
+    return parse_keys_text(text, str(path))  # a KeysFileError (a ConfigError) names the line
 
 
 def _semantic_cache(settings: Settings) -> tuple[Any, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import urllib.error
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +85,7 @@ def _run_reconcile(args: argparse.Namespace, settings: Settings) -> int:
         token = settings.http_token_value()
         answers = [(query, _allocation_sets(args.url, token, query)) for query in queries]
         side = costflux_costs(answers, report.by_project)
-    except (urllib.error.URLError, OSError) as exc:
+    except OSError as exc:  # costflux.api_client.WorkerUnreachable included
         return _fail(f"cannot read {args.url} ({exc}); is a worker or `costflux demo` "
                      "running?", EXIT_NO_WORKER)
     except ValueError as exc:  # refused (401: no token; 400: an older worker?) or odd answers

@@ -6,19 +6,33 @@ watches one *signal*, a value costflux computes in event time per group of label
 
 from __future__ import annotations
 
-from decimal import Decimal
-from typing import Any, get_args
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BeforeValidator, Field, Strict, ValidationInfo, field_validator
 
 from costflux.core.alerts import Rule, Severity
-from costflux.core.money import MoneyError, to_decimal
-from costflux.core.named_entries import named_entries
+from costflux.core.config_files import (
+    ConfigModel,
+    Duration,
+    Fix,
+    Name,
+    NamedEntries,
+    Number,
+    YamlText,
+    check,
+    named_entry_error,
+    refuse,
+)
+from costflux.core.errors import ConfigError
+from costflux.core.money import to_decimal
 from costflux.core.rows import DIMENSIONS
-from costflux.core.windows import duration_ms
 
-__all__ = ["DEFAULT_RULES", "SIGNALS", "RulesError", "parse_rules_text"]
+__all__ = ["DEFAULT_RULES", "SIGNALS", "RulesError", "RulesFile", "parse_rules_text"]
 
+Signal = Literal["cost_per_request", "gpu_utilization", "idle_cost_1h", "daily_cost",
+                 "gpu_idle_waste", "cost_spike", "budget_projection", "budget_spent_pct"]
 #: signal -> (what it is, the labels it may be grouped by)
-SIGNALS: dict[str, tuple[str, tuple[str, ...]]] = {
+SIGNALS: dict[Signal, tuple[str, tuple[str, ...]]] = {
     "cost_per_request": ("$ per request over the last hour (token and GPU cost)", ("model",)),
     "gpu_utilization": ("GPU utilization, % of GPU time busy over the last hour",
                         ("node", "gpu_type", "model", "namespace")),
@@ -35,7 +49,7 @@ SIGNALS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-class RulesError(ValueError):
+class RulesError(ConfigError):
     """The rules file is invalid; the message names the field and the fix."""
 
 
@@ -64,53 +78,58 @@ DEFAULT_RULES: tuple[Rule, ...] = (
          summary="Budget spend reached a threshold", group_by=("budget", "threshold")),
 )
 
-_FIELDS = {"name", "signal", "op", "threshold", "for", "severity", "resolve_threshold",
-           "repeat", "summary", "group_by", "min_history"}
+_NUMBER = Fix(lambda value: f"{value!r} is not a number, e.g. 0.1 or 30")
+
+
+class RuleEntry(ConfigModel):
+    """One alert rule: a signal compared with a threshold, for a while, per group of labels."""
+
+    shape: ClassVar[str] = "expected a mapping with name, signal, op and threshold"
+
+    name: Name
+    signal: Annotated[Signal, Fix(lambda value: f"{value!r} is not one of {', '.join(SIGNALS)}")]
+    op: Annotated[Literal[">", "<", ">="], Fix(lambda value: f"{value!r}; use '>', '<' or '>='")
+                  ] = ">"
+    threshold: Annotated[Number, _NUMBER]
+    for_: Annotated[Duration, Field(alias="for")] = 0
+    severity: Annotated[Severity, Fix(lambda value: f"{value!r}; use info, warning or critical")
+                        ] = "warning"
+    resolve_threshold: Annotated[Number | None, _NUMBER] = None
+    repeat: Duration = 0
+    summary: Annotated[str | None, BeforeValidator(lambda v: v if v is None else str(v))] = None
+    group_by: list[Annotated[str, Strict()]] = []
+    min_history: Duration = 0
+
+    @field_validator("group_by", mode="wrap")
+    @classmethod
+    def _groupable(cls, value: Any, handler: Any, info: ValidationInfo) -> list[str]:
+        signal = info.data.get("signal")
+        allowed = SIGNALS[signal][1] if signal in SIGNALS else ()
+        if not isinstance(value, list) or any(label not in allowed for label in value):
+            raise refuse(f"{signal} can be grouped by {', '.join(allowed)}")
+        return list(handler(value))
+
+    def rule(self) -> Rule:
+        return Rule(
+            name=self.name, signal=self.signal, op=self.op, severity=self.severity,
+            group_by=tuple(self.group_by), threshold=self.threshold,
+            resolve_threshold=self.resolve_threshold, for_ms=self.for_, repeat_ms=self.repeat,
+            min_history_ms=self.min_history,
+            summary=self.name if self.summary is None else self.summary,
+        )
+
+
+class RulesFile(NamedEntries):
+    """A rules file: ``rules: [...]``, which replaces the default rules."""
+
+    shape: ClassVar[str] = "expected a top-level 'rules:' list"
+    entries: ClassVar[str] = "rules"
+
+    rules: list[RuleEntry]
 
 
 def parse_rules_text(text: str, source: str = "rules.yaml") -> tuple[Rule, ...]:
     """Parse a rules file; it replaces the defaults (copy the ones to keep)."""
-    return tuple(
-        _parse_rule(entry, where) for where, entry in named_entries(
-            text, source, "rules", _FIELDS, RulesError, "name, signal, op and threshold")
-    )
-
-
-def _parse_rule(entry: dict[str, Any], where: str) -> Rule:
-    signal = entry.get("signal")
-    if signal not in SIGNALS:
-        raise RulesError(f"{where}.signal: {signal!r} is not one of {', '.join(SIGNALS)}")
-    op = entry.get("op", ">")
-    if op not in (">", "<", ">="):
-        raise RulesError(f"{where}.op: {op!r}; use '>', '<' or '>='")
-    severity = entry.get("severity", "warning")
-    if severity not in get_args(Severity):
-        raise RulesError(f"{where}.severity: {severity!r}; use info, warning or critical")
-    group_by = entry.get("group_by", [])
-    allowed = SIGNALS[signal][1]
-    if not isinstance(group_by, list) or any(g not in allowed for g in group_by):
-        raise RulesError(f"{where}.group_by: {signal} can be grouped by {', '.join(allowed)}")
-    return Rule(
-        name=entry["name"], signal=signal, op=op, severity=severity, group_by=tuple(group_by),
-        threshold=_number(entry.get("threshold"), f"{where}.threshold"),
-        resolve_threshold=None if entry.get("resolve_threshold") is None else _number(
-            entry["resolve_threshold"], f"{where}.resolve_threshold"),
-        for_ms=_duration(entry.get("for", "0"), f"{where}.for"),
-        repeat_ms=_duration(entry.get("repeat", "0"), f"{where}.repeat"),
-        min_history_ms=_duration(entry.get("min_history", "0"), f"{where}.min_history"),
-        summary=str(entry.get("summary", entry["name"])),
-    )
-
-
-def _number(value: Any, where: str) -> Decimal:
-    try:
-        return to_decimal(value)
-    except MoneyError:
-        raise RulesError(f"{where}: {value!r} is not a number, e.g. 0.1 or 30") from None
-
-
-def _duration(value: Any, where: str) -> int:
-    length = duration_ms(str(value))
-    if length is None:
-        raise RulesError(f"{where}: {value!r} is not a duration such as 90s, 30m, 1h or 1d")
-    return length
+    document = YamlText(text, source, RulesError).value
+    parsed = check(RulesFile, document, named_entry_error(source, RulesError))
+    return tuple(entry.rule() for entry in parsed.rules)

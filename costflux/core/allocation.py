@@ -15,6 +15,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from costflux.core.bill import BILL_FIELDS
 from costflux.core.budgets import PRINCIPAL_KEYS
+from costflux.core.errors import InputError
 from costflux.core.gpu import (
     UNITS_PER_PICO,
     cost_units,
@@ -36,7 +37,7 @@ UNALLOCATED = "__unallocated__"
 IDLE = "__idle__"
 
 
-class AllocationQueryError(ValueError):
+class AllocationQueryError(InputError):
     """The query's window or aggregate parameter is invalid; the message says what works."""
 
 

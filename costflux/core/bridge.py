@@ -44,6 +44,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal, Protocol
 
+from costflux.core.errors import InputError
 from costflux.core.gpu import split_in_proportion
 from schemas._types import MAX_ID_LENGTH, from_epoch_ms
 
@@ -112,7 +113,7 @@ _VLLM_MODEL_LABEL: Final = "model_name"
 SeriesKey = tuple[str, str, tuple[tuple[str, str], ...]]
 
 
-class BridgeError(ValueError):
+class BridgeError(InputError):
     """A metrics page cannot be turned into token counters."""
 
 

@@ -10,18 +10,38 @@ and 50,000.000000000001 is not.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
-import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
+from costflux.core.config_files import (
+    ConfigModel,
+    Fix,
+    Name,
+    NamedEntries,
+    YamlText,
+    check,
+    named_entry_error,
+    refuse,
+)
+from costflux.core.errors import ConfigError
 from costflux.core.money import MoneyError, exact_pico, to_decimal
-from costflux.core.named_entries import named_entries
 from costflux.core.rows import DIMENSIONS
 
 __all__ = [
@@ -32,6 +52,7 @@ __all__ = [
     "Budget",
     "BudgetError",
     "BudgetStatus",
+    "BudgetsFile",
     "budget_status",
     "parse_budgets_text",
 ]
@@ -51,7 +72,7 @@ EACH = "*"
 _DAY_MS = 86_400_000
 
 
-class BudgetError(ValueError):
+class BudgetError(ConfigError):
     """The budgets file is invalid; the message names the field and the fix."""
 
 
@@ -173,111 +194,159 @@ def _midnight_ms(day: date, zone: ZoneInfo) -> int:
 
 # --- the budgets file ---------------------------------------------------------------------
 
-_PERIODS = ("monthly", "weekly", "daily")
-_FIELDS = ("name", "scope", "period", "amount", "thresholds", "reset_day", "timezone",
-           "project_after_days", "enforce")
-_ENFORCE = ("none", "soft", "hard")
+
+def _scope(allow_center: bool) -> Callable[[Any], dict[str, str]]:
+    """The check of a scope: known keys, '*' for one principal key only (in a budget)."""
+    allowed = (*SCOPE_KEYS, COST_CENTER) if allow_center else SCOPE_KEYS
+
+    def scope(value: Any) -> dict[str, str]:
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise refuse("expected a mapping of label to value, e.g. {team: ml-research}")
+        for key, wanted in value.items():
+            if key not in allowed:
+                raise refuse(f"not a dimension costflux aggregates by; use {', '.join(allowed)}",
+                             key)
+            if wanted == EACH and (key not in PRINCIPAL_KEYS or not allow_center):
+                raise refuse(f"'*' (each value apart) is for {' and '.join(PRINCIPAL_KEYS)} "
+                             f"only; name one {key}", key)
+        if list(value.values()).count(EACH) > 1:
+            raise refuse("'*' may stand for one key only, e.g. {api_key: key-..., end_user: '*'}")
+        return dict(value)
+    return scope
+
+
+def _scope_schema(allowed: tuple[str, ...]) -> WithJsonSchema:
+    return WithJsonSchema({"type": "object", "propertyNames": {"enum": list(allowed)},
+                           "additionalProperties": {"type": "string"},
+                           "description": "label: value, every one to match; e.g. {team: "
+                                          "ml-research}"})
+
+
+def _members(value: Any) -> tuple[dict[str, str], ...]:
+    if not isinstance(value, list) or not value:
+        raise refuse("expected a non-empty list of scopes")
+    return tuple(_scope(allow_center=False)(member) for member in value)
+
+
+def _dollars(value: Any) -> int:
+    try:
+        amount = exact_pico(to_decimal(value))
+    except MoneyError as exc:
+        raise refuse(f"{exc}; write dollars, e.g. amount: 50000") from None
+    if amount <= 0:
+        raise refuse("must be more than 0 dollars")
+    return amount
+
+
+def _time_zone(value: Any) -> str:
+    try:
+        ZoneInfo(str(value))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise refuse(f"{value!r} is not an IANA time zone such as Europe/Berlin") from None
+    return str(value)
+
+
+class CustomPeriod(BaseModel):
+    """A period of ``days`` days, counted from the local date ``starting``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    days: Annotated[int, Strict(), Field(gt=0)]
+    starting: date
+
+
+Scope = Annotated[dict[str, str], BeforeValidator(_scope(allow_center=True)),
+                  _scope_schema((*SCOPE_KEYS, COST_CENTER))]
+
+
+class BudgetEntry(ConfigModel):
+    """One budget: an amount per period for the spend of a scope."""
+
+    shape: ClassVar[str] = "expected a mapping with name, scope, period and amount"
+
+    name: Name
+    scope: Scope = {}
+    period: Annotated[Literal["monthly", "weekly", "daily"] | CustomPeriod, Fix(
+        lambda value: f"{value!r} is not monthly, weekly, daily or "
+                      "{days: N, starting: YYYY-MM-DD}")]
+    amount: Annotated[int, BeforeValidator(_dollars), WithJsonSchema(
+        {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string"}],
+         "description": "dollars per period"}),
+        Fix(lambda value: "a price must be a number, got NoneType; write dollars, e.g. "
+                          "amount: 50000")]
+    thresholds: Annotated[list[Annotated[int, Strict(), Field(gt=0, le=1000)]], Fix(
+        "expected whole percentages, e.g. [50, 80, 100]")] = []
+    reset_day: Annotated[int, Field(ge=1, le=28)] = 1
+    timezone: Annotated[str, BeforeValidator(_time_zone)] = "UTC"
+    project_after_days: Annotated[
+        Annotated[int, Strict(), Field(ge=0)] | Annotated[float, Strict(), Field(ge=0)],
+        Fix("expected a number of days, e.g. 1")] = 1
+    enforce: Annotated[Enforce, Fix(
+        lambda value: f"{value!r} is not none, soft or hard (hard: the gateway refuses "
+                      "requests once the spend reaches the amount)")] = "none"
+
+    @field_validator("reset_day", mode="wrap")
+    @classmethod
+    def _day_every_period_has(cls, value: Any, handler: Any, info: ValidationInfo) -> int:
+        period = info.data.get("period")
+        limit = 28 if period == "monthly" else 7
+        if not isinstance(value, int) or not 1 <= value <= limit:
+            raise refuse(f"expected 1-{limit} for a {period} budget (28 at most, so that every "
+                         "month has it)")
+        return int(handler(value))
+
+    @model_validator(mode="after")
+    def _principals_enforced(self) -> Self:
+        if self.enforce == "none" and any(key in PRINCIPAL_KEYS for key in self.scope):
+            raise refuse(f"a budget scoped by {' or '.join(PRINCIPAL_KEYS)} is measured by the "
+                         "gateway's counters only: set enforce: soft or hard", "enforce")
+        return self
+
+    def budget(self, members: tuple[Mapping[str, str], ...]) -> Budget:
+        custom = self.period if isinstance(self.period, CustomPeriod) else None
+        return Budget(
+            name=self.name, scope=self.scope, members=members,
+            period="custom" if custom else str(self.period), enforce=self.enforce,
+            amount_pico=self.amount, thresholds=tuple(sorted(set(self.thresholds))),
+            reset_day=self.reset_day, timezone=self.timezone,
+            custom_days=custom.days if custom else 0,
+            custom_start=custom.starting if custom else None,
+            project_after_ms=round(self.project_after_days * _DAY_MS),
+        )
+
+
+class BudgetsFile(NamedEntries):
+    """A budgets file: ``budgets: [...]`` and the ``cost_centers`` their scopes may name."""
+
+    shape: ClassVar[str] = "expected a top-level 'budgets:' list"
+    entries: ClassVar[str] = "budgets"
+
+    budgets: list[BudgetEntry]
+    cost_centers: Annotated[
+        dict[str, Annotated[tuple[dict[str, str], ...], BeforeValidator(_members),
+                            WithJsonSchema({"type": "array", "minItems": 1,
+                                            "items": _scope_schema(SCOPE_KEYS).json_schema})]],
+        Fix("expected a mapping of name to a list of scopes, e.g. "
+            "{cc-4410: [{team: ml-research}, {project: rag}]}"),
+    ] = {}
+
+    @model_validator(mode="after")
+    def _centers_known(self) -> Self:
+        for index, entry in enumerate(self.budgets):
+            center = entry.scope.get(COST_CENTER)
+            if center is not None and center not in self.cost_centers:
+                raise refuse(f"{center!r} is not under the file's top-level cost_centers: "
+                             "(name: [scopes])", "budgets", index, "scope", COST_CENTER)
+        return self
+
+    def budget_list(self) -> list[Budget]:
+        return [entry.budget(self.cost_centers.get(entry.scope.get(COST_CENTER, ""), ()))
+                for entry in self.budgets]
 
 
 def parse_budgets_text(text: str, source: str = "budgets.yaml") -> list[Budget]:
     """Parse ``budgets: [{name, scope, period, amount, thresholds, ...}]`` and the optional
     ``cost_centers: {name: [scope, ...]}`` that ``scope: {cost_center: name}`` refers to (a
     cost center is the teams, projects... it pays for: a usage row of any of them is its)."""
-    entries = named_entries(text, source, "budgets", _FIELDS, BudgetError,
-                            "name, scope, period and amount")
-    centers = _cost_centers(yaml.safe_load(text).get(COST_CENTER + "s", {}), source)
-    return [_budget(entry, where, centers) for where, entry in entries]
-
-
-def _cost_centers(value: Any, source: str) -> dict[str, tuple[dict[str, str], ...]]:
-    where = f"{source}: cost_centers"
-    if not isinstance(value, dict):
-        raise BudgetError(f"{where}: expected a mapping of name to a list of scopes, e.g. "
-                          "{cc-4410: [{team: ml-research}, {project: rag}]}")
-    centers = {}
-    for name, members in value.items():
-        if not isinstance(members, list) or not members:
-            raise BudgetError(f"{where}.{name}: expected a non-empty list of scopes")
-        centers[str(name)] = tuple(_scope(m, f"{where}.{name}", allow_center=False)
-                                   for m in members)
-    return centers
-
-
-def _scope(scope: Any, where: str, allow_center: bool) -> dict[str, str]:
-    if not isinstance(scope, dict) or not all(isinstance(v, str) for v in scope.values()):
-        raise BudgetError(f"{where}: expected a mapping of label to value, e.g. "
-                          "{team: ml-research}")
-    allowed = (*SCOPE_KEYS, COST_CENTER) if allow_center else SCOPE_KEYS
-    for key, value in scope.items():
-        if key not in allowed:
-            raise BudgetError(f"{where}.{key}: not a dimension costflux aggregates by; "
-                              f"use {', '.join(allowed)}")
-        if value == EACH and (key not in PRINCIPAL_KEYS or not allow_center):
-            raise BudgetError(f"{where}.{key}: '*' (each value apart) is for "
-                              f"{' and '.join(PRINCIPAL_KEYS)} only; name one {key}")
-    if [value for value in scope.values()].count(EACH) > 1:
-        raise BudgetError(f"{where}: '*' may stand for one key only, e.g. "
-                          "{api_key: key-..., end_user: '*'}")
-    return dict(scope)
-
-
-def _budget(entry: dict[str, Any], where: str,
-            centers: Mapping[str, tuple[dict[str, str], ...]]) -> Budget:
-    scope = _scope(entry.get("scope", {}), f"{where}.scope", allow_center=True)
-    members: tuple[dict[str, str], ...] = ()
-    if COST_CENTER in scope:
-        if scope[COST_CENTER] not in centers:
-            raise BudgetError(f"{where}.scope.cost_center: {scope[COST_CENTER]!r} is not under "
-                              "the file's top-level cost_centers: (name: [scopes])")
-        members = centers[scope[COST_CENTER]]
-    period, custom_days, custom_start = _period(entry.get("period"), f"{where}.period")
-    try:
-        amount = exact_pico(to_decimal(entry.get("amount")))
-    except MoneyError as exc:
-        raise BudgetError(f"{where}.amount: {exc}; write dollars, e.g. amount: 50000") from None
-    if amount <= 0:
-        raise BudgetError(f"{where}.amount: must be more than 0 dollars")
-    thresholds = entry.get("thresholds", [])
-    if not isinstance(thresholds, list) or not all(
-        isinstance(t, int) and not isinstance(t, bool) and 0 < t <= 1000 for t in thresholds
-    ):
-        raise BudgetError(f"{where}.thresholds: expected whole percentages, e.g. [50, 80, 100]")
-    reset_day = entry.get("reset_day", 1)
-    limit = 28 if period == "monthly" else 7
-    if not isinstance(reset_day, int) or not 1 <= reset_day <= limit:
-        raise BudgetError(f"{where}.reset_day: expected 1-{limit} for a {period} budget "
-                          "(28 at most, so that every month has it)")
-    timezone = entry.get("timezone", "UTC")
-    try:
-        ZoneInfo(str(timezone))
-    except (ZoneInfoNotFoundError, ValueError):
-        raise BudgetError(f"{where}.timezone: {timezone!r} is not an IANA time zone such as "
-                          "Europe/Berlin") from None
-    after = entry.get("project_after_days", 1)
-    if not isinstance(after, int | float) or isinstance(after, bool) or after < 0:
-        raise BudgetError(f"{where}.project_after_days: expected a number of days, e.g. 1")
-    enforce = entry.get("enforce", "none")
-    if enforce not in _ENFORCE:
-        raise BudgetError(f"{where}.enforce: {enforce!r} is not none, soft or hard (hard: "
-                          "the gateway refuses requests once the spend reaches the amount)")
-    if enforce == "none" and any(key in PRINCIPAL_KEYS for key in scope):
-        raise BudgetError(f"{where}.enforce: a budget scoped by {' or '.join(PRINCIPAL_KEYS)} "
-                          "is measured by the gateway's counters only: set enforce: soft or "
-                          "hard")
-    return Budget(name=entry["name"], scope=scope, members=members, period=period,
-                  enforce=enforce,
-                  amount_pico=amount,
-                  thresholds=tuple(sorted(set(thresholds))), reset_day=reset_day,
-                  timezone=str(timezone), custom_days=custom_days, custom_start=custom_start,
-                  project_after_ms=round(after * _DAY_MS))
-
-
-def _period(value: Any, where: str) -> tuple[str, int, date | None]:
-    if value in _PERIODS:
-        return str(value), 0, None
-    if isinstance(value, dict) and set(value) == {"days", "starting"}:
-        days, starting = value["days"], value["starting"]
-        if isinstance(days, int) and days > 0 and isinstance(starting, date):
-            return "custom", days, starting
-    raise BudgetError(f"{where}: {value!r} is not monthly, weekly, daily or "
-                      "{days: N, starting: YYYY-MM-DD}")
+    document = YamlText(text, source, BudgetError).value
+    return check(BudgetsFile, document, named_entry_error(source, BudgetError)).budget_list()

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from fractions import Fraction
-from typing import Any
+from typing import Annotated, ClassVar, Self
 
-from costflux.core.money import MoneyError, to_decimal
+from pydantic import model_validator
 
-__all__ = ["Contract", "discount_at", "parse_contracts"]
+from costflux.core.config_files import PERCENT_SCHEMA, ConfigModel, Fix, Moment, percentage, refuse
+
+__all__ = ["Contract", "ContractEntry", "contracts_from", "discount_at"]
 
 _BEGINNING = -(2**62)
 _END_OF_TIME = 2**62
@@ -56,40 +59,48 @@ def discount_at(contracts: Sequence[Contract], model: str, provider: str, ts_ms:
     return by_provider
 
 
-def parse_contracts(section: Any, parse_time: Callable[[Any, tuple[str | int, ...]], int],
-                    known_models: Mapping[str, str], fail: Any) -> tuple[Contract, ...]:
-    """The ``contracts`` list; ``known_models`` maps each priced model to its provider, so a
+class ContractEntry(ConfigModel):
+    """A negotiated discount, for one ``model`` or every model of a ``provider``."""
+
+    shape: ClassVar[str] = ("expected a list of {provider: <name> or model: <name>, "
+                            "discount_pct: <percent>, effective_from?, effective_until?}")
+    unknown: ClassVar[str] = ("unknown key; a contract has provider or model, discount_pct, "
+                              "effective_from and effective_until")
+
+    provider: str = ""
+    model: str = ""
+    discount_pct: Annotated[Decimal, percentage("12.5"), PERCENT_SCHEMA, Fix(
+        lambda value: "a price must be a number, got NoneType; write a percentage such as 12.5")]
+    effective_from: Moment | None = None
+    effective_until: Moment | None = None
+
+    @model_validator(mode="after")
+    def _one_and_in_order(self) -> Self:
+        if bool(self.model) == bool(self.provider):
+            raise refuse("name either model or provider (one of them)")
+        if self.starts_ms >= self.ends_ms:
+            raise refuse("must be after effective_from", "effective_until")
+        return self
+
+    @property
+    def starts_ms(self) -> int:
+        return _BEGINNING if self.effective_from is None else self.effective_from
+
+    @property
+    def ends_ms(self) -> int:
+        return _END_OF_TIME if self.effective_until is None else self.effective_until
+
+
+def contracts_from(entries: Sequence[ContractEntry], known_models: Mapping[str, str],
+                   fail: Callable[[tuple[str | int, ...], str], Exception]
+                   ) -> tuple[Contract, ...]:
+    """The file's contracts; ``known_models`` maps each priced model to its provider, so a
     contract naming nothing priced is an error (a typo would otherwise bill at list price)."""
-    if not isinstance(section, list) or not all(isinstance(c, dict) for c in section):
-        raise fail(("contracts",), "expected a list of {provider: <name> or model: <name>, "
-                   "discount_pct: <percent>, effective_from?, effective_until?}")
-    contracts = []
-    for index, spec in enumerate(section):
-        path: tuple[str | int, ...] = ("contracts", index)
-        unknown = set(spec) - {"provider", "model", "discount_pct", "effective_from",
-                               "effective_until"}
-        if unknown:
-            raise fail((*path, sorted(unknown)[0]), "unknown key; a contract has provider or "
-                       "model, discount_pct, effective_from and effective_until")
-        model, provider = spec.get("model", ""), spec.get("provider", "")
-        if bool(model) == bool(provider):
-            raise fail(path, "name either model or provider (one of them)")
-        if model and model not in known_models:
-            raise fail((*path, "model"), f"{model!r} is not in model_costs")
-        if provider and provider not in known_models.values():
-            raise fail((*path, "provider"), f"no model in model_costs has provider: {provider}")
-        try:
-            pct = to_decimal(spec.get("discount_pct"))
-        except MoneyError as exc:
-            raise fail((*path, "discount_pct"), f"{exc}; write a percentage such as 12.5") \
-                from None
-        if not 0 <= pct <= 100:
-            raise fail((*path, "discount_pct"), "a discount is a percentage from 0 to 100")
-        starts = (parse_time(spec["effective_from"], (*path, "effective_from"))
-                  if "effective_from" in spec else _BEGINNING)
-        ends = (parse_time(spec["effective_until"], (*path, "effective_until"))
-                if "effective_until" in spec else _END_OF_TIME)
-        if ends <= starts:
-            raise fail((*path, "effective_until"), "must be after effective_from")
-        contracts.append(Contract(Fraction(pct) / 100, str(model), str(provider), starts, ends))
-    return tuple(contracts)
+    for index, entry in enumerate(entries):
+        if entry.model and entry.model not in known_models:
+            raise fail(("contracts", index, "model"), f"{entry.model!r} is not in model_costs")
+        if entry.provider and entry.provider not in known_models.values():
+            raise fail(("contracts", index, "provider"),
+                       f"no model in model_costs has provider: {entry.provider}")
+    return tuple(Contract(Fraction(entry.discount_pct) / 100, entry.model, entry.provider,
+                          entry.starts_ms, entry.ends_ms) for entry in entries)

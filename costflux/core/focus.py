@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from itertools import combinations
 
+from costflux.core.errors import InputError
 from costflux.core.gpu import split_in_proportion
 from costflux.core.money import PICO_PER_DOLLAR, exact_pico
 
@@ -193,7 +194,7 @@ _OTHER_SERVICE = {
 _AI = ("AI and Machine Learning", "Generative AI")
 
 
-class FocusError(ValueError):
+class FocusError(InputError):
     """The API's answer cannot be turned into FOCUS rows (the message says which row)."""
 
 

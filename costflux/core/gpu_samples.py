@@ -22,10 +22,12 @@ from costflux.core.gpu import (
     slice_rates,
 )
 from costflux.core.ingest import IngestRules, Judged, PartitionClock
+from costflux.core.judging import Decoder, decoded, reject, with_context
 from costflux.core.pricing import PriceBook
 from costflux.core.rows import GpuDims
 from schemas._types import epoch_ms
 from schemas.deadletter import DeadLetterReason
+from schemas.gpu import GpuSample
 
 __all__ = [
     "PROCESS_LABEL",
@@ -78,11 +80,13 @@ def judge_gpu(
     prices: PriceBook,
     rules: IngestRules,
     now_wall_ms: int,
+    decode: Decoder[GpuSample] = decode_gpu_message,
 ) -> Judged[GpuCandidate]:
     """Decode, validate, price and time-check GPU samples given as (offset, value), in order.
 
     A sample is late when the window its interval *starts* in has closed: every window it
-    touches must still be open to take its GPU time.
+    touches must still be open to take its GPU time. A message ``decode`` raises on is a dead
+    letter, as in usage ingest (``costflux.core.judging``).
     """
     judged: Judged[GpuCandidate] = Judged()
     candidates = judged.candidates
@@ -92,8 +96,7 @@ def judge_gpu(
     lateness_ms = rules.allowed_lateness_ms
     future_limit = now_wall_ms + rules.max_future_ms
     watermark = clock.watermark_ms(lateness_ms)
-    for offset, value in messages:
-        entries, batched = decode_gpu_message(value)
+    for offset, value, entries, batched in decoded(messages, decode, judged.rejected):
         for index, entry in enumerate(entries):
             if isinstance(entry, Rejected):
                 judged.rejected.append((offset, entry))
@@ -105,19 +108,19 @@ def judge_gpu(
             if span is None or not span[1] <= start_ms < span[2]:
                 span = spans[entry.gpu_type] = _rates_span(prices, entry.gpu_type, start_ms)
             if ts_ms > future_limit:
-                verdict = _reject(
+                verdict = reject(
                     DeadLetterReason.FUTURE_TIMESTAMP,
                     f"ts is more than {rules.max_future_ms // 1000}s ahead of the clock; "
                     "check the node's clock",
                 )
             elif span is None:
-                verdict = _reject(
+                verdict = reject(
                     DeadLetterReason.UNKNOWN_GPU_TYPE,
                     f"gpu_type {entry.gpu_type!r} has no price at {entry.ts.isoformat()}; add it "
                     "to gpu_pricing in pricing.yaml or map the GPU name with --gpu-type",
                 )
             elif watermark is not None and start_ms - start_ms % finest_ms + finest_ms <= watermark:
-                verdict = _reject(
+                verdict = reject(
                     DeadLetterReason.LATE,
                     f"interval starts more than the allowed lateness ({lateness_ms} ms) behind "
                     "its partition's newest sample; its window has closed",
@@ -138,11 +141,8 @@ def judge_gpu(
                     busy_pct_of(entry.utilization_pct, labels), entry.gpu_uuid,
                 )))
                 continue
-            original = entry.model_dump_json().encode() if batched else (value or b"")
-            judged.rejected.append(
-                (offset, Rejected(verdict.reason, verdict.detail, index if batched else None,
-                                  original))
-            )
+            judged.rejected.append((offset, with_context(
+                verdict, value, index if batched else None, entry, _as_written)))
     return judged
 
 
@@ -155,8 +155,8 @@ def _rates_span(prices: PriceBook, gpu_type: str, ts_ms: int) -> tuple[str, int,
     return None if span is None else (rates_key(span[0]), span[1], span[2])
 
 
-def _reject(reason: DeadLetterReason, detail: str) -> Rejected:
-    return Rejected(reason, detail, None, b"")
+def _as_written(sample: GpuSample) -> bytes:
+    return sample.model_dump_json().encode()
 
 
 class GpuAggregate:

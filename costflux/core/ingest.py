@@ -14,6 +14,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from costflux.core.aggregate import PartitionAggregate
 from costflux.core.bill import request_cost
 from costflux.core.events import Rejected, decode_usage_fields
+from costflux.core.judging import Decoder, decoded, reject, with_context
 from costflux.core.pricing import ModelPrice, PriceBook
 from costflux.core.rows import DimKey
 from schemas._types import epoch_ms
@@ -101,12 +102,14 @@ def judge(
     prices: PriceBook,
     rules: IngestRules,
     now_wall_ms: int,
+    decode: Decoder[EventFields] = decode_usage_fields,
 ) -> Judged[Candidate]:
     """Decode, validate, price and time-check messages given as (offset, value), in order.
 
     Checks, per event and in this order: not too far in the future, a price in force at its
     event time, not late against this partition's clock; then it advances the clock. This is
-    the hot path (every event passes here): the per-event steps are inlined on purpose.
+    the hot path (every event passes here): the per-event steps are inlined on purpose. A
+    message ``decode`` raises on is a dead letter (``costflux.core.judging``).
     """
     judged: Judged[Candidate] = Judged()
     candidates = judged.candidates
@@ -118,15 +121,7 @@ def judge(
     max_ts = clock.max_ts_ms
     watermark = clock.watermark_ms(lateness_ms)
     contracts = bool(prices.contracts)
-    for offset, value in messages:
-        try:
-            entries, batched = decode_usage_fields(value)
-        except Exception as exc:  # noqa: BLE001 - a poison message must not stop the partition
-            detail = f"could not be decoded ({type(exc).__name__}); please report this input"
-            rejected.append(
-                (offset, Rejected(DeadLetterReason.INVALID_VALUE, detail, None, value or b""))
-            )
-            continue
+    for offset, value, entries, batched in decoded(messages, decode, rejected):
         for index, entry in enumerate(entries):
             if isinstance(entry, Rejected):
                 rejected.append((offset, entry))
@@ -181,9 +176,8 @@ def judge(
                     principal,
                 )))
                 continue
-            rejected.append(
-                (offset, _with_context(verdict, entry, index if batched else None, value))
-            )
+            rejected.append((offset, with_context(
+                verdict, value, index if batched else None, entry, _as_written)))
     return judged
 
 
@@ -198,8 +192,12 @@ def _semantic_cache_hit(
                      principal)
 
 
+def _as_written(event: EventFields) -> bytes:
+    return UsageEvent.model_construct(**event).model_dump_json().encode()
+
+
 def _future(rules: IngestRules) -> Rejected:
-    return _reject(
+    return reject(
         DeadLetterReason.FUTURE_TIMESTAMP,
         f"ts is more than {rules.max_future_ms // 1000}s ahead of the clock; "
         "check the producer's clock and time zone",
@@ -207,7 +205,7 @@ def _future(rules: IngestRules) -> Rejected:
 
 
 def _unpriced(event: EventFields) -> Rejected:
-    return _reject(
+    return reject(
         DeadLetterReason.UNKNOWN_MODEL,
         f"model {event['model']!r} has no price at {event['ts'].isoformat()}; "
         "add it to model_costs in pricing.yaml",
@@ -215,25 +213,11 @@ def _unpriced(event: EventFields) -> Rejected:
 
 
 def _late(rules: IngestRules) -> Rejected:
-    return _reject(
+    return reject(
         DeadLetterReason.LATE,
         f"event time is more than the allowed lateness ({rules.allowed_lateness_ms} ms) "
         "behind its partition's newest event; its window has closed",
     )
-
-
-def _reject(reason: DeadLetterReason, detail: str) -> Rejected:
-    return Rejected(reason, detail, None, b"")
-
-
-def _with_context(
-    verdict: Rejected, event: EventFields, index: int | None, value: bytes | None
-) -> Rejected:
-    # A batch element is kept as the model writes it (defaults filled in), as the decoder's
-    # own dead letters are.
-    original = ((value or b"") if index is None
-                else UsageEvent.model_construct(**event).model_dump_json().encode())
-    return Rejected(verdict.reason, verdict.detail, index, original)
 
 
 def aggregate(candidates: Iterable[Candidate], finest_window_s: int) -> PartitionAggregate:

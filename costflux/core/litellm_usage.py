@@ -69,6 +69,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any, Final
 
+from costflux.core.errors import InputError
 from schemas._types import (
     MAX_ID_LENGTH,
     MAX_LABEL_VALUE_LENGTH,
@@ -92,7 +93,7 @@ _REQUEST_LABELS: Final = ("project", "app", "namespace")
 _MS: Final = Decimal(1000)
 
 
-class LitellmPayloadError(ValueError):
+class LitellmPayloadError(InputError):
     """A LiteLLM logging payload that cannot be made a valid usage event."""
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from decimal import Context, Decimal, InvalidOperation
 
+from costflux.core.errors import InputError
+
 #: One US dollar in the internal unit. Per-token prices down to $1e-12 stay integers, so sums
 #: are exact and independent of order and grouping.
 PICO_PER_DOLLAR = 10**12
@@ -12,7 +14,7 @@ PICO_PER_DOLLAR = 10**12
 _EXACT = Context(prec=200)
 
 
-class MoneyError(ValueError):
+class MoneyError(InputError):
     """A price cannot be represented exactly in pico-dollars."""
 
 

@@ -27,18 +27,31 @@ cost|requests|tokens|even}``, with the same ``changes`` list for ``monthly`` (se
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from decimal import Context, Decimal
 from fractions import Fraction
-from typing import Any, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
-import yaml
+from pydantic import AfterValidator, BeforeValidator, Field, Strict, model_validator
 
-from costflux.core.contracts import Contract, discount_at, parse_contracts
-from costflux.core.money import MoneyError, exact_pico, to_decimal
-from schemas._types import epoch_ms
+from costflux.core.config_files import (
+    AMOUNT_SCHEMA,
+    PERCENT_SCHEMA,
+    ConfigModel,
+    Fix,
+    Moment,
+    YamlText,
+    check,
+    dollars,
+    mappings,
+    percentage,
+    refuse,
+)
+from costflux.core.contracts import Contract, ContractEntry, contracts_from, discount_at
+from costflux.core.errors import ConfigError
+from costflux.core.money import MoneyError, exact_pico
 
 __all__ = [
     "ALLOCATE_BY", "GpuPrice", "ModelPrice", "ModelTier", "OtherCost", "PartRates", "PriceBook",
@@ -56,15 +69,13 @@ _PER_1K = {"input_tokens": "input", "output_tokens": "output", "cached_input_tok
            "reasoning_tokens": "reasoning", "audio_output_tokens": "audio_output"}
 _PER_1M = {key.removesuffix("_tokens") + "_per_1m": target for key, target in _PER_1K.items()}
 _PER_CALL = {"per_web_search_call": "web_search"}
-_NOT_PRICES = ("changes", "effective_from", "tiers", "above_tokens", "batch", "service_tiers",
-               "provider", "discount_pct")
 _SERVICE_TIERS = ("priority", "flex")
 _BEGINNING = -(2**62)
 _END_OF_TIME = 2**62
 _EXACT = Context(prec=200)
 
 
-class PricingError(ValueError):
+class PricingError(ConfigError):
     """The price file is invalid; the message names the field, its line and the fix."""
 
 
@@ -299,83 +310,282 @@ class PriceBook:
         return None if timeline is None else timeline.span(ts_ms)
 
 
-# --- parsing -------------------------------------------------------------------------------
+# --- the price file ----------------------------------------------------------------------
+
+#: A price: $/1K or $/1M tokens, $ per call or per GPU-hour.
+Price = Annotated[Decimal | None, dollars("0.0008"), AMOUNT_SCHEMA]
+#: An amount in $ per calendar month.
+Monthly = Annotated[Decimal | None, dollars("4800", exact=True), AMOUNT_SCHEMA]
+Percentage = Annotated[Decimal, percentage("50"), PERCENT_SCHEMA]
+
+#: Price key -> (the price it sets, per how many tokens or calls the key's dollars are).
+_UNITS = {**{key: (part, 1000) for key, part in _PER_1K.items()},
+          **{key: (part, 1_000_000) for key, part in _PER_1M.items()},
+          **{key: (part, 1) for key, part in _PER_CALL.items()}}
 
 
-class _Locator:
-    """Finds the line of a field path in the YAML text, for error messages."""
+class _Priced(ConfigModel):
+    """Dollar amounts, each exactly a whole number of pico-dollars per token (call, hour)."""
 
-    def __init__(self, text: str) -> None:
-        try:
-            self._root = yaml.compose(text)
-        except yaml.YAMLError:
-            self._root = None
+    units: ClassVar[dict[str, tuple[str, int]]]
 
-    def line(self, path: tuple[str | int, ...]) -> int | None:
-        """Line of the field's key (of the item, in a list); None if the path is absent."""
-        node, line = self._root, None
-        for part in path:
-            if isinstance(node, yaml.MappingNode):
-                pair = next(((k, v) for k, v in node.value if k.value == part), None)
-                node, line = (pair[1], pair[0].start_mark.line) if pair else (None, None)
-            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-                node = node.value[part] if part < len(node.value) else None
-                line = None if node is None else node.start_mark.line
-            else:
-                node = None
-            if node is None:
-                return None
-        return None if line is None else line + 1
+    def picos(self) -> dict[str, int]:
+        """The prices given, by what they price, in pico-dollars per token (call, hour)."""
+        values = {}
+        for key, (part, per) in self.units.items():
+            dollars = getattr(self, key)
+            if dollars is not None:
+                try:
+                    values[part] = exact_pico(_EXACT.divide(dollars, Decimal(per)))
+                except MoneyError as exc:
+                    raise refuse(str(exc), key) from None
+        return values
+
+    @model_validator(mode="after")
+    def _exact(self) -> Self:
+        self.picos()
+        return self
+
+
+def _per_1k(what: str) -> Any:
+    return Field(None, description=f"$ per 1K {what}")
+
+
+class PriceKeys(_Priced):
+    """A model's prices ($/1K tokens, $/1M tokens or $ per call); each optional here."""
+
+    units: ClassVar[dict[str, tuple[str, int]]] = _UNITS
+    unknown: ClassVar[str] = (
+        "unknown price key; use input_tokens/output_tokens/cached_input_tokens ($/1K) or "
+        "input_per_1m/output_per_1m/cached_input_per_1m ($/1M), the same for "
+        "cache_write_input, cache_write_1h_input, audio_input, image_input, reasoning and "
+        "audio_output, or per_web_search_call ($ per call)")
+
+    input_tokens: Price = _per_1k("input tokens")
+    output_tokens: Price = _per_1k("output tokens")
+    cached_input_tokens: Price = _per_1k("cached input tokens (default: input)")
+    cache_write_input_tokens: Price = _per_1k("tokens written to the prompt cache (default: input)")
+    cache_write_1h_input_tokens: Price = _per_1k("tokens written to the 1-hour prompt cache")
+    audio_input_tokens: Price = _per_1k("audio input tokens (default: input)")
+    image_input_tokens: Price = _per_1k("image input tokens (default: input)")
+    reasoning_tokens: Price = _per_1k("reasoning tokens (default: output)")
+    audio_output_tokens: Price = _per_1k("audio output tokens (default: output)")
+    input_per_1m: Price = Field(None, description="$ per 1M input tokens; each *_per_1m key "
+                                "is its *_tokens key per 1M tokens")
+    output_per_1m: Price = None
+    cached_input_per_1m: Price = None
+    cache_write_input_per_1m: Price = None
+    cache_write_1h_input_per_1m: Price = None
+    audio_input_per_1m: Price = None
+    image_input_per_1m: Price = None
+    reasoning_per_1m: Price = None
+    audio_output_per_1m: Price = None
+    per_web_search_call: Price = Field(None, description="$ per web search call")
+
+    @classmethod
+    def _check_raw(cls, value: dict[Any, Any]) -> None:
+        priced: set[str] = set()
+        for key in value:
+            part = cls.units.get(key, (None,))[0]
+            if part in priced:
+                raise refuse(f"the {part} price is given twice ($/1K and $/1M)", key)
+            if part is not None:
+                priced.add(part)
+
+
+def _ascending(tiers: list[TierPrices] | None) -> list[TierPrices] | None:
+    for index, (lower, tier) in enumerate(itertools.pairwise(tiers or ()), start=1):
+        if tier.above_tokens <= lower.above_tokens:
+            raise refuse("tiers must be in ascending above_tokens", index, "above_tokens")
+    return tiers
+
+
+class TierPrices(PriceKeys):
+    """A long-context tier: the prices of a request whose prompt exceeds ``above_tokens``."""
+
+    shape: ClassVar[str] = "expected a list of {above_tokens: <prompt tokens>, <prices>}"
+
+    above_tokens: Annotated[int, Strict(), Field(gt=0, description=(
+        "prompt tokens (cached included) above which the whole request pays these prices"))]
+
+    @classmethod
+    def _check_raw(cls, value: dict[Any, Any]) -> None:
+        above = value.get("above_tokens")
+        # bool is an int subclass: `above_tokens: yes` is a typo, not a boundary of 1 token.
+        if isinstance(above, bool) or not isinstance(above, int) or above <= 0:
+            raise refuse("above_tokens must be a positive whole number of tokens")
+        super()._check_raw(value)
+
+
+Tiers = Annotated[list[TierPrices] | None, mappings, AfterValidator(_ascending),
+                  Fix("expected a list of {above_tokens: <prompt tokens>, <prices>}")]
+
+
+class ModePrices(PriceKeys):
+    """The batch API's or a service tier's prices: a discount off the model's and/or prices
+    of its own."""
+
+    shape: ClassVar[str] = ("expected {discount_pct: <percent>} and/or prices, e.g. "
+                            "{discount_pct: 50}")
+
+    discount_pct: Annotated[Percentage | None, Field(description="% off every price")] = None
+    tiers: Tiers = None
+
+
+class ServiceTierPrices(ConfigModel):
+    """The priority and flex service tiers' prices."""
+
+    shape: ClassVar[str] = ("expected {priority: {...}, flex: {...}} (each {discount_pct: "
+                            "<percent>} and/or prices)")
+
+    priority: ModePrices | None = None
+    flex: ModePrices | None = None
+
+    @classmethod
+    def _check_raw(cls, value: dict[Any, Any]) -> None:
+        if set(value) - set(_SERVICE_TIERS):
+            raise refuse(cls.shape)
+
+
+class ModelPrices(PriceKeys):
+    """A model's prices, or a change of them."""
+
+    shape: ClassVar[str] = "expected {input_tokens: <$/1K>, output_tokens: <$/1K>}"
+
+    tiers: Tiers = None
+    batch: ModePrices | None = None
+    service_tiers: ServiceTierPrices | None = None
+    provider: Annotated[str | None, Fix("provider must be a name, e.g. openai or anthropic")
+                        ] = None
+
+
+_CHANGES = Fix("expected a list of {effective_from: ..., <prices>}")
+
+
+class ModelChange(ModelPrices):
+    """New prices from ``effective_from``; what a change leaves out it keeps."""
+
+    effective_from: Moment
+
+
+class ModelEntry(ModelPrices):
+    """A model: its prices and their dated changes."""
+
+    changes: Annotated[list[ModelChange] | None, mappings, _CHANGES] = None
+
+
+class GpuPrices(_Priced):
+    """A GPU type's prices in $/hour; spot and reserved default to on-demand."""
+
+    units: ClassVar[dict[str, tuple[str, int]]] = {tier: (tier, 1) for tier in TIERS}
+    shape: ClassVar[str] = "expected {on_demand: <$/hour>, spot: ..., reserved_1y: ...}"
+    unknown: ClassVar[str] = f"unknown pricing tier; use {', '.join(TIERS)} ($/hour)"
+
+    on_demand: Price = Field(None, description="$ per GPU-hour on demand")
+    spot: Price = Field(None, description="$ per GPU-hour on spot (default: on demand)")
+    reserved_1y: Price = Field(None, description="$ per GPU-hour reserved for 1 year (default: "
+                                                 "on demand)")
+
+
+class GpuChange(GpuPrices):
+    effective_from: Moment
+
+
+class GpuEntry(GpuPrices):
+    changes: Annotated[list[GpuChange] | None, mappings, _CHANGES] = None
+
+
+_OTHER_COST_SHAPE = "{monthly: <$ per month>, allocate_by: " + "|".join(ALLOCATE_BY) + "}"
+
+
+class OtherCostChange(ConfigModel):
+    """A new monthly amount from ``effective_from``."""
+
+    unknown: ClassVar[str] = "unknown key; a component has monthly ($ per month), allocate_by, " \
+                             "changes"
+
+    effective_from: Moment
+    monthly: Monthly = None
+
+    @classmethod
+    def _check_raw(cls, value: dict[Any, Any]) -> None:
+        if "allocate_by" in value:
+            raise refuse("allocate_by holds for the whole component; set it beside monthly",
+                         "allocate_by")
+
+
+class OtherCostEntry(ConfigModel):
+    """A cost usage does not measure: an amount per calendar month and what shares it."""
+
+    shape: ClassVar[str] = f"expected {_OTHER_COST_SHAPE}"
+    unknown: ClassVar[str] = OtherCostChange.unknown
+
+    monthly: Monthly = None
+    allocate_by: Annotated[Literal["cost", "requests", "tokens", "even"], Fix(
+        lambda value: f"cannot share by {value!r}; use one of {', '.join(ALLOCATE_BY)}")
+    ] = "cost"
+    changes: Annotated[list[OtherCostChange] | None, mappings, _CHANGES] = None
+
+
+def _or_empty(value: Any) -> Any:
+    return value or {}
+
+
+def _identifiers(components: Any) -> Any:
+    for name in components if isinstance(components, dict) else ():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise refuse("a component name must be an identifier, e.g. storage or network", name)
+    return components or {}
+
+
+class PricingFile(ConfigModel):
+    """A price file: GPU and model prices, other costs, contracts."""
+
+    shape: ClassVar[str] = "expected a mapping with gpu_pricing and/or model_costs"
+    unknown: ClassVar[str] = ("unknown section; the sections are gpu_pricing, model_costs, "
+                              "other_costs and contracts")
+
+    gpu_pricing: Annotated[dict[str, GpuEntry], BeforeValidator(_or_empty), Fix(
+        "expected a mapping of name -> {on_demand: <$/hour>, spot: ..., reserved_1y: ...}")
+    ] = {}
+    model_costs: Annotated[dict[str, ModelEntry], BeforeValidator(_or_empty), Fix(
+        "expected a mapping of name -> {input_tokens: <$/1K>, output_tokens: <$/1K>}")] = {}
+    other_costs: Annotated[dict[str, OtherCostEntry], BeforeValidator(_identifiers), Fix(
+        f"expected a mapping of name -> {_OTHER_COST_SHAPE}")] = {}
+    contracts: Annotated[list[ContractEntry], mappings, BeforeValidator(lambda v: v or []), Fix(
+        "expected a list of {provider: <name> or model: <name>, discount_pct: <percent>, "
+        "effective_from?, effective_until?}")] = []
+
+    @model_validator(mode="after")
+    def _prices(self) -> Self:
+        if not self.model_costs and not self.gpu_pricing:
+            raise refuse("no prices: add model_costs (and/or gpu_pricing)")
+        return self
 
 
 def parse_pricing_text(text: str, source: str = "pricing.yaml") -> PriceBook:
     """Parse pricing YAML (or a ConfigMap manifest holding it) into a PriceBook."""
-    document = _load_yaml(text, source)
-    if isinstance(document, dict) and document.get("kind") == "ConfigMap":
-        text, source = _pricing_from_configmap(document, source)
-        document = _load_yaml(text, source)
-    locator = _Locator(text)
+    document = YamlText(text, source, PricingError)
+    if isinstance(document.value, dict) and document.value.get("kind") == "ConfigMap":
+        text, source = _pricing_from_configmap(document.value, source)
+        document = YamlText(text, source, PricingError)
 
     def fail(path: tuple[str | int, ...], message: str) -> PricingError:
         where = ".".join(str(p) for p in path) or "(top level)"
-        line = locator.line(path)
-        at = f"{source}:{line}" if line else source
-        return PricingError(f"{at}: {where}: {message}")
+        line = document.line(path, nearest=False)
+        return PricingError(f"{source}:{line}: {where}: {message}" if line
+                            else f"{source}: {where}: {message}")
 
-    if not isinstance(document, dict):
-        raise fail((), "expected a mapping with gpu_pricing and/or model_costs")
-    unknown = set(document) - {"gpu_pricing", "model_costs", "other_costs", "contracts"}
-    if unknown:
-        key = sorted(unknown)[0]
-        raise fail(
-            (key,), "unknown section; the sections are gpu_pricing, model_costs, other_costs "
-            "and contracts"
-        )
-    models = _parse_timelines(
-        document.get("model_costs") or {}, "model_costs",
-        "{input_tokens: <$/1K>, output_tokens: <$/1K>}", _model_price, fail,
-    )
-    gpus = _parse_timelines(
-        document.get("gpu_pricing") or {}, "gpu_pricing",
-        "{on_demand: <$/hour>, spot: ..., reserved_1y: ...}", _gpu_price, fail,
-    )
-    if not models and not gpus:
-        raise fail((), "no prices: add model_costs (and/or gpu_pricing)")
+    prices = check(PricingFile, document.value, fail)
+    models = {name: _timeline(entry, ("model_costs", name), _model_price, fail)
+              for name, entry in prices.model_costs.items()}
+    gpus = {name: _timeline(entry, ("gpu_pricing", name), _gpu_price, fail)
+            for name, entry in prices.gpu_pricing.items()}
+    other_costs = {name: OtherCost(tuple(_timeline(entry, ("other_costs", name), _monthly, fail)),
+                                   entry.allocate_by)
+                   for name, entry in prices.other_costs.items()}
     providers = {name: timeline[-1][1].provider for name, timeline in models.items() if timeline}
-    contracts = parse_contracts(
-        document.get("contracts") or [],
-        lambda value, path: _parse_effective_from(value, path, fail), providers, fail)
-    return PriceBook(models, gpus, _parse_other_costs(document.get("other_costs") or {}, fail),
-                     contracts)
-
-
-def _load_yaml(text: str, source: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f"{source}:{mark.line + 1}" if mark else source
-        raise PricingError(f"{at}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    return PriceBook(models, gpus, other_costs, contracts_from(prices.contracts, providers, fail))
 
 
 def _pricing_from_configmap(manifest: dict[str, Any], source: str) -> tuple[str, str]:
@@ -388,72 +598,29 @@ def _pricing_from_configmap(manifest: dict[str, Any], source: str) -> tuple[str,
     raise PricingError(f"{source}: ConfigMap has no data['pricing.yaml']; put the price file there")
 
 
-_Fail = Any  # callable(path, message) -> PricingError
+_Fail = Callable[[tuple[str | int, ...], str], PricingError]
 _P = TypeVar("_P", "ModelPrice", "GpuPrice", int)
 
 
-def _parse_effective_from(value: Any, path: tuple[str | int, ...], fail: _Fail) -> int:
-    if isinstance(value, datetime):
-        moment = value
-    elif isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            raise fail(path, "effective_from must be RFC 3339, e.g. 2025-01-01T00:00:00Z") from None
-    else:
-        raise fail(path, "effective_from must be RFC 3339, e.g. 2025-01-01T00:00:00Z")
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)  # YAML timestamps without offset are UTC by spec
-    return epoch_ms(moment)
+def _timeline(entry: Any, path: tuple[str | int, ...],
+              price_of: Callable[[Any, _P | None, tuple[str | int, ...], _Fail], _P],
+              fail: _Fail) -> list[tuple[int, _P]]:
+    """The entry's price, then its dated changes in date order, each inheriting what it
+    leaves out."""
+    changes = sorted(enumerate(entry.changes or ()), key=lambda change: change[1].effective_from)
+    # Only dated changes: unpriced before the first (e.g. an import with a start date).
+    dated_only = changes and not entry.model_fields_set - {"changes"}
+    timeline = [] if dated_only else [(_BEGINNING, price_of(entry, None, path, fail))]
+    for index, change in changes:
+        base = timeline[-1][1] if timeline else None
+        timeline.append((change.effective_from,
+                         price_of(change, base, (*path, "changes", index), fail)))
+    return timeline
 
 
-def _price_field(
-    value: Any, path: tuple[str | int, ...], per_tokens: int, fail: _Fail, example: str = "0.0008"
-) -> int:
-    try:
-        dollars = to_decimal(value)
-    except MoneyError as exc:
-        raise fail(path, f"{exc}; write a number such as {example}") from None
-    if dollars < 0:
-        raise fail(path, "a price cannot be negative")
-    try:
-        return exact_pico(_EXACT.divide(dollars, Decimal(per_tokens)))
-    except MoneyError as exc:
-        raise fail(path, str(exc)) from None
-
-
-def _price_values(
-    spec: Mapping[str, Any], path: tuple[str | int, ...], fail: _Fail
-) -> dict[str, int]:
-    """The model price keys of ``spec`` (an entry, a change or a tier) in pico-dollars/token."""
-    values: dict[str, int] = {}
-    for key, raw in spec.items():
-        if key in _NOT_PRICES:
-            continue
-        if key in _PER_1K:
-            target, per = _PER_1K[key], 1000
-        elif key in _PER_1M:
-            target, per = _PER_1M[key], 1_000_000
-        elif key in _PER_CALL:
-            target, per = _PER_CALL[key], 1
-        else:
-            raise fail(
-                (*path, key),
-                "unknown price key; use input_tokens/output_tokens/cached_input_tokens ($/1K) "
-                "or input_per_1m/output_per_1m/cached_input_per_1m ($/1M), the same for "
-                "cache_write_input, cache_write_1h_input, audio_input, image_input, reasoning "
-                "and audio_output, or per_web_search_call ($ per call)",
-            )
-        if target in values:
-            raise fail((*path, key), f"the {target} price is given twice ($/1K and $/1M)")
-        values[target] = _price_field(raw, (*path, key), per, fail)
-    return values
-
-
-def _model_price(
-    spec: Mapping[str, Any], base: ModelPrice | None, path: tuple[str | int, ...], fail: _Fail
-) -> ModelPrice:
-    values = _price_values(spec, path, fail)
+def _model_price(spec: ModelPrices | ModePrices, base: ModelPrice | None,
+                 path: tuple[str | int, ...], fail: _Fail) -> ModelPrice:
+    values = spec.picos()
     input_price = values.get("input", base.input if base else None)
     output_price = values.get("output", base.output if base else None)
     if input_price is None:
@@ -463,76 +630,61 @@ def _model_price(
     cached = values.get("cached", base.cached_input if base and "input" not in values else None)
     explicit = {**dict(base.explicit_parts if base else ()),
                 **{k: v for k, v in values.items() if k in _PARTS}}
-    provider = spec.get("provider", base.provider if base else "")
-    if not isinstance(provider, str):
-        raise fail((*path, "provider"), "provider must be a name, e.g. openai or anthropic")
+    provider = getattr(spec, "provider", None)
     price = ModelPrice(
         input_price, output_price, input_price if cached is None else cached,
         explicit_parts=tuple(sorted(explicit.items())),
         web_search_call=values.get("web_search", base.web_search_call if base else 0),
-        provider=provider,
+        provider=provider if provider is not None else base.provider if base else "",
     )
-    if "tiers" in spec:
-        price = replace(price, tiers=_tiers(spec["tiers"], price, (*path, "tiers"), fail))
+    if spec.tiers is not None:
+        price = replace(price, tiers=_tiers(spec.tiers, price))
     elif base:
         price = replace(price, tiers=base.tiers)
+    if not isinstance(spec, ModelPrices):  # a mode's own prices: no modes of their own
+        return price
     return replace(
         price,
-        batch=_mode_price(spec, "batch", price, base.batch if base else None, path, fail),
+        batch=_mode_price(spec.batch, price, base.batch if base else None, (*path, "batch"),
+                          fail),
         service_tiers=_service_tier_prices(spec, price, base, path, fail),
     )
 
 
-def _mode_price(spec: Mapping[str, Any], key: str, price: ModelPrice, inherited: ModelPrice | None,
+def _mode_price(mode: ModePrices | None, price: ModelPrice, inherited: ModelPrice | None,
                 path: tuple[str | int, ...], fail: _Fail) -> ModelPrice | None:
     """The batch API's (or a service tier's) prices: ``discount_pct`` off every price of the
     model, and/or prices of its own; a change without the section keeps the earlier one."""
-    raw = spec.get(key)
-    if raw is None:
+    if mode is None:
         return inherited
-    mode_path = (*path, key)
-    if not isinstance(raw, dict):
-        raise fail(mode_path, "expected {discount_pct: <percent>} and/or prices, e.g. "
-                   "{discount_pct: 50}")
     base = price
-    if "discount_pct" in raw:
-        base = _discounted(price, raw["discount_pct"], (*mode_path, "discount_pct"), fail)
-    if not set(raw) - {"discount_pct"}:
+    if mode.discount_pct is not None:
+        base = _discounted(price, mode.discount_pct, (*path, "discount_pct"), fail)
+    if not mode.model_fields_set - {"discount_pct"}:
         return base
     # Prices of its own: the long-context tiers too are its own (none unless it gives them),
     # as a model's standard tiers would bill it below the mode's rates.
-    return _model_price({k: v for k, v in raw.items() if k != "discount_pct"}, replace(
-        base, tiers=(), batch=None, service_tiers=()), mode_path, fail)
+    return _model_price(mode, replace(base, tiers=(), batch=None, service_tiers=()), path, fail)
 
 
-def _service_tier_prices(spec: Mapping[str, Any], price: ModelPrice, base: ModelPrice | None,
+def _service_tier_prices(spec: ModelPrices, price: ModelPrice, base: ModelPrice | None,
                          path: tuple[str | int, ...], fail: _Fail
                          ) -> tuple[tuple[str, ModelPrice], ...]:
-    raw = spec.get("service_tiers")
-    if raw is None:
+    if spec.service_tiers is None:
         return base.service_tiers if base else ()
-    if not isinstance(raw, dict) or set(raw) - set(_SERVICE_TIERS):
-        raise fail((*path, "service_tiers"), "expected {priority: {...}, flex: {...}} (each "
-                   "{discount_pct: <percent>} and/or prices)")
     tiers = []
     for tier in _SERVICE_TIERS:
-        if tier in raw:
-            tiered = _mode_price(raw, tier, price, None, (*path, "service_tiers"), fail)
-            assert tiered is not None
+        tiered = _mode_price(getattr(spec.service_tiers, tier), price, None,
+                             (*path, "service_tiers", tier), fail)
+        if tiered is not None:
             tiers.append((tier, tiered))
     return tuple(tiers)
 
 
-def _discounted(price: ModelPrice, raw: Any, path: tuple[str | int, ...], fail: _Fail
+def _discounted(price: ModelPrice, pct: Decimal, path: tuple[str | int, ...], fail: _Fail
                 ) -> ModelPrice:
-    """Every price of ``price`` with ``raw`` percent off, exactly (an error when a price
+    """Every price of ``price`` with ``pct`` percent off, exactly (an error when a price
     cannot be cut to a whole pico-dollar per token)."""
-    try:
-        pct = to_decimal(raw)
-    except MoneyError as exc:
-        raise fail(path, f"{exc}; write a percentage such as 50") from None
-    if not 0 <= pct <= 100:
-        raise fail(path, "a discount is a percentage from 0 to 100")
 
     def cut(pico: int) -> int:
         value = _EXACT.multiply(Decimal(pico), _EXACT.divide(100 - pct, Decimal(100)))
@@ -555,59 +707,25 @@ def _discounted(price: ModelPrice, raw: Any, path: tuple[str | int, ...], fail: 
     )
 
 
-def _tiers(
-    raw: Any, base: ModelPrice, path: tuple[str | int, ...], fail: _Fail
-) -> tuple[ModelTier, ...]:
+def _tiers(specs: list[TierPrices], base: ModelPrice) -> tuple[ModelTier, ...]:
     """Long-context tiers, ascending; a price a tier leaves out is the model's own."""
-    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
-        raise fail(path, "expected a list of {above_tokens: <prompt tokens>, <prices>}")
-    tiers: list[ModelTier] = []
-    for index, spec in enumerate(raw):
-        above = spec.get("above_tokens")
-        # bool is an int subclass: `above_tokens: yes` is a typo, not a boundary of 1 token.
-        if isinstance(above, bool) or not isinstance(above, int) or above <= 0:
-            raise fail((*path, index), "above_tokens must be a positive whole number of tokens")
-        if tiers and above <= tiers[-1].above_tokens:
-            raise fail((*path, index, "above_tokens"), "tiers must be in ascending above_tokens")
-        values = _price_values(spec, (*path, index), fail)
+    tiers = []
+    for spec in specs:
+        values = spec.picos()
         input_rate = values.get("input", base.input)
         output_rate = values.get("output", base.output)
         explicit = {**dict(base.explicit_parts),
                     **{k: v for k, v in values.items() if k in _PARTS}}
         tiers.append(ModelTier(
-            above, input_rate, output_rate, values.get("cached", base.cached_input),
+            spec.above_tokens, input_rate, output_rate, values.get("cached", base.cached_input),
             PartRates.resolve(explicit, input_rate, output_rate),
         ))
     return tuple(tiers)
 
 
-def _changes(
-    spec: Mapping[str, Any], path: tuple[str | int, ...], fail: _Fail
-) -> list[tuple[int, tuple[str | int, ...], dict[str, Any]]]:
-    """(starts_ms, path, change) in date order: each change inherits from the one before it."""
-    changes = spec.get("changes") or []
-    if not isinstance(changes, list) or not all(isinstance(c, dict) for c in changes):
-        raise fail((*path, "changes"), "expected a list of {effective_from: ..., <prices>}")
-    dated = []
-    for index, change in enumerate(changes):
-        change_path = (*path, "changes", index)
-        starts = _parse_effective_from(
-            change.get("effective_from"), (*change_path, "effective_from"), fail
-        )
-        dated.append((starts, change_path, change))
-    return sorted(dated, key=lambda item: item[0])
-
-
-def _gpu_price(
-    spec: Mapping[str, Any], base: GpuPrice | None, path: tuple[str | int, ...], fail: _Fail
-) -> GpuPrice:
-    values: dict[str, int] = {}
-    for key, raw in spec.items():
-        if key in ("changes", "effective_from"):
-            continue
-        if key not in TIERS:
-            raise fail((*path, key), f"unknown pricing tier; use {', '.join(TIERS)} ($/hour)")
-        values[key] = _price_field(raw, (*path, key), 1, fail)
+def _gpu_price(spec: GpuPrices, base: GpuPrice | None, path: tuple[str | int, ...],
+               fail: _Fail) -> GpuPrice:
+    values = spec.picos()
     if "on_demand" not in values and base is None:
         raise fail(path, "missing on_demand (the on-demand price in $/hour)")
     on_demand = values.get("on_demand", base.on_demand if base else 0)
@@ -617,61 +735,11 @@ def _gpu_price(
     return GpuPrice(on_demand, spot, reserved)
 
 
-def _parse_timelines(
-    section: Any, section_name: str, shape: str, parse_price: Callable[..., _P], fail: _Fail
-) -> dict[str, list[tuple[int, _P]]]:
-    """Each entry's base price, then its dated changes, each inheriting what it leaves out."""
-    if not isinstance(section, dict):
-        raise fail((section_name,), f"expected a mapping of name -> {shape}")
-    timelines: dict[str, list[tuple[int, _P]]] = {}
-    for name, spec in section.items():
-        path: tuple[str | int, ...] = (section_name, name)
-        if not isinstance(spec, dict):
-            raise fail(path, f"expected {shape}")
-        changes = _changes(spec, path, fail)
-        # Only dated changes: unpriced before the first (e.g. an import with a start date).
-        dated_only = changes and not set(spec) - {"changes"}
-        timeline = [] if dated_only else [(_BEGINNING, parse_price(spec, None, path, fail))]
-        for starts, change_path, change in changes:
-            base = timeline[-1][1] if timeline else None
-            timeline.append((starts, parse_price(change, base, change_path, fail)))
-        timelines[str(name)] = timeline
-    return timelines
-
-
-_OTHER_COST_SHAPE = "{monthly: <$ per month>, allocate_by: " + "|".join(ALLOCATE_BY) + "}"
-
-
-def _parse_other_costs(section: Any, fail: _Fail) -> dict[str, OtherCost]:
-    """The optional ``other_costs`` section: component name -> monthly amounts over time."""
-    timelines = _parse_timelines(section, "other_costs", _OTHER_COST_SHAPE, _monthly_amount, fail)
-    components: dict[str, OtherCost] = {}
-    for name, spec in section.items():
-        path: tuple[str | int, ...] = ("other_costs", name)
-        if not isinstance(name, str) or not name.isidentifier():
-            raise fail(path, "a component name must be an identifier, e.g. storage or network")
-        allocate_by = spec.get("allocate_by", "cost")
-        if allocate_by not in ALLOCATE_BY:
-            raise fail((*path, "allocate_by"),
-                       f"cannot share by {allocate_by!r}; use one of {', '.join(ALLOCATE_BY)}")
-        for index, change in enumerate(spec.get("changes") or []):
-            if "allocate_by" in change:
-                raise fail((*path, "changes", index, "allocate_by"),
-                           "allocate_by holds for the whole component; set it beside monthly")
-        components[name] = OtherCost(tuple(timelines[name]), allocate_by)
-    return components
-
-
-def _monthly_amount(
-    spec: Mapping[str, Any], base: int | None, path: tuple[str | int, ...], fail: _Fail
-) -> int:
+def _monthly(spec: OtherCostEntry | OtherCostChange, base: int | None,
+             path: tuple[str | int, ...], fail: _Fail) -> int:
     """An other cost component's (or one of its changes') amount in pico-dollars per month."""
-    for key in spec:
-        if key not in ("monthly", "allocate_by", "changes", "effective_from"):
-            raise fail((*path, key),
-                       "unknown key; a component has monthly ($ per month), allocate_by, changes")
-    if "monthly" in spec:
-        return _price_field(spec["monthly"], (*path, "monthly"), 1, fail, example="4800")
+    if spec.monthly is not None:
+        return exact_pico(spec.monthly)  # checked exact by the model
     if base is None:
         raise fail(path, "missing monthly (the amount in $ per calendar month, e.g. 4800)")
     return base

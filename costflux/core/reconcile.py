@@ -38,6 +38,8 @@ from decimal import ROUND_HALF_EVEN, Context, Decimal, Inexact, InvalidOperation
 from fnmatch import fnmatchcase
 from typing import Any
 
+from costflux.core.errors import InputError
+
 __all__ = [
     "ALL_MODELS", "DAY_MS", "FORMATS", "OUTPUTS", "UNALLOCATED", "UNATTRIBUTED",
     "AllocationQuery", "CostfluxCosts", "Period", "ProviderLine", "ProviderReport",
@@ -66,7 +68,7 @@ _FINEST_EXPONENT = -60
 _FOCUS_COST_COLUMNS = ("EffectiveCost", "BilledCost", "ListCost", "ContractedCost")
 
 
-class ReportError(ValueError):
+class ReportError(InputError):
     """A provider report or map file that cannot be used; names the file, the place and the fix."""
 
 

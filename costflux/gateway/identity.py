@@ -22,16 +22,19 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Annotated, Any, ClassVar, Final, Self
 
-import yaml
+from pydantic import BeforeValidator, Field, WithJsonSchema, model_validator
 
+from costflux.core.config_files import ConfigModel, Fix, YamlText, check, refuse
+from costflux.core.errors import ConfigError
 from schemas._types import MAX_LABEL_KEY_LENGTH, MAX_LABEL_VALUE_LENGTH, MAX_LABELS
 
 __all__ = [
     "KEY_ID_PREFIX",
     "IDENTITY_LABELS",
     "KeyEntry",
+    "KeysFile",
     "KeysFileError",
     "api_key_of",
     "key_id",
@@ -46,13 +49,12 @@ _KEY_ID: Final = re.compile(r"key-[0-9a-f]{16}")
 _KEY_ID_HEX_DIGITS: Final = 16
 #: Values that may be credentials: OpenAI- and Anthropic-style keys, Authorization values.
 _SECRET_PREFIXES: Final = ("sk-", "bearer ")
-_FIELDS: Final = ("id", "alias", "team", "project", "labels")
 #: The keys file's labels leave room for the identity labels within the contract's limit.
 _MAX_KEY_LABELS: Final = MAX_LABELS - len(IDENTITY_LABELS)
 _DERIVE: Final = "run `costflux gateway key-id` with the key and write the id it prints"
 
 
-class KeysFileError(ValueError):
+class KeysFileError(ConfigError):
     """A keys file that cannot be used; the message names the line and field to fix."""
 
 
@@ -138,6 +140,105 @@ def request_labels(key: KeyEntry | None, key_id: str | None, end_user: str,
     return labels
 
 
+def _key_id_problem(value: object) -> str:
+    if value is None:
+        return f"required: the key's id; {_DERIVE}"
+    # Never repeat the value: it may be the key itself.
+    if isinstance(value, str) and value.strip().lower().startswith(_SECRET_PREFIXES):
+        return ("this is an API key, not its id; never write a key in this file: remove it "
+                "(and rotate the key if the file was shared), then " + _DERIVE)
+    return f"not a key id (key- and 16 lowercase hex digits); {_DERIVE}"
+
+
+def _key_id(value: object) -> str:
+    if not isinstance(value, str) or not _KEY_ID.fullmatch(value):
+        raise refuse(_key_id_problem(value))
+    return value
+
+
+def _label_value(value: object, *at: str) -> str:
+    if not isinstance(value, str):
+        raise refuse("expected text; quote it, e.g. '4410'", *at)
+    if not value.strip():
+        raise refuse("empty; give a value or leave the field out", *at)
+    if value.strip().lower().startswith(_SECRET_PREFIXES):
+        raise refuse("looks like a credential; labels are shown on dashboards and alerts, use "
+                     "a name", *at)
+    if len(value) > MAX_LABEL_VALUE_LENGTH:
+        raise refuse(f"longer than {MAX_LABEL_VALUE_LENGTH} characters", *at)
+    return value
+
+
+def _labels(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise refuse("expected a mapping of label to value, e.g. {app: web, cost_center: '4410'}")
+    for name, label in value.items():
+        if not isinstance(name, str) or not name or len(name) > MAX_LABEL_KEY_LENGTH:
+            raise refuse(f"{_shown(name)}: a label name is 1 to {MAX_LABEL_KEY_LENGTH} "
+                         "characters")
+        if name in IDENTITY_LABELS:
+            raise refuse("set by the gateway from the request; remove it", name)
+        _label_value(label, name)
+    return dict(value)
+
+
+#: An entry's own path in a message, which its model does not know.
+_THIS_ENTRY: Final = "keys[<index>]"
+_NOT_A_SECRET = {"not": {"pattern": r"^\s*([sS][kK]-|[bB][eE][aA][rR][eE][rR] )"}}
+_LabelText = Annotated[str, Field(min_length=1, max_length=MAX_LABEL_VALUE_LENGTH,
+                                  json_schema_extra=_NOT_A_SECRET)]
+_OptionalText = Annotated[_LabelText | None, BeforeValidator(
+    lambda value: None if value is None else _label_value(value))]
+
+
+class KeyFileEntry(ConfigModel):
+    """One key of the keys file: its id, alias, and the labels its spend carries."""
+
+    shape: ClassVar[str] = ("expected a mapping with id and, optionally, alias, team, project "
+                            "and labels")
+
+    id: Annotated[str, BeforeValidator(_key_id), Fix(_key_id_problem),
+                  WithJsonSchema({"type": "string", "pattern": "^key-[0-9a-f]{16}$",
+                                  "description": "`costflux gateway key-id` prints it"})]
+    alias: _OptionalText = None
+    labels: Annotated[dict[Annotated[str, Field(min_length=1, max_length=MAX_LABEL_KEY_LENGTH)],
+                           _LabelText] | None,
+                      BeforeValidator(lambda value: None if value is None else _labels(value)),
+                      Field(json_schema_extra={"propertyNames": {"not": {
+                          "enum": list(IDENTITY_LABELS)}}})] = None
+    team: _OptionalText = None
+    project: _OptionalText = None
+
+    @model_validator(mode="after")
+    def _fit_an_event(self) -> Self:
+        labels = self.all_labels()
+        for name in ("team", "project"):
+            if getattr(self, name) is not None and name in (self.labels or {}):
+                raise refuse(f"also given as {_THIS_ENTRY}.{name}; keep one", "labels", name)
+        if len(labels) > _MAX_KEY_LABELS:
+            raise refuse(f"{len(labels)} labels (team and project included); at most "
+                         f"{_MAX_KEY_LABELS} fit in an event", "labels")
+        return self
+
+    def all_labels(self) -> dict[str, str]:
+        team_project = {n: v for n in ("team", "project") if (v := getattr(self, n)) is not None}
+        return {**(self.labels or {}), **team_project}
+
+
+class KeysFile(ConfigModel):
+    """The gateway's keys file (``COSTFLUX_KEYS_FILE``): ``keys: [...]``, nothing else."""
+
+    shape: ClassVar[str] = ("expected a top-level 'keys:' list, e.g. keys: [{id: key-..., "
+                            "alias: search-prod, team: search}]")
+    unknown: ClassVar[str] = "unknown top-level key; the file holds only 'keys:'"
+
+    keys: list[KeyFileEntry]
+
+    @classmethod
+    def _shaped(cls, value: Any) -> bool:
+        return isinstance(value, dict) and isinstance(value.get("keys"), list)
+
+
 def parse_keys_text(text: str, source: str = "keys.yaml") -> dict[str, KeyEntry]:
     """The keys file's entries by key id, checked: ``keys: [{id, alias, team, project,
     labels}]``, every field but ``id`` optional.
@@ -146,152 +247,35 @@ def parse_keys_text(text: str, source: str = "keys.yaml") -> dict[str, KeyEntry]
     ``id`` that is not a key id (``key-`` and 16 hex digits) is refused without being repeated,
     since it may be the key itself.
     """
-    root, document = _compose(text, source)
-    if (not isinstance(root, yaml.MappingNode) or not isinstance(document, dict)
-            or not isinstance(document.get("keys"), list)):
-        raise KeysFileError(f"{source}:{_line(root)}: expected a top-level 'keys:' list, e.g. "
-                            "keys: [{id: key-..., alias: search-prod, team: search}]")
-    for name_node, _ in root.value:
-        if name_node.value != "keys":
-            raise KeysFileError(f"{source}:{_line(name_node)}: {_shown(name_node.value)}: "
-                                "unknown top-level key; the file holds only 'keys:'")
-    entry_nodes = next(value for name, value in root.value if name.value == "keys").value
+    document = YamlText(text, source, KeysFileError)
+
+    def problem(path: tuple[str | int, ...], message: str, line: int | None = None
+                ) -> KeysFileError:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{_shown(p)}" for p in path)[1:]
+        if len(path) > 1 and isinstance(path[1], int):
+            message = message.replace(_THIS_ENTRY, f"keys[{path[1]}]")
+        line = line or document.line(path[:3]) or 1
+        return KeysFileError(f"{source}:{line}: {where}: {message}" if where
+                             else f"{source}:{line}: {message}")
+
+    repeated = document.repeated_key()
+    if repeated is not None:
+        raise problem(repeated[0], "given twice; keep one", repeated[1])
     entries: dict[str, KeyEntry] = {}
-    lines: dict[str, tuple[int, int]] = {}
-    for index, (entry, node) in enumerate(zip(document["keys"], entry_nodes, strict=True)):
-        where = _Where(source, index, node)
-        id_, parsed = _entry(entry, where)
-        if id_ in entries:
-            first, first_line = lines[id_]
-            raise KeysFileError(where.at("id", f"the same key as keys[{first}] (line "
-                                               f"{first_line}); list each key once"))
-        entries[id_] = parsed
-        lines[id_] = index, where.line
+    first: dict[str, int] = {}
+    for index, entry in enumerate(check(KeysFile, document.value, problem).keys):
+        if entry.id in first:
+            raise problem(("keys", index, "id"), f"the same key as keys[{first[entry.id]}] (line "
+                          f"{document.line(('keys', first[entry.id]))}); list each key once")
+        first[entry.id] = index
+        entries[entry.id] = KeyEntry(entry.alias, entry.all_labels())
     return entries
-
-
-class _Where:
-    """Where an entry is, to name in an error: its file, index and lines."""
-
-    def __init__(self, source: str, index: int, node: yaml.Node) -> None:
-        self.source, self.index, self.line = source, index, _line(node)
-        self._lines: dict[str, int] = {}
-        if isinstance(node, yaml.MappingNode):
-            for name, _ in node.value:
-                if isinstance(name.value, str) and name.value in self._lines:
-                    raise KeysFileError(f"{source}:{_line(name)}: keys[{index}]."
-                                        f"{_shown(name.value)}: given twice; keep one")
-                self._lines[str(name.value)] = _line(name)
-
-    def at(self, field: str | None, problem: str) -> str:
-        line = self._lines.get(field.partition(".")[0], self.line) if field else self.line
-        path = f"keys[{self.index}]" + (f".{field}" if field else "")
-        return f"{self.source}:{line}: {path}: {problem}"
-
-
-def _entry(entry: Any, where: _Where) -> tuple[str, KeyEntry]:
-    if not isinstance(entry, dict):
-        raise KeysFileError(where.at(None, "expected a mapping with id and, optionally, alias, "
-                                           "team, project and labels"))
-    for field in entry:
-        if field not in _FIELDS:
-            raise KeysFileError(where.at(_shown(field), "unknown field; use one of "
-                                                        + ", ".join(sorted(_FIELDS))))
-    id_ = _key_id_field(entry.get("id"), where)
-    alias = _text(entry, "alias", where)
-    labels = _labels(entry.get("labels"), where)
-    for name in ("team", "project"):
-        value = _text(entry, name, where)
-        if value is not None:
-            if name in labels:
-                raise KeysFileError(where.at(f"labels.{name}", f"also given as keys["
-                                             f"{where.index}].{name}; keep one"))
-            labels[name] = value
-    if len(labels) > _MAX_KEY_LABELS:
-        raise KeysFileError(where.at("labels", f"{len(labels)} labels (team and project "
-                                     f"included); at most {_MAX_KEY_LABELS} fit in an event"))
-    return id_, KeyEntry(alias, labels)
-
-
-def _key_id_field(value: object, where: _Where) -> str:
-    if value is None:
-        raise KeysFileError(where.at("id", f"required: the key's id; {_DERIVE}"))
-    if not isinstance(value, str) or not _KEY_ID.fullmatch(value):
-        # Never repeat the value: it may be the key itself.
-        if isinstance(value, str) and value.strip().lower().startswith(_SECRET_PREFIXES):
-            problem = ("this is an API key, not its id; never write a key in this file: "
-                       "remove it (and rotate the key if the file was shared), then " + _DERIVE)
-        else:
-            problem = f"not a key id (key- and 16 lowercase hex digits); {_DERIVE}"
-        raise KeysFileError(where.at("id", problem))
-    return value
-
-
-def _text(entry: Mapping[str, Any], field: str, where: _Where) -> str | None:
-    value = entry.get(field)
-    if value is None:
-        return None
-    return _label_value(value, where, field)
-
-
-def _labels(value: object, where: _Where) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise KeysFileError(where.at("labels", "expected a mapping of label to value, e.g. "
-                                               "{app: web, cost_center: '4410'}"))
-    labels: dict[str, str] = {}
-    for name, label in value.items():
-        if not isinstance(name, str) or not name or len(name) > MAX_LABEL_KEY_LENGTH:
-            raise KeysFileError(where.at("labels", f"{_shown(name)}: a label name is 1 to "
-                                                   f"{MAX_LABEL_KEY_LENGTH} characters"))
-        if name in IDENTITY_LABELS:
-            raise KeysFileError(where.at(f"labels.{name}", "set by the gateway from the "
-                                                           "request; remove it"))
-        labels[name] = _label_value(label, where, f"labels.{_shown(name)}")
-    return labels
-
-
-def _label_value(value: object, where: _Where, field: str) -> str:
-    if not isinstance(value, str):
-        raise KeysFileError(where.at(field, "expected text; quote it, e.g. '4410'"))
-    if not value.strip():
-        raise KeysFileError(where.at(field, "empty; give a value or leave the field out"))
-    if value.strip().lower().startswith(_SECRET_PREFIXES):
-        raise KeysFileError(where.at(field, "looks like a credential; labels are shown on "
-                                            "dashboards and alerts, use a name"))
-    if len(value) > MAX_LABEL_VALUE_LENGTH:
-        raise KeysFileError(where.at(field, f"longer than {MAX_LABEL_VALUE_LENGTH} characters"))
-    return value
 
 
 def _usable_client_label(name: object, value: object) -> bool:
     return (isinstance(name, str) and 0 < len(name) <= MAX_LABEL_KEY_LENGTH
             and isinstance(value, str) and bool(value)
             and not value.strip().lower().startswith(_SECRET_PREFIXES))
-
-
-def _compose(text: str, source: str) -> tuple[yaml.Node | None, Any]:
-    """The document's node tree (which has the lines) and its values."""
-    loader = yaml.SafeLoader(text)
-    try:
-        root = loader.get_single_node()
-        return root, (loader.construct_document(root) if root is not None else None)
-    except yaml.MarkedYAMLError as exc:
-        # Only the problem and its place: PyYAML's own message quotes the line, which may
-        # hold a key.
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 1
-        what = "; ".join(part for part in (exc.context, exc.problem) if part)
-        raise KeysFileError(f"{source}:{line}: not valid YAML: {what}") from None
-    except yaml.YAMLError:
-        raise KeysFileError(f"{source}:1: not valid YAML") from None
-    finally:
-        loader.dispose()
-
-
-def _line(node: yaml.Node | None) -> int:
-    return node.start_mark.line + 1 if node is not None else 1
 
 
 def _shown(name: object) -> str:

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
+from costflux.cli.bridge import LABELS_ENV
 from costflux.core.events import Rejected, decode_usage_message
 from costflux.settings import Settings
 from schemas.usage import UsageEvent
-from streams.bridge import LABELS_ENV, PrometheusBridge, send_to_kafka
+from streams.bridge import PrometheusBridge, send_to_kafka
 from streams.kafka import ensure_topics, producer_config
 from streams.producer import UsageProducer
 from tests.bridge.pages import FIXTURE_VALUES, MODEL, VLLM_TEXT, MetricsServer, grown, vllm_page

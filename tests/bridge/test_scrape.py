@@ -17,16 +17,14 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from costflux.cli import main
+from costflux.cli.bridge import LABELS_ENV, add_bridge_arguments, bridge_settings
 from costflux.core.bridge import FlagRequired, RequestQueue
 from costflux.embedded import free_port
 from streams.bridge import (
-    LABELS_ENV,
     BridgeMetrics,
     BridgeOptions,
     PrometheusBridge,
     ScrapeError,
-    add_bridge_arguments,
-    bridge_options,
     fetch_metrics_page,
 )
 from streams.producer import ProducerError
@@ -38,7 +36,7 @@ from tests.paths import REPO
 def options(url: str, *flags: str, environ: Mapping[str, str] | None = None) -> BridgeOptions:
     parser = argparse.ArgumentParser()
     add_bridge_arguments(parser)
-    return bridge_options(parser.parse_args(["--url", url, *flags]), environ or {})
+    return bridge_settings(parser.parse_args(["--url", url, *flags]), environ or {}).scrape
 
 
 class Collected:

@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 import redis
 
+from costflux.cli.replay import replay
+from costflux.core.trace import Assignment, ColumnMapping
 from costflux.settings import Settings
 from streams.cost_store import StoreKeys
 from streams.kafka import ensure_topics, producer_config
 from streams.producer import UsageProducer
-from streams.replay import Assignment, ColumnMapping, iter_usage_events, replay
+from streams.trace import iter_usage_events
 from tests.integration.expected import (
     azure_rows,
     totals_by,

@@ -19,14 +19,10 @@ from confluent_kafka.admin import AdminClient
 # confluent_kafka.admin re-exports NewTopic but its stubs declare it only here.
 from confluent_kafka.cimpl import NewTopic
 
+from costflux.cli.replay import add_replay_arguments, run_replay
+from costflux.core.trace import Assignment, ColumnMapping
 from streams.producer import ProducerError, UsageProducer
-from streams.replay import (
-    Assignment,
-    ColumnMapping,
-    add_replay_arguments,
-    iter_usage_events,
-    run_replay,
-)
+from streams.trace import iter_usage_events
 from tests.paths import AZURE_TRACE
 
 pytestmark = pytest.mark.integration

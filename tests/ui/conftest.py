@@ -24,11 +24,13 @@ import pytest
 
 from costflux.cli.demo import DEMO_LABELS, DEMO_MODELS, bundled_trace_path
 from costflux.cli.demo_gpu import demo_gpu_samples
+from costflux.cli.replay import replay
+from costflux.core.trace import Assignment, ColumnMapping
 from costflux.embedded import free_port
 from costflux.settings import Settings
 from streams.kafka import ensure_topics, producer_config
 from streams.producer import UsageProducer
-from streams.replay import Assignment, ColumnMapping, iter_usage_events, replay
+from streams.trace import iter_usage_events
 from tests.integration.worker_process import WorkerProcess
 
 try:

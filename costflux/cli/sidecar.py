@@ -1,0 +1,94 @@
+"""``costflux sidecar nvml``: its flags, $NODE_NAME and the downward API labels file, read
+once into ``SidecarSettings`` for ``streams.sidecar``, which reads none of them."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import get_args
+
+from costflux.log_setup import configure_logging
+from costflux.settings import Settings
+from schemas.gpu import PricingTier
+from streams.kafka import KafkaSetupError, ensure_topics, producer_config
+from streams.nvml import SidecarOptions
+from streams.sidecar import SidecarSettings, parse_labels, run_sidecar
+
+__all__ = ["add_sidecar_arguments", "read_downward_labels", "run_sidecar_command",
+           "sidecar_settings"]
+
+
+def add_sidecar_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--interval", type=float, default=10.0,
+                        help="seconds between samples (default 10)")
+    parser.add_argument("--node", default=None,
+                        help="node name (default: $NODE_NAME from the downward API, or hostname)")
+    parser.add_argument("--tier", default="on_demand", choices=get_args(PricingTier),
+                        help="pricing tier of this node's GPUs (default on_demand)")
+    parser.add_argument("--labels", default="",
+                        help="labels for every sample: k=v,k=v (team=search,model=llama-2-70b)")
+    parser.add_argument("--labels-file", type=Path, default=None,
+                        help="Kubernetes downward API labels file (lines of key=\"value\")")
+    parser.add_argument("--gpu-type", action="append", default=[], metavar="NVML_NAME=KEY",
+                        help="pricing key for an NVML device name (repeatable)")
+    parser.add_argument("--recorded", type=Path, default=None,
+                        help="replay recorded NVML readings (record.py JSON lines) instead of "
+                        "the live driver")
+    parser.add_argument("--once", action="store_true", help="take one sample round and exit")
+    parser.add_argument("--print", action="store_true", dest="print_only",
+                        help="write samples to stdout as JSON lines instead of Kafka")
+
+
+def read_downward_labels(path: Path) -> dict[str, str]:
+    """The downward API's labels file: one ``key="value"`` per line."""
+    labels = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            labels[key.strip()] = value.strip().strip('"')
+    return labels
+
+
+def sidecar_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> SidecarSettings:
+    """Check the flags and read the labels file; a ValueError (or the file's OSError) says
+    what to fix."""
+    labels = read_downward_labels(args.labels_file) if args.labels_file else {}
+    labels.update(parse_labels(args.labels))
+    overrides = parse_labels(",".join(args.gpu_type), "--gpu-type")
+    if args.interval <= 0:
+        raise ValueError("--interval: must be more than 0 seconds")
+    sampling = SidecarOptions(
+        node=args.node or environ.get("NODE_NAME") or socket.gethostname(),
+        interval_s=args.interval,
+        pricing_tier=args.tier,
+        labels=labels,
+        gpu_type_overrides=overrides,
+    )
+    return SidecarSettings(sampling, recorded=args.recorded, once=args.once,
+                           print_only=args.print_only)
+
+
+def run_sidecar_command(args: argparse.Namespace, settings: Settings) -> int:
+    """The command: its settings, then the sidecar publishing to the GPU topic (or printing)."""
+    configure_logging(settings)
+    try:
+        sidecar = sidecar_settings(args, os.environ)
+    except (ValueError, OSError) as exc:
+        print(f"costflux sidecar: {exc}", file=sys.stderr)
+        return 2
+    if settings.kafka_bootstrap is None and not sidecar.print_only:
+        print("costflux sidecar: set COSTFLUX_KAFKA_BOOTSTRAP to the broker to publish to, "
+              "or pass --print", file=sys.stderr)
+        return 2
+    if sidecar.print_only:
+        return run_sidecar(sidecar, None, settings.topic_gpu)  # no producer: print
+    try:
+        ensure_topics(settings, {settings.topic_gpu: settings.topic_partitions})
+    except KafkaSetupError as exc:  # e.g. the broker is unreachable: a message, not a trace
+        print(f"costflux sidecar: {exc}", file=sys.stderr)
+        return 1
+    return run_sidecar(sidecar, producer_config(settings), settings.topic_gpu)
