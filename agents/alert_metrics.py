@@ -9,8 +9,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from costflux.core.budgets import BudgetStatus
 from costflux.core.money import PICO_PER_DOLLAR
-from schemas.alert import AlertEvent
-from streams.metrics import LabelLimiter
+from costflux.schemas.alert import AlertEvent
+from costflux.streams.metrics import LabelLimiter
 
 __all__ = ["AlertMetrics"]
 

@@ -24,8 +24,8 @@ import redis.asyncio as aioredis
 
 from costflux.core.budgets import BudgetStatus
 from costflux.core.money import PICO_PER_DOLLAR
-from schemas._types import from_epoch_ms
-from schemas.alert import AlertEvent
+from costflux.schemas._types import from_epoch_ms
+from costflux.schemas.alert import AlertEvent
 
 __all__ = ["AlertsView"]
 

@@ -16,32 +16,32 @@ import mode
 import redis
 import redis.asyncio as aioredis
 
-from agents.alert_metrics import AlertMetrics
-from agents.alerts_view import AlertsView
-from agents.detector import Detector, DetectorOptions
-from agents.http import register_http
-from agents.http_access import HttpAccess
-from agents.http_api import AdviceInputs, WorkerApi
-from agents.serving import ServingView
-from agents.unit_costs import UnitCosts
-from agents.watermark import PipelineWatermark
+from costflux.agents.alert_metrics import AlertMetrics
+from costflux.agents.alerts_view import AlertsView
+from costflux.agents.detector import Detector, DetectorOptions
+from costflux.agents.http import register_http
+from costflux.agents.http_access import HttpAccess
+from costflux.agents.http_api import AdviceInputs, WorkerApi
+from costflux.agents.serving import ServingView
+from costflux.agents.unit_costs import UnitCosts
+from costflux.agents.watermark import PipelineWatermark
 from costflux.alerting_source import DetectionSource, advice_assumptions_from
 from costflux.core.allocation import AllocationOptions
 from costflux.core.ingest import IngestRules
 from costflux.core.spend import SpendRules
 from costflux.pricing_source import PricingSource
 from costflux.settings import Settings
-from streams.cost_store import CostStore
-from streams.health import Health, guarded
-from streams.ingest import GPU_SAMPLES, USAGE, IngestLoop, IngestOptions, SourceKind
-from streams.kafka import (
+from costflux.streams.cost_store import CostStore
+from costflux.streams.health import Health, guarded
+from costflux.streams.ingest import GPU_SAMPLES, USAGE, IngestLoop, IngestOptions, SourceKind
+from costflux.streams.kafka import (
     admin_config,
     consumer_config,
     ensure_topics,
     faust_broker_options,
     producer_config,
 )
-from streams.metrics import CostMetrics
+from costflux.streams.metrics import CostMetrics
 
 __all__ = ["Worker", "build_worker"]
 

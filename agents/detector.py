@@ -1,6 +1,6 @@
 """The detector agent: evaluates alert rules and budgets as the watermark moves.
 
-Every worker watches the global watermark (``agents.watermark``: windows before it are
+Every worker watches the global watermark (``costflux.agents.watermark``: windows before it are
 complete in the cost store, written in the same atomic step as the clocks it is taken from)
 and, once a value has stood for ``settle_s``, sends a tick with the newest evaluation time it
 covers to a one-partition topic. Whichever worker owns that
@@ -28,13 +28,13 @@ from typing import Any
 
 import faust
 
-from agents.alert_metrics import AlertMetrics
-from agents.alerts_view import AlertsView
-from agents.serving import ServingView
+from costflux.agents.alert_metrics import AlertMetrics
+from costflux.agents.alerts_view import AlertsView
+from costflux.agents.serving import ServingView
 from costflux.core.alerts import AlertState
 from costflux.core.detect import Detection, StepResult
 from costflux.core.signals import Rows, Tile
-from streams.health import Health, guarded
+from costflux.streams.health import Health, guarded
 
 __all__ = ["Detector"]
 

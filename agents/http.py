@@ -1,6 +1,6 @@
 """HTTP on the worker: /metrics, /healthz, /readyz, allocation, GPU cost, budgets, alerts,
 savings advice and the cost console at /ui (Faust's web server), optionally behind a bearer
-token (agents.http_access)."""
+token (costflux.agents.http_access)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from aiohttp import web as aioweb
 from aiohttp.web_response import ContentCoding
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from agents.http_access import LOGIN_PATH, HttpAccess, sign_in
-from agents.http_api import JsonAnswer, WorkerApi
-from agents.ui import register_ui
+from costflux.agents.http_access import LOGIN_PATH, HttpAccess, sign_in
+from costflux.agents.http_api import JsonAnswer, WorkerApi
+from costflux.agents.ui import register_ui
 
 __all__ = ["register_http"]
 

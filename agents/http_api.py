@@ -1,10 +1,10 @@
 """The worker's HTTP API as plain methods: query parameters in, a status and a JSON body out.
 
 :class:`WorkerApi` answers /model/allocation, /model/gpu, /api/budgets, /api/alerts,
-/api/advice, /metrics and the probes from two readers: window rows (``agents.serving``'s
-``ServingView``) and the budgets-and-alerts view (``agents.alerts_view``'s ``AlertsView``).
+/api/advice, /metrics and the probes from two readers: window rows (``costflux.agents.serving``'s
+``ServingView``) and the budgets-and-alerts view (``costflux.agents.alerts_view``'s ``AlertsView``).
 Any object with their read methods will do, so a test passes rows held in memory and needs
-no web server, worker or Redis; ``agents.http`` routes the web requests to these methods.
+no web server, worker or Redis; ``costflux.agents.http`` routes the web requests to these methods.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from costflux.core.principals import (
 )
 from costflux.core.rows import UsageSums, WindowRows
 from costflux.core.spike import HOUR_MS
-from schemas._types import from_epoch_ms
+from costflux.schemas._types import from_epoch_ms
 
 __all__ = ["AdviceInputs", "AlertReader", "JsonAnswer", "Probe", "WindowReader", "WorkerApi"]
 

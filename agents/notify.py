@@ -2,7 +2,7 @@
 
 Kafka gives at-least-once (an offset is committed only after its message is delivered,
 skipped as a duplicate, or dead-lettered); a Redis claim per (alert_id, state, repeat) turns
-that into once at Slack across instances, duplicates and restarts (agents.notify_redis).
+that into once at Slack across instances, duplicates and restarts (costflux.agents.notify_redis).
 
 The one window left: a crash after Slack accepted a post and before ``delivered`` is written
 lets the claim's lease expire and the notice be posted again, once. Webhooks take no
@@ -31,13 +31,13 @@ import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from pydantic import ValidationError
 
-from agents.notify_redis import ClaimLedger, SlotLimiter, Verdict, claim_key, slot_key
+from costflux.agents.notify_redis import ClaimLedger, SlotLimiter, Verdict, claim_key, slot_key
 from costflux.core.events import classify_validation_error
 from costflux.core.slack import slack_message
-from schemas.alert import AlertEvent
-from schemas.deadletter import DeadLetterReason, DeadLetterRecord
-from streams.redis_retry import REDIS_UNAVAILABLE, until_redis_answers
-from streams.webhook import Delivery, RetryPolicy, post_json
+from costflux.schemas.alert import AlertEvent
+from costflux.schemas.deadletter import DeadLetterReason, DeadLetterRecord
+from costflux.streams.redis_retry import REDIS_UNAVAILABLE, until_redis_answers
+from costflux.streams.webhook import Delivery, RetryPolicy, post_json
 
 __all__ = ["Notifier", "NotifyOptions", "NotifyStats", "decode_alert"]
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from agents.notify import Notifier
+from costflux.agents.notify import Notifier
 
 __all__ = ["NotifyCollector"]
 

@@ -23,7 +23,7 @@ from costflux.core.rows import (
     decode_usage_sums,
 )
 from costflux.core.windows import PartitionMark
-from streams.cost_store import SourceState, StoreKeys
+from costflux.streams.cost_store import SourceState, StoreKeys
 
 __all__ = ["ServingView"]
 

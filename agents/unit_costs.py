@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from agents.serving import ServingView
+from costflux.agents.serving import ServingView
 from costflux.core.allocation import AllocationOptions, TimeRange, allocate, cover
 from costflux.core.spike import HOUR_MS
-from streams.metrics import CostMetrics
+from costflux.streams.metrics import CostMetrics
 
 __all__ = ["UnitCosts"]
 

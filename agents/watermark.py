@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from agents.serving import ServingView
+from costflux.agents.serving import ServingView
 from costflux.core.windows import global_watermark
-from streams.metrics import CostMetrics
+from costflux.streams.metrics import CostMetrics
 
 __all__ = ["PipelineWatermark"]
 

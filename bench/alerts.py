@@ -37,8 +37,8 @@ from run import ready
 
 from costflux.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 from costflux.settings import Settings
-from streams.kafka import consumer_config, ensure_topics, producer_config
-from streams.producer import UsageProducer
+from costflux.streams.kafka import consumer_config, ensure_topics, producer_config
+from costflux.streams.producer import UsageProducer
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))  # the tests' Slack stand-in

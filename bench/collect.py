@@ -41,8 +41,8 @@ from costflux.core.collect import judge_spans
 from costflux.core.genai_spans import SpanMapping
 from costflux.embedded import EmbeddedBroker, free_port
 from costflux.settings import Settings
-from streams.kafka import ensure_topics, producer_config
-from streams.otlp import read_protobuf
+from costflux.streams.kafka import ensure_topics, producer_config
+from costflux.streams.otlp import read_protobuf
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent

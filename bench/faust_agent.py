@@ -21,7 +21,7 @@ app = faust.App(
     web_bind="127.0.0.1",
     web_host="127.0.0.1",
     web_port=int(env("WEB_PORT")),
-    # As streams.kafka.faust_broker_options: a ~3 s group join on Tansu instead of ~30 s.
+    # As costflux.streams.kafka.faust_broker_options: a ~3 s group join on Tansu instead of ~30 s.
     broker_session_timeout=6,
     broker_rebalance_timeout=6,
     broker_heartbeat_interval=1,

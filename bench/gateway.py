@@ -10,7 +10,7 @@ access log). The modes:
 
 - ``direct``: the upstream itself, no gateway (the baseline of "added").
 - ``off``: ``Gateway(..., guard=None)``: enforcement off.
-- ``on``: a ``BudgetGuard`` over real Redis counters (``streams.budget_counters``) with two
+- ``on``: a ``BudgetGuard`` over real Redis counters (``costflux.streams.budget_counters``) with two
   hard budgets that scope every request: one for the team (the keys file gives the key its
   team) and one per API key (``api_key: "*"``). One key sends everything, so both counters are
   read from Redis at most once a second (``BudgetCounters``' cache).
@@ -133,8 +133,8 @@ def gateway_app(mode: str, upstream: str, redis_url: str, lag_s: float) -> web.A
     from costflux.gateway.identity import KeyEntry, key_id
     from costflux.gateway.proxy import Gateway, ProxyConfig
     from costflux.pricing_source import PricingSource
-    from streams.budget_counters import BudgetCounters
-    from streams.cost_store import StoreKeys
+    from costflux.streams.budget_counters import BudgetCounters
+    from costflux.streams.cost_store import StoreKeys
 
     published: collections.deque[tuple[float, str]] = collections.deque(maxlen=100_000)
 

@@ -31,8 +31,8 @@ from run import ready, scrape, start_profiler, stop_profiler
 
 from costflux.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 from costflux.settings import Settings
-from streams.kafka import ensure_topics, producer_config
-from streams.producer import UsageProducer
+from costflux.streams.kafka import ensure_topics, producer_config
+from costflux.streams.producer import UsageProducer
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent

@@ -10,7 +10,7 @@ One UTC day of usage: every one of ``--users`` end users (UUID-shaped ids, as Op
 events are ``costflux.core.ingest.Candidate`` rows, cut into flushes of ``--events-per-flush``
 in time order and applied as ingest applies them (``streams.ingest``): ``USAGE.aggregate`` to
 window rows, ``costflux.core.spend.add_spend_rows`` for the principals and the enforced
-budgets' counters, ``streams.cost_store.CostStore.apply`` (the atomic Lua step, with the
+budgets' counters, ``costflux.streams.cost_store.CostStore.apply`` (the atomic Lua step, with the
 dedup claims), all with the worker's default settings (1-minute and 1-hour windows, dedup
 horizon, retention).
 
@@ -45,14 +45,14 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agents.app import serving_retention  # noqa: E402
+from costflux.agents.app import serving_retention  # noqa: E402
 from costflux.core.budgets import Budget, parse_budgets_text  # noqa: E402
 from costflux.core.ingest import Candidate, IngestRules  # noqa: E402
 from costflux.core.spend import SpendRules, add_spend_rows  # noqa: E402
 from costflux.embedded import EmbeddedRedis  # noqa: E402
 from costflux.settings import Settings  # noqa: E402
-from streams.cost_store import CostStore, FlushWrite, Outcome, SourceState  # noqa: E402
-from streams.ingest import USAGE  # noqa: E402
+from costflux.streams.cost_store import CostStore, FlushWrite, Outcome, SourceState  # noqa: E402
+from costflux.streams.ingest import USAGE  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAMESPACE = "bench-pm"

@@ -32,7 +32,7 @@ def main() -> None:
         auto_offset_reset="earliest",
         state_dir=env("DATADIR"),
         loglevel=logging.INFO,
-        # The same consumer tuning the raw baseline and costflux get (streams.kafka).
+        # The same consumer tuning the raw baseline and costflux get (costflux.streams.kafka).
         consumer_extra_config={
             "fetch.queue.backoff.ms": 10,
             "session.timeout.ms": 6000,

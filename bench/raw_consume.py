@@ -2,7 +2,7 @@
 
 Cost is summed by (1-minute window, model, team, project, app, namespace), the same rows
 costflux's finest window holds. Run by bench/run.py; settings come from BENCH_* variables,
-the consumer configuration as JSON (streams.kafka.consumer_config with
+the consumer configuration as JSON (costflux.streams.kafka.consumer_config with
 fetch.queue.backoff.ms=10, built by the orchestrator).
 """
 

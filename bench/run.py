@@ -38,9 +38,9 @@ from procs import ConsumerProcess, cpu_seconds, thread_cpu_seconds
 from costflux.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 from costflux.http_clients import client
 from costflux.settings import Settings
-from streams.cost_store import SourceState, StoreKeys
-from streams.kafka import admin_config, consumer_config, producer_config
-from streams.producer import UsageProducer
+from costflux.streams.cost_store import SourceState, StoreKeys
+from costflux.streams.kafka import admin_config, consumer_config, producer_config
+from costflux.streams.producer import UsageProducer
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent

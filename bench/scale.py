@@ -40,7 +40,7 @@ from run import (
 
 from costflux.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 from costflux.settings import Settings
-from streams.kafka import producer_config
+from costflux.streams.kafka import producer_config
 
 REPO = Path(__file__).resolve().parent.parent
 

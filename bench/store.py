@@ -4,7 +4,7 @@ and bytes per window row.
     python bench/store.py [--flushes N] [--events-per-flush E] [--combinations C]
 
 Starts an embedded Redis (append-only file, fsync every second, as production runs it) and
-applies N flushes through ``streams.cost_store.CostStore`` from one client thread, as one
+applies N flushes through ``costflux.streams.cost_store.CostStore`` from one client thread, as one
 ingest loop would: each flush carries E event ids to claim and the rows of E events of C label
 combinations spread over the minute windows they fall in (and their hour). The figure that
 matters is Redis's own CPU per flush (from /proc), since the store is one primary: E / that is
@@ -26,7 +26,7 @@ from procs import cpu_seconds
 from costflux.core.aggregate import PartitionAggregate
 from costflux.core.ingest import Candidate
 from costflux.embedded import EmbeddedRedis
-from streams.cost_store import CostStore, FlushWrite, SourceState
+from costflux.streams.cost_store import CostStore, FlushWrite, SourceState
 
 RESULTS = Path(__file__).resolve().parent / "results"
 START_MS = 1_700_000_000_000

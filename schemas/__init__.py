@@ -4,10 +4,10 @@ JSON Schema files generated from these models live in ``schemas/json`` (``costfl
 rewrites them; a test fails when they drift).
 """
 
-from schemas.alert import AlertEvent, alert_fingerprint
-from schemas.deadletter import DeadLetterReason, DeadLetterRecord
-from schemas.gpu import GpuSample, PricingTier
-from schemas.usage import UsageEvent
+from costflux.schemas.alert import AlertEvent, alert_fingerprint
+from costflux.schemas.deadletter import DeadLetterReason, DeadLetterRecord
+from costflux.schemas.gpu import GpuSample, PricingTier
+from costflux.schemas.usage import UsageEvent
 
 __all__ = [
     "AlertEvent",

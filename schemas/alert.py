@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas._types import Identifier, Labels
+from costflux.schemas._types import Identifier, Labels
 
 __all__ = ["AlertEvent", "alert_fingerprint"]
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from schemas.alert import AlertEvent
-from schemas.deadletter import DeadLetterRecord
-from schemas.gpu import GpuSample
-from schemas.usage import UsageEvent
+from costflux.schemas.alert import AlertEvent
+from costflux.schemas.deadletter import DeadLetterRecord
+from costflux.schemas.gpu import GpuSample
+from costflux.schemas.usage import UsageEvent
 
 SCHEMA_DIR = Path(__file__).with_name("json")
 

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schemas._types import EventTime, Identifier, Labels, epoch_ms
+from costflux.schemas._types import EventTime, Identifier, Labels, epoch_ms
 
 __all__ = ["GpuSample", "MigInstance", "PricingTier", "UNALLOCATED_PROFILE"]
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, model_validator
 
-from schemas._types import EventTime, Identifier, Labels, TokenCount, epoch_ms
+from costflux.schemas._types import EventTime, Identifier, Labels, TokenCount, epoch_ms
 
 __all__ = ["INPUT_PARTS", "OUTPUT_PARTS", "SERVICE_TIERS", "UsageEvent", "parts_within_totals"]
 

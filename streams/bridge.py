@@ -45,8 +45,8 @@ from costflux.core.bridge import (
 from costflux.core.errors import UnavailableError
 from costflux.http_clients import client, no_answer_reason
 from costflux.settings import Settings
-from streams.kafka import KafkaSetupError, ensure_topics, producer_config
-from streams.producer import ProducerError, UsageProducer
+from costflux.streams.kafka import KafkaSetupError, ensure_topics, producer_config
+from costflux.streams.producer import ProducerError, UsageProducer
 
 __all__ = [
     "BridgeMetrics",

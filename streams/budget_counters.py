@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 
 from costflux.core.enforcement import Scope
 from costflux.core.errors import UnavailableError
-from streams.cost_store import StoreKeys
+from costflux.streams.cost_store import StoreKeys
 
 __all__ = ["BudgetCounters", "CountersUnavailable", "Hold"]
 

@@ -31,9 +31,9 @@ from costflux.core.collect import (
 )
 from costflux.core.events import Rejected, deadletter_record
 from costflux.core.genai_spans import READ_ATTRIBUTES, SpanMapping
-from schemas.deadletter import DeadLetterReason
-from streams.delivery import AsyncDelivery, DeliveryError, Record
-from streams.otlp import OtlpDecodeError, answer, read_json, read_protobuf, span_document
+from costflux.schemas.deadletter import DeadLetterReason
+from costflux.streams.delivery import AsyncDelivery, DeliveryError, Record
+from costflux.streams.otlp import OtlpDecodeError, answer, read_json, read_protobuf, span_document
 
 __all__ = ["CollectorConfig", "UsageCollector"]
 

@@ -285,7 +285,7 @@ class CostStore:
     """Applies flushes to the cost store and reads the source partitions' states.
 
     Synchronous (redis-py): it runs on ingest's threads. The serving side reads the same
-    keys through ``agents.serving.ServingView``.
+    keys through ``costflux.agents.serving.ServingView``.
     """
 
     def __init__(

@@ -6,7 +6,7 @@ says how a topic's messages are judged, aggregated and counted; the rest is shar
 Faust's per-message loop tops out near 10 k messages/s, so ingest runs on confluent-kafka's
 ``consume(n)`` in a thread of the worker and writes straight to the cost store.
 
-Exactly once without Kafka transactions, per source partition (``streams.cost_store``):
+Exactly once without Kafka transactions, per source partition (``costflux.streams.cost_store``):
 
 1. A flush covers the partition's offsets from the stored next offset to the last one
    consumed. It is judged with the partition's clock as stored (lateness, watermark).
@@ -58,11 +58,11 @@ from costflux.core.ingest import (
 from costflux.core.pricing import PriceBook
 from costflux.core.rows import GpuSums, UsageSums
 from costflux.core.spend import SpendRules, add_spend_rows
-from streams.cost_store import CostStore, FlushWrite, Outcome, SourceState
-from streams.failpoints import failpoint
-from streams.health import Health
-from streams.metrics import CostMetrics
-from streams.redis_retry import until_redis_answers
+from costflux.streams.cost_store import CostStore, FlushWrite, Outcome, SourceState
+from costflux.streams.failpoints import failpoint
+from costflux.streams.health import Health
+from costflux.streams.metrics import CostMetrics
+from costflux.streams.redis_retry import until_redis_answers
 
 __all__ = ["GPU_SAMPLES", "USAGE", "IngestLoop", "IngestOptions", "SourceKind", "source_name"]
 

@@ -2,7 +2,7 @@
 
 One code path for live and recorded NVML: ``NvmlSampler`` calls the pynvml function names on
 whatever ``api`` it is given, the ``pynvml`` module itself or a ``RecordedNvml``
-(``streams.nvml_recorded``) that answers from a file of real readings.
+(``costflux.streams.nvml_recorded``) that answers from a file of real readings.
 
 Never publish a guess: a GPU whose required readings (name, UUID, utilization, memory) fail is
 skipped for that interval with the reason logged; optional ones (power, processes) are
@@ -21,8 +21,8 @@ from typing import Any
 from costflux.core.errors import UnavailableError
 from costflux.core.gpu import gpu_type_for
 from costflux.core.gpu_samples import PROCESS_LABEL
-from schemas._types import MAX_LABEL_VALUE_LENGTH, MAX_LABELS, from_epoch_ms
-from schemas.gpu import UNALLOCATED_PROFILE, GpuSample, MigInstance, PricingTier
+from costflux.schemas._types import MAX_LABEL_VALUE_LENGTH, MAX_LABELS, from_epoch_ms
+from costflux.schemas.gpu import UNALLOCATED_PROFILE, GpuSample, MigInstance, PricingTier
 
 __all__ = [
     "NvmlUnavailable",

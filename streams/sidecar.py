@@ -11,16 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from schemas.gpu import GpuSample
-from streams.nvml import (
+from costflux.schemas.gpu import GpuSample
+from costflux.streams.nvml import (
     EXIT_NO_NVML,
     NvmlSampler,
     NvmlUnavailable,
     SidecarOptions,
     open_nvml,
 )
-from streams.nvml_recorded import RecordedNvml
-from streams.producer import ProducerError, UsageProducer
+from costflux.streams.nvml_recorded import RecordedNvml
+from costflux.streams.producer import ProducerError, UsageProducer
 
 __all__ = ["SidecarSettings", "parse_labels", "publish_rounds", "run_sidecar"]
 

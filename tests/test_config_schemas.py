@@ -19,7 +19,7 @@ from costflux.core.budgets import parse_budgets_text
 from costflux.core.errors import ConfigError
 from costflux.core.pricing import parse_pricing_text
 from costflux.gateway.identity import parse_keys_text
-from schemas.generate import CONTRACTS, SCHEMA_DIR, render
+from costflux.schemas.generate import CONTRACTS, SCHEMA_DIR, render
 from tests.paths import REPO
 
 LOADERS: dict[str, Callable[[str, str], object]] = {

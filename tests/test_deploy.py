@@ -619,7 +619,7 @@ def test_daemonset_sidecar_stamps_its_node_and_pod_labels_on_samples(
     """The DaemonSet's command line on recorded H100 readings, with a downward API file."""
     from costflux.cli import _parser
     from costflux.cli.sidecar import sidecar_settings
-    from streams.sidecar import run_sidecar
+    from costflux.streams.sidecar import run_sidecar
     from tests.paths import NVML_H100
 
     pod = k8s_object("DaemonSet", "costflux-nvml-sidecar")["spec"]["template"]

@@ -21,9 +21,9 @@ from costflux.core.errors import ConfigError, CostfluxError, InputError, Unavail
 from costflux.core.money import MoneyError
 from costflux.core.pricing import PricingError
 from costflux.gateway.identity import KeysFileError
-from streams.budget_counters import CountersUnavailable
-from streams.kafka import KafkaSetupError
-from streams.otlp import OtlpDecodeError
+from costflux.streams.budget_counters import CountersUnavailable
+from costflux.streams.kafka import KafkaSetupError
+from costflux.streams.otlp import OtlpDecodeError
 from tests.paths import REPO
 
 DOCUMENTED = {CostfluxError: 1, ConfigError: 2, InputError: 65, UnavailableError: 69}

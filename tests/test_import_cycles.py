@@ -2,8 +2,9 @@
 
 Every import statement counts, at module level or inside a function (an import deferred to
 break a cycle is still a cycle in the design). ``costflux/__main__.py`` is the entry point
-and is left out. Folders are ``schemas``, ``streams``, ``agents`` and each package of
-``costflux`` (its root modules, ``core``, ``cli``, ``gateway``, ``cache``, ...).
+and is left out. Folders are each package of ``costflux`` (its root modules, ``core``, ``cli``,
+``gateway``, ``cache``, ..., and ``schemas``, ``streams`` and ``agents``, which install as
+``costflux.schemas``, ``costflux.streams`` and ``costflux.agents``).
 """
 
 from __future__ import annotations
@@ -14,15 +15,18 @@ from pathlib import Path
 
 from tests.paths import REPO
 
-ROOTS = ("costflux", "streams", "agents", "schemas")
+# The top-level folders that install inside the costflux package (pyproject.toml).
+INSIDE_COSTFLUX = ("streams", "agents", "schemas")
 
 
 def modules() -> dict[str, Path]:
     found = {}
-    for root in ROOTS:
+    for root in ("costflux", *INSIDE_COSTFLUX):
         for path in (REPO / root).rglob("*.py"):
-            name = ".".join(path.relative_to(REPO).with_suffix("").parts)
-            name = name.removesuffix(".__init__")
+            parts = path.relative_to(REPO).with_suffix("").parts
+            if parts[0] != "costflux":
+                parts = ("costflux", *parts)
+            name = ".".join(parts).removesuffix(".__init__")
             if not name.endswith("__main__"):
                 found[name] = path
     return found
@@ -140,3 +144,14 @@ def test_no_folder_imports_itself_back() -> None:
     shown = [[examples[(a, b)] for a in group for b in group if (a, b) in examples]
              for group in bad]
     assert not bad, f"folders that import each other: {shown}"
+
+
+def test_nothing_imports_the_folders_by_their_top_level_names() -> None:
+    # ``import streams`` works in a checkout only, as a second copy of costflux.streams.
+    wrong = sorted(
+        f"{path.relative_to(REPO)}: {name}"
+        for path in [*modules().values(), *REPO.glob("tests/**/*.py"), *REPO.glob("bench/*.py")]
+        for name in imported(path, "")
+        if name.split(".")[0] in INSIDE_COSTFLUX
+    )
+    assert wrong == []

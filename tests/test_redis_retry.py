@@ -7,7 +7,7 @@ import threading
 import pytest
 import redis
 
-from streams.redis_retry import until_redis_answers
+from costflux.streams.redis_retry import until_redis_answers
 
 
 class Outage:

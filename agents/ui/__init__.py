@@ -12,7 +12,7 @@ from typing import Any, cast
 import faust
 from aiohttp import web
 
-from agents.ui.assets import Asset, Assets, load_assets
+from costflux.agents.ui.assets import Asset, Assets, load_assets
 
 __all__ = ["register_ui"]
 

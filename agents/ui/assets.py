@@ -66,7 +66,7 @@ class Assets:
 def load_assets() -> Assets:
     """Read the console's files and uPlot once, at start-up."""
     files: dict[str, Asset] = {}
-    root = resources.files("agents.ui").joinpath("static")
+    root = resources.files("costflux.agents.ui").joinpath("static")
     for path in _walk(root, ""):
         files[path] = Asset.of(path, root.joinpath(path).read_bytes())
     problems: list[str] = []

@@ -109,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     import faust
 
-    from agents.app import build_worker
+    from costflux.agents.app import build_worker
     from costflux.embedded import embedded_stack
 
     configure_logging(settings)
@@ -134,7 +134,7 @@ def _run_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 def _run_replay(args: argparse.Namespace, settings: Settings) -> int:
     from costflux.cli.replay import run_replay
-    from streams.kafka import ensure_topics, producer_config
+    from costflux.streams.kafka import ensure_topics, producer_config
 
     if settings.kafka_bootstrap is None:
         print("costflux replay: set COSTFLUX_KAFKA_BOOTSTRAP to the broker to replay into",
@@ -163,9 +163,14 @@ def _run_notify(args: argparse.Namespace, settings: Settings) -> int:
     import redis
     from prometheus_client import CollectorRegistry, start_http_server
 
-    from agents.notify import Notifier, NotifyOptions
-    from agents.notify_metrics import NotifyCollector
-    from streams.kafka import KafkaSetupError, consumer_config, ensure_topics, producer_config
+    from costflux.agents.notify import Notifier, NotifyOptions
+    from costflux.agents.notify_metrics import NotifyCollector
+    from costflux.streams.kafka import (
+        KafkaSetupError,
+        consumer_config,
+        ensure_topics,
+        producer_config,
+    )
 
     url = settings.slack_webhook()  # first: a missing secret is a config error (exit 2)
     configure_logging(settings)
@@ -222,7 +227,7 @@ def _run_notify(args: argparse.Namespace, settings: Settings) -> int:
 
 def _run_schemas(args: argparse.Namespace, settings: Settings) -> int:
     from costflux.cli.config_schemas import write_all as write_config_schemas
-    from schemas.generate import write_all
+    from costflux.schemas.generate import write_all
 
     for path in [*write_all(), *write_config_schemas()]:
         print(path)

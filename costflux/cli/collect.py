@@ -35,9 +35,9 @@ def _run_collect(args: argparse.Namespace, settings: Settings) -> int:
     from costflux.embedded import EmbeddedBroker
     from costflux.log_setup import configure_logging
     from costflux.pricing_source import PricingSource
-    from streams.collect import CollectorConfig, UsageCollector
-    from streams.delivery import AsyncDelivery
-    from streams.kafka import ensure_topics, producer_config
+    from costflux.streams.collect import CollectorConfig, UsageCollector
+    from costflux.streams.delivery import AsyncDelivery
+    from costflux.streams.kafka import ensure_topics, producer_config
 
     configure_logging(settings)
     prices = PricingSource(settings.pricing_file)

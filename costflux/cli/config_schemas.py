@@ -16,7 +16,7 @@ from costflux.core.alert_rules import RulesFile
 from costflux.core.budgets import BudgetsFile
 from costflux.core.pricing import PricingFile
 from costflux.gateway.identity import KeysFile
-from schemas.generate import SCHEMA_DIR, render
+from costflux.schemas.generate import SCHEMA_DIR, render
 
 __all__ = ["CONFIG_FILES", "write_all"]
 

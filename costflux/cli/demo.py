@@ -173,7 +173,7 @@ def _wait_ready(base: str, worker: subprocess.Popen[bytes], timeout_s: float) ->
 
 def demo_usage_events(limit: int | None = None) -> Iterator[dict[str, Any]]:
     """The bundled trace's rows as the demo's usage events (``DEMO_ASSIGNMENT``'s rotation)."""
-    from streams.trace import iter_usage_events
+    from costflux.streams.trace import iter_usage_events
 
     return iter_usage_events(
         bundled_trace_path(), ColumnMapping(),
@@ -182,9 +182,9 @@ def demo_usage_events(limit: int | None = None) -> Iterator[dict[str, Any]]:
 
 
 def _replay(settings: Settings, speed: float, limit: int | None) -> None:
-    from streams.kafka import producer_config
-    from streams.pacing import pace
-    from streams.producer import UsageProducer
+    from costflux.streams.kafka import producer_config
+    from costflux.streams.pacing import pace
+    from costflux.streams.producer import UsageProducer
 
     with UsageProducer(producer_config(settings), settings.topic_usage) as producer:
         pace(demo_usage_events(limit), producer, speed=speed)
@@ -192,9 +192,9 @@ def _replay(settings: Settings, speed: float, limit: int | None) -> None:
 
 def _replay_gpus(settings: Settings, speed: float, limit: int | None) -> None:
     from costflux.cli.demo_gpu import demo_gpu_samples
-    from streams.kafka import producer_config
-    from streams.pacing import pace
-    from streams.producer import UsageProducer
+    from costflux.streams.kafka import producer_config
+    from costflux.streams.pacing import pace
+    from costflux.streams.producer import UsageProducer
 
     with UsageProducer(producer_config(settings), settings.topic_gpu,
                        events_per_message=1) as producer:

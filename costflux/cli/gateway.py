@@ -77,7 +77,7 @@ def _run_gateway(args: argparse.Namespace, settings: Settings) -> int:
     from costflux.file_watch import ReloadedFiles
     from costflux.log_setup import configure_logging
     from costflux.pricing_source import PricingSource
-    from streams.sidecar import parse_labels
+    from costflux.streams.sidecar import parse_labels
 
     try:
         labels = parse_labels(gateway.labels, "--label / COSTFLUX_GATEWAY_LABELS")
@@ -98,9 +98,9 @@ def _serve(settings: Settings, gateway: Any, labels: dict[str, str], sources: An
 
     from costflux.gateway.guard import BudgetGuard, GuardConfig
     from costflux.gateway.proxy import CACHE_HEADER, Gateway, ProxyConfig
-    from streams.budget_counters import BudgetCounters
-    from streams.kafka import KafkaSetupError, ensure_topics, producer_config
-    from streams.producer import UsageProducer
+    from costflux.streams.budget_counters import BudgetCounters
+    from costflux.streams.kafka import KafkaSetupError, ensure_topics, producer_config
+    from costflux.streams.producer import UsageProducer
 
     detection, prices, keys = sources
     try:

@@ -37,9 +37,9 @@ from costflux.core.trace import (
     format_event_time,
     trace_format_for,
 )
-from streams.pacing import EventSink, ReplayStats, pace
-from streams.producer import ProducerError, UsageProducer
-from streams.trace import iter_usage_events
+from costflux.streams.pacing import EventSink, ReplayStats, pace
+from costflux.streams.producer import ProducerError, UsageProducer
+from costflux.streams.trace import iter_usage_events
 
 __all__ = ["add_replay_arguments", "replay", "run_replay"]
 

@@ -1,5 +1,5 @@
 """``costflux sidecar nvml``: its flags, $NODE_NAME and the downward API labels file, read
-once into ``SidecarSettings`` for ``streams.sidecar``, which reads none of them."""
+once into ``SidecarSettings`` for ``costflux.streams.sidecar``, which reads none of them."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import get_args
 
 from costflux.log_setup import configure_logging
+from costflux.schemas.gpu import PricingTier
 from costflux.settings import Settings
-from schemas.gpu import PricingTier
-from streams.kafka import KafkaSetupError, ensure_topics, producer_config
-from streams.nvml import SidecarOptions
-from streams.sidecar import SidecarSettings, parse_labels, run_sidecar
+from costflux.streams.kafka import KafkaSetupError, ensure_topics, producer_config
+from costflux.streams.nvml import SidecarOptions
+from costflux.streams.sidecar import SidecarSettings, parse_labels, run_sidecar
 
 __all__ = ["add_sidecar_arguments", "read_downward_labels", "run_sidecar_command",
            "sidecar_settings"]

@@ -3,7 +3,7 @@
 The ingest hot path sums the events of a flush by finest window and dimensions (one loop,
 lists of integers, no per-event objects), then rolls the finest windows up into every
 configured size. The store adds a flush's rows to its windows in one atomic step together
-with the partition's next offset (``streams.cost_store``), so a flush counts once whoever
+with the partition's next offset (``costflux.streams.cost_store``), so a flush counts once whoever
 applies it and however often it is replayed.
 """
 

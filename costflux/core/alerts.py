@@ -18,8 +18,8 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Literal, NamedTuple
 
-from schemas._types import from_epoch_ms
-from schemas.alert import AlertEvent, alert_fingerprint
+from costflux.schemas._types import from_epoch_ms
+from costflux.schemas.alert import AlertEvent, alert_fingerprint
 
 __all__ = ["AlertState", "Notice", "Rule", "alert_event", "evaluate"]
 

@@ -13,7 +13,7 @@ from fractions import Fraction
 from typing import Any, Final
 
 from costflux.core.pricing import ModelPrice
-from schemas.usage import INPUT_PARTS, OUTPUT_PARTS
+from costflux.schemas.usage import INPUT_PARTS, OUTPUT_PARTS
 
 __all__ = ["BILL_FIELDS", "BILLED_FIELDS", "bill", "request_cost"]
 

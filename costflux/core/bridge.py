@@ -46,7 +46,7 @@ from typing import Any, Final, Literal, Protocol
 
 from costflux.core.errors import InputError
 from costflux.core.gpu import split_in_proportion
-from schemas._types import MAX_ID_LENGTH, from_epoch_ms
+from costflux.schemas._types import MAX_ID_LENGTH, from_epoch_ms
 
 __all__ = [
     "SERVER_KINDS",

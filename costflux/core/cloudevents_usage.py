@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from costflux.core.events import Rejected
-from schemas._types import MAX_ID_LENGTH
-from schemas.deadletter import DeadLetterReason
+from costflux.schemas._types import MAX_ID_LENGTH
+from costflux.schemas.deadletter import DeadLetterReason
 
 __all__ = ["USAGE_EVENT_TYPE", "usage_from_cloudevent"]
 

@@ -23,7 +23,7 @@ from costflux.core.genai_spans import (
     labels_of,
     usage_from_span,
 )
-from schemas.usage import UsageEvent
+from costflux.schemas.usage import UsageEvent
 
 __all__ = ["CloudEventInput", "Judged", "batch_messages", "judge_cloudevents", "judge_spans"]
 

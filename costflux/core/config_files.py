@@ -31,7 +31,7 @@ from pydantic_core import PydanticCustomError, core_schema
 
 from costflux.core.money import MoneyError, exact_pico, to_decimal
 from costflux.core.windows import duration_ms
-from schemas._types import epoch_ms
+from costflux.schemas._types import epoch_ms
 
 __all__ = [
     "ConfigModel", "Duration", "Fix", "Moment", "Name", "NamedEntries", "Number", "YamlText",

@@ -34,8 +34,8 @@ from costflux.core.signals import (
     window_signal,
 )
 from costflux.core.spike import HOUR_MS
-from schemas._types import from_epoch_ms
-from schemas.alert import AlertEvent
+from costflux.schemas._types import from_epoch_ms
+from costflux.schemas.alert import AlertEvent
 
 __all__ = ["BUDGET_SIGNALS", "DetectOptions", "Detection", "StepResult",
            "instance_key", "instance_of"]

@@ -17,10 +17,10 @@ import orjson
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
-from schemas._types import MAX_TOKENS_PER_REQUEST
-from schemas.deadletter import DeadLetterReason, DeadLetterRecord
-from schemas.gpu import GpuSample
-from schemas.usage import INPUT_PARTS, OUTPUT_PARTS, UsageEvent, parts_within_totals
+from costflux.schemas._types import MAX_TOKENS_PER_REQUEST
+from costflux.schemas.deadletter import DeadLetterReason, DeadLetterRecord
+from costflux.schemas.gpu import GpuSample
+from costflux.schemas.usage import INPUT_PARTS, OUTPUT_PARTS, UsageEvent, parts_within_totals
 
 __all__ = [
     "DEADLETTER_RECORD_MAX_BYTES", "Rejected", "deadletter_record", "decode_gpu_message",

@@ -25,9 +25,9 @@ from costflux.core.ingest import IngestRules, Judged, PartitionClock
 from costflux.core.judging import Decoder, decoded, reject, with_context
 from costflux.core.pricing import PriceBook
 from costflux.core.rows import GpuDims
-from schemas._types import epoch_ms
-from schemas.deadletter import DeadLetterReason
-from schemas.gpu import GpuSample
+from costflux.schemas._types import epoch_ms
+from costflux.schemas.deadletter import DeadLetterReason
+from costflux.schemas.gpu import GpuSample
 
 __all__ = [
     "PROCESS_LABEL",

@@ -17,9 +17,9 @@ from costflux.core.events import Rejected, decode_usage_fields
 from costflux.core.judging import Decoder, decoded, reject, with_context
 from costflux.core.pricing import ModelPrice, PriceBook
 from costflux.core.rows import DimKey
-from schemas._types import epoch_ms
-from schemas.deadletter import DeadLetterReason
-from schemas.usage import UsageEvent
+from costflux.schemas._types import epoch_ms
+from costflux.schemas.deadletter import DeadLetterReason
+from costflux.schemas.usage import UsageEvent
 
 __all__ = ["Candidate", "IngestRules", "Judged", "PartitionClock", "aggregate", "judge",
            "lost_to_retention"]
@@ -143,7 +143,7 @@ def judge(
                     watermark = clock.watermark_ms(lateness_ms)
                 price = span[0]
                 # Optional fields are absent from the dict when the event leaves them out:
-                # read with the model's defaults (schemas.usage.UsageEvent).
+                # read with the model's defaults (costflux.schemas.usage.UsageEvent).
                 cached = entry.get("cached_input_tokens", 0)
                 labels = entry.get("labels", _NO_LABELS)
                 position = f"{offset}:{index}" if batched else str(offset)

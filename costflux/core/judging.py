@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
 from costflux.core.events import Rejected
-from schemas.deadletter import DeadLetterReason
+from costflux.schemas.deadletter import DeadLetterReason
 
 __all__ = ["Decoder", "decoded", "reject", "undecodable", "with_context"]
 

@@ -70,7 +70,7 @@ from decimal import ROUND_FLOOR, Decimal
 from typing import Any, Final
 
 from costflux.core.errors import InputError
-from schemas._types import (
+from costflux.schemas._types import (
     MAX_ID_LENGTH,
     MAX_LABEL_VALUE_LENGTH,
     MAX_TOKENS_PER_REQUEST,
@@ -100,7 +100,7 @@ class LitellmPayloadError(InputError):
 def usage_event_from_litellm(payload: Mapping[str, Any]) -> dict[str, Any]:
     """The ``llm.usage.v1`` event of one LiteLLM call's ``standard_logging_object``.
 
-    The result always passes ``schemas.usage.UsageEvent``; a payload that cannot give one
+    The result always passes ``costflux.schemas.usage.UsageEvent``; a payload that cannot give one
     (no id, no time, no model, impossible token counts, an unknown status) raises
     :class:`LitellmPayloadError`, whose message names the field and never repeats a value.
     """

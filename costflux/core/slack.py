@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas.alert import AlertEvent
+from costflux.schemas.alert import AlertEvent
 
 __all__ = ["escape_mrkdwn", "slack_message"]
 

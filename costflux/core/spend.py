@@ -14,7 +14,7 @@ figures cannot come from them:
   read per budget. A counter is keyed by the budget's ``counter_id`` (scope and periods), so
   renaming a budget or changing its amount keeps what it counted.
 
-Both are added by the same atomic store step as the windows (streams.cost_store), so they
+Both are added by the same atomic store step as the windows (costflux.streams.cost_store), so they
 count each event exactly once, like the windows.
 """
 

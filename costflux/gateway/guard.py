@@ -35,7 +35,7 @@ from costflux.core.enforcement import (
 from costflux.core.pricing import PriceBook
 from costflux.gateway.identity import KeyEntry, api_key_of, key_id, request_labels
 from costflux.gateway.usage import Route, end_user, reservation_bound
-from streams.budget_counters import BudgetCounters, CountersUnavailable
+from costflux.streams.budget_counters import BudgetCounters, CountersUnavailable
 
 __all__ = ["Admission", "BudgetGuard", "GuardConfig", "Refusal"]
 

@@ -28,7 +28,7 @@ from pydantic import BeforeValidator, Field, WithJsonSchema, model_validator
 
 from costflux.core.config_files import ConfigModel, Fix, YamlText, check, refuse
 from costflux.core.errors import ConfigError
-from schemas._types import MAX_LABEL_KEY_LENGTH, MAX_LABEL_VALUE_LENGTH, MAX_LABELS
+from costflux.schemas._types import MAX_LABEL_KEY_LENGTH, MAX_LABEL_VALUE_LENGTH, MAX_LABELS
 
 __all__ = [
     "KEY_ID_PREFIX",

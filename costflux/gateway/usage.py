@@ -44,7 +44,7 @@ import orjson
 
 from costflux.core.litellm_usage import token_parts
 from costflux.gateway.sse import SseDataReader
-from schemas._types import MAX_ID_LENGTH, MAX_LABEL_VALUE_LENGTH
+from costflux.schemas._types import MAX_ID_LENGTH, MAX_LABEL_VALUE_LENGTH
 
 __all__ = [
     "ROUTES",

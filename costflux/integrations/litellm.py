@@ -52,7 +52,7 @@ proxy's field names (LiteLLM copies exactly those into the payload); ``end_user`
 
 **Never in LiteLLM's way.** The hooks only map the payload and put the event on a bounded
 in-memory queue (``max_queued``); one background thread hands events to an idempotent
-``streams.producer.UsageProducer`` (``enable.idempotence``, ``acks=all``), one event per
+``costflux.streams.producer.UsageProducer`` (``enable.idempotence``, ``acks=all``), one event per
 message keyed by its ``event_id``, and checks their delivery every few seconds. Nothing the
 callback does raises into LiteLLM or blocks its event loop: a payload that cannot be mapped, a
 full queue (Kafka unreachable for long), a produce or delivery error, an event after
@@ -80,8 +80,8 @@ from litellm.integrations.custom_logger import CustomLogger
 
 from costflux.core.litellm_usage import LitellmPayloadError, usage_event_from_litellm
 from costflux.settings import ConfigError, Settings
-from streams.kafka import producer_config
-from streams.producer import ProducerError, UsageProducer
+from costflux.streams.kafka import producer_config
+from costflux.streams.producer import ProducerError, UsageProducer
 
 __all__ = ["FAILURE_REASONS", "CallbackStats", "CostfluxCallback"]
 
@@ -128,7 +128,7 @@ class CostfluxCallback(CustomLogger):
 
     ``bootstrap`` (else ``COSTFLUX_KAFKA_BOOTSTRAP``) and ``topic`` (else
     ``COSTFLUX_TOPIC_USAGE``, default ``llm.usage.v1``) override ``settings``, which default to
-    the environment's; the producer is :func:`streams.kafka.producer_config` of them.
+    the environment's; the producer is :func:`costflux.streams.kafka.producer_config` of them.
     ``max_queued`` events may wait for the sender before further ones are dropped (and
     counted); delivery is checked every ``delivery_check_s`` while events flow, each check
     waiting up to ``delivery_timeout_s``.

@@ -1,5 +1,5 @@
 """The worker's HTTP API without a worker, a broker or Redis: each endpoint method of
-``agents.http_api.WorkerApi`` over window rows held in memory.
+``costflux.agents.http_api.WorkerApi`` over window rows held in memory.
 
 Money is checked against Decimal sums of the rows' pico-dollars, worked out here.
 """
@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from agents.http_api import AdviceInputs, JsonAnswer, WorkerApi
+from costflux.agents.http_api import AdviceInputs, JsonAnswer, WorkerApi
 from costflux.core.advice import Assumptions
 from costflux.core.allocation import AllocationOptions
 from costflux.core.pricing import ModelPrice, OtherCost

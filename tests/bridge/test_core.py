@@ -24,9 +24,9 @@ from costflux.core.bridge import (
     read_request_queues,
     usage_events,
 )
-from schemas._types import MAX_ID_LENGTH
-from schemas.usage import UsageEvent
-from streams.bridge import parse_metrics_page
+from costflux.schemas._types import MAX_ID_LENGTH
+from costflux.schemas.usage import UsageEvent
+from costflux.streams.bridge import parse_metrics_page
 from tests.bridge.pages import FIXTURE_VALUES, MODEL, VLLM_TEXT, grown, vllm_page
 
 TEMPLATE = EventTemplate("pod-a/127.0.0.1:8000", "vllm-opt", {"team": "search"})

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from streams.bridge import MAX_PAGE_BYTES, ScrapeError, fetch_metrics_page
+from costflux.streams.bridge import MAX_PAGE_BYTES, ScrapeError, fetch_metrics_page
 from tests.bridge.pages import VLLM_TEXT
 
 URL = "http://vllm.test:8000/metrics"

@@ -13,11 +13,11 @@ import pytest
 
 from costflux.cli.bridge import LABELS_ENV
 from costflux.core.events import Rejected, decode_usage_message
+from costflux.schemas.usage import UsageEvent
 from costflux.settings import Settings
-from schemas.usage import UsageEvent
-from streams.bridge import PrometheusBridge, send_to_kafka
-from streams.kafka import ensure_topics, producer_config
-from streams.producer import UsageProducer
+from costflux.streams.bridge import PrometheusBridge, send_to_kafka
+from costflux.streams.kafka import ensure_topics, producer_config
+from costflux.streams.producer import UsageProducer
 from tests.bridge.pages import FIXTURE_VALUES, MODEL, VLLM_TEXT, MetricsServer, grown, vllm_page
 from tests.bridge.test_scrape import options
 from tests.integration.test_producer import read_all

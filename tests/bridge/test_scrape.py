@@ -20,14 +20,14 @@ from costflux.cli import main
 from costflux.cli.bridge import LABELS_ENV, add_bridge_arguments, bridge_settings
 from costflux.core.bridge import FlagRequired, RequestQueue
 from costflux.embedded import free_port
-from streams.bridge import (
+from costflux.streams.bridge import (
     BridgeMetrics,
     BridgeOptions,
     PrometheusBridge,
     ScrapeError,
     fetch_metrics_page,
 )
-from streams.producer import ProducerError
+from costflux.streams.producer import ProducerError
 from tests.bridge.pages import MODEL, VLLM_TEXT, MetricsServer, grown, vllm_page
 from tests.bridge.test_core import tgi_page, totals
 from tests.paths import REPO

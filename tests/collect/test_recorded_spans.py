@@ -13,7 +13,7 @@ import pytest
 
 from costflux.core.collect import judge_spans
 from costflux.core.genai_spans import GenAISpan, SpanMapping
-from streams.otlp import read_json, read_protobuf, span_document
+from costflux.streams.otlp import read_json, read_protobuf, span_document
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "otel_genai"
 RECORDED = json.loads((FIXTURES / "expected.json").read_text())

@@ -15,7 +15,7 @@ from costflux.core.genai_spans import (
     parse_label_mapping,
     usage_from_span,
 )
-from schemas.deadletter import DeadLetterReason
+from costflux.schemas.deadletter import DeadLetterReason
 
 END_NS = 1_714_564_800_250_999_999  # 2024-05-01T12:00:00.250999999Z
 

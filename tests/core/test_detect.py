@@ -23,7 +23,7 @@ from costflux.core.rows import (
 )
 from costflux.core.signals import Tile
 from costflux.core.spike import HOUR_MS
-from schemas.alert import AlertEvent
+from costflux.schemas.alert import AlertEvent
 from tests.core.test_budgets import ISSUE_EXAMPLE
 
 MINUTE = 60_000

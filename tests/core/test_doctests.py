@@ -13,11 +13,12 @@ import costflux.cache
 import costflux.cli
 import costflux.core
 import costflux.gateway
-import schemas
+import costflux.schemas
 
 MODULES = sorted(
     [f"{package.__name__}.{info.name}"
-     for package in (costflux.core, schemas, costflux.gateway, costflux.cache, costflux.cli)
+     for package in (costflux.core, costflux.schemas, costflux.gateway, costflux.cache,
+                     costflux.cli)
      for info in pkgutil.iter_modules(package.__path__)] + ["costflux.settings"]
 )
 

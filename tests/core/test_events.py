@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from costflux.core.events import Rejected, decode_usage_message
-from schemas.deadletter import DeadLetterReason as R
-from schemas.usage import UsageEvent
+from costflux.schemas.deadletter import DeadLetterReason as R
+from costflux.schemas.usage import UsageEvent
 
 VALID: dict[str, Any] = {
     "event_id": "req-1",

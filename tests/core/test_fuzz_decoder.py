@@ -34,8 +34,8 @@ from costflux.core.events import (
 )
 from costflux.core.ingest import Candidate, IngestRules, Judged, PartitionClock, judge
 from costflux.core.pricing import parse_pricing_text
-from schemas.deadletter import DeadLetterReason as R
-from schemas.usage import UsageEvent
+from costflux.schemas.deadletter import DeadLetterReason as R
+from costflux.schemas.usage import UsageEvent
 
 #: Model m changes price on 2024-01-01; big has a long-context tier; newcomer is priced only
 #: from 2024-06-01 (earlier events of it are unknown_model).

@@ -21,8 +21,8 @@ from costflux.core.gpu_samples import GpuAggregate, judge_gpu
 from costflux.core.ingest import IngestRules, PartitionClock
 from costflux.core.pricing import parse_pricing_text
 from costflux.core.rows import GPU_DIMENSIONS, DimKey, GpuDims, GpuSums, UsageSums, WindowRows
-from schemas.deadletter import DeadLetterReason as R
-from streams.metrics import CostMetrics
+from costflux.schemas.deadletter import DeadLetterReason as R
+from costflux.streams.metrics import CostMetrics
 from tests.core.test_rows import stored_windows
 
 PRICES = parse_pricing_text(

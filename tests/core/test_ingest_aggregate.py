@@ -20,8 +20,8 @@ from costflux.core.events import Rejected
 from costflux.core.ingest import Candidate, IngestRules, Judged, PartitionClock, aggregate, judge
 from costflux.core.pricing import parse_pricing_text
 from costflux.core.rows import DIMENSIONS, DimKey, UsageSums, WindowRows
-from schemas.deadletter import DeadLetterReason as R
-from schemas.usage import UsageEvent
+from costflux.schemas.deadletter import DeadLetterReason as R
+from costflux.schemas.usage import UsageEvent
 from tests.core.test_rows import stored_windows
 
 PRICES = parse_pricing_text(

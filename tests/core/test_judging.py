@@ -11,7 +11,7 @@ from costflux.core.events import Rejected, decode_gpu_message, decode_usage_fiel
 from costflux.core.gpu_samples import judge_gpu
 from costflux.core.ingest import PartitionClock, judge
 from costflux.core.judging import decoded, with_context
-from schemas.deadletter import DeadLetterReason as R
+from costflux.schemas.deadletter import DeadLetterReason as R
 from tests.core import test_gpu_samples as gpu
 from tests.core import test_ingest_aggregate as usage
 

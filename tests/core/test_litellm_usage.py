@@ -17,8 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from costflux.core.litellm_usage import LitellmPayloadError, usage_event_from_litellm
-from schemas._types import MAX_ID_LENGTH, MAX_LABEL_VALUE_LENGTH, MAX_TOKENS_PER_REQUEST
-from schemas.usage import UsageEvent
+from costflux.schemas._types import MAX_ID_LENGTH, MAX_LABEL_VALUE_LENGTH, MAX_TOKENS_PER_REQUEST
+from costflux.schemas.usage import UsageEvent
 from tests.paths import REPO
 
 FIXTURE = REPO / "tests/fixtures/litellm/standard_logging_payloads.json"

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from costflux.core.pricing import PricingError
 from costflux.core.rows import UsageSums
 from costflux.pricing_source import PricingSource
-from streams.metrics import CostMetrics, LabelLimiter
+from costflux.streams.metrics import CostMetrics, LabelLimiter
 
 GOOD = "model_costs:\n  m:\n    input_tokens: 0.001\n    output_tokens: 0.002\n"
 BETTER = "model_costs:\n  m:\n    input_tokens: 0.003\n    output_tokens: 0.004\n"
@@ -72,7 +72,7 @@ def test_bundled_prices_are_the_seed_and_a_missing_file_is_a_clear_error(tmp_pat
 def test_alert_metrics_show_budgets_and_spike_ratios_and_drop_gone_ones() -> None:
     from fractions import Fraction
 
-    from agents.alert_metrics import AlertMetrics
+    from costflux.agents.alert_metrics import AlertMetrics
     from costflux.core.budgets import budget_status, parse_budgets_text
 
     registry = CollectorRegistry()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from costflux.core.trace import format_event_time
-from streams.pacing import ListSink, pace
+from costflux.streams.pacing import ListSink, pace
 
 
 class RecordingSink:

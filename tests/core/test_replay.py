@@ -12,7 +12,7 @@ import pytest
 
 from costflux.cli.replay import add_replay_arguments, replay, run_replay
 from costflux.core.trace import ColumnMapping
-from streams.pacing import ListSink
+from costflux.streams.pacing import ListSink
 
 
 def write(path: Path, text: str) -> Path:

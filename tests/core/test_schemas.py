@@ -9,8 +9,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from schemas.generate import CONTRACTS, SCHEMA_DIR, render
-from schemas.usage import UsageEvent
+from costflux.schemas.generate import CONTRACTS, SCHEMA_DIR, render
+from costflux.schemas.usage import UsageEvent
 
 REPO_SCHEMAS = Path(__file__).resolve().parents[2] / "schemas" / "json"
 EXAMPLE: dict[str, Any] = {

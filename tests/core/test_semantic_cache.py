@@ -33,8 +33,8 @@ from costflux.core.rows import (
     decode_usage_dims,
     decode_usage_sums,
 )
-from schemas.deadletter import DeadLetterReason
-from streams.metrics import CostMetrics
+from costflux.schemas.deadletter import DeadLetterReason
+from costflux.streams.metrics import CostMetrics
 from tests.core.test_rows import stored_windows
 
 MINUTE_MS, HOUR_MS = 60_000, 3_600_000

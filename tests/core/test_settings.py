@@ -9,7 +9,7 @@ from faust.utils.urls import urllist
 from pydantic import SecretStr
 
 from costflux.settings import ConfigError, Settings, load_settings
-from streams.kafka import (
+from costflux.streams.kafka import (
     LibrdkafkaLogBridge,
     client_config,
     consumer_config,

@@ -28,8 +28,8 @@ from costflux.core.trace import (
     trace_format_for,
     usage_events,
 )
-from schemas.usage import UsageEvent
-from streams.trace import iter_usage_events
+from costflux.schemas.usage import UsageEvent
+from costflux.streams.trace import iter_usage_events
 from tests.paths import AZURE_TRACE
 
 AZURE_CSV = AZURE_TRACE

@@ -14,9 +14,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from agents.alert_metrics import AlertMetrics
-from streams.health import Health
-from streams.metrics import CostMetrics
+from costflux.agents.alert_metrics import AlertMetrics
+from costflux.streams.health import Health
+from costflux.streams.metrics import CostMetrics
 from tests.deploy.manifests import DASHBOARD_FILE
 
 # The sample names each metric type exposes (prometheus_client's exposition).
@@ -39,7 +39,7 @@ _LABEL_VALUES = re.compile(r"^label_values\(\s*([a-zA-Z_:][\w:]*)\s*,\s*\w+\s*\)
 def exported_metric_names() -> set[str]:
     """Every sample name /metrics can show: the worker's metrics on a fresh registry (its
     cost metrics, its alerting metrics and its parts' error and retry counters, as
-    agents.app.build_worker registers them)."""
+    costflux.agents.app.build_worker registers them)."""
     registry = CollectorRegistry()
     CostMetrics(registry)
     AlertMetrics(registry, label_cap=1, allowed={})

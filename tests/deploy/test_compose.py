@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from costflux.core.bridge import RequestQueue, read_request_queues
 from costflux.embedded import free_port
-from streams.bridge import parse_metrics_page
+from costflux.streams.bridge import parse_metrics_page
 from tests.deploy.manifests import (
     DEPLOY,
     compose,

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from streams.bridge import QUEUE_LABELS, BridgeMetrics
+from costflux.streams.bridge import QUEUE_LABELS, BridgeMetrics
 from tests.deploy.manifests import K8S, docs, k8s_object, k8s_objects, seed_yaml_blocks
 from tests.prometheus_tools import run_promtool
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from agents.app import ticks_topic
+from costflux.agents.app import ticks_topic
 from tests.deploy.manifests import (
     STRIMZI,
     compose,

@@ -1,4 +1,4 @@
-"""What a worker asks of Kafka, read from ``agents.app.build_worker`` itself.
+"""What a worker asks of Kafka, read from ``costflux.agents.app.build_worker`` itself.
 
 The manifests that create topics (Strimzi KafkaTopics) and watch consumer lag (the HPA) must
 name what the code uses. Rather than a list written by hand, ``worker_wiring`` runs
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from unittest import mock
 
-import agents.app
+import costflux.agents.app
 from costflux.settings import Settings
 from tests.deploy.manifests import container_env, k8s_object
 
@@ -42,11 +42,11 @@ def worker_wiring(settings: Settings) -> WorkerWiring:
         raise _Stop
 
     with (
-        mock.patch.object(agents.app, "ensure_topics", record_topics),
-        mock.patch.object(agents.app, "consumer_config", record_group),
+        mock.patch.object(costflux.agents.app, "ensure_topics", record_topics),
+        mock.patch.object(costflux.agents.app, "consumer_config", record_group),
         contextlib.suppress(_Stop),
     ):
-        agents.app.build_worker(settings)
+        costflux.agents.app.build_worker(settings)
     assert topics and groups, "build_worker no longer creates topics before its consumers"
     return WorkerWiring(topics, groups[0])
 

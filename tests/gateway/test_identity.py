@@ -21,7 +21,7 @@ from costflux.gateway.identity import (
     parse_keys_text,
     request_labels,
 )
-from schemas.usage import UsageEvent
+from costflux.schemas.usage import UsageEvent
 
 # --- the credential and its id ----------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import redis
 
 from costflux.settings import Settings
-from streams.cost_store import SourceState, StoreKeys
+from costflux.streams.cost_store import SourceState, StoreKeys
 from tests.integration.worker_process import WorkerProcess
 
 

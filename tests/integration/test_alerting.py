@@ -18,8 +18,8 @@ import redis
 from confluent_kafka import Consumer
 
 from costflux.settings import Settings
-from streams.kafka import consumer_config, ensure_topics, producer_config
-from streams.producer import UsageProducer
+from costflux.streams.kafka import consumer_config, ensure_topics, producer_config
+from costflux.streams.producer import UsageProducer
 from tests.core.test_budgets import ISSUE_EXAMPLE
 from tests.integration.worker_process import WorkerProcess
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 
 from costflux.settings import Settings
-from streams.kafka import ensure_topics
+from costflux.streams.kafka import ensure_topics
 from tests.integration.stored import applied_messages
 from tests.integration.test_exactly_once import frozen
 from tests.integration.test_faults import BASE_MS, assert_exact, iso, usage

@@ -16,8 +16,8 @@ from costflux.core.budgets import parse_budgets_text
 from costflux.core.enforcement import scopes_of
 from costflux.core.pricing import parse_pricing_text
 from costflux.gateway.guard import BudgetGuard, GuardConfig, Refusal
-from streams.budget_counters import BudgetCounters
-from streams.cost_store import CostStore, FlushWrite, Outcome, SourceState
+from costflux.streams.budget_counters import BudgetCounters
+from costflux.streams.cost_store import CostStore, FlushWrite, Outcome, SourceState
 from tests.background import run_async
 
 pytestmark = pytest.mark.integration

@@ -34,7 +34,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from costflux.embedded import EmbeddedBroker, free_port
 from costflux.settings import Settings
-from streams.kafka import consumer_config, ensure_topics
+from costflux.streams.kafka import consumer_config, ensure_topics
 from tests.integration.expected import totals_by
 from tests.integration.worker_process import WorkerProcess
 

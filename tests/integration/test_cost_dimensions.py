@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from costflux.settings import Settings
-from streams.kafka import ensure_topics, producer_config
-from streams.producer import UsageProducer
+from costflux.streams.kafka import ensure_topics, producer_config
+from costflux.streams.producer import UsageProducer
 from tests.core.test_money_pricing import CACHE_PRICES
 from tests.integration.expected import group_name
 from tests.integration.worker_process import WorkerProcess

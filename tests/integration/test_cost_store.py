@@ -15,10 +15,10 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.serving import ServingView
+from costflux.agents.serving import ServingView
 from costflux.core.aggregate import FlushRows
 from costflux.core.rows import OVERFLOW, GpuSums, UsageSums, WindowRows, encode_dims
-from streams.cost_store import AppliedFlush, CostStore, FlushWrite, Outcome, SourceState
+from costflux.streams.cost_store import AppliedFlush, CostStore, FlushWrite, Outcome, SourceState
 from tests.background import run_async
 
 pytestmark = pytest.mark.integration

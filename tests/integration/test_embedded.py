@@ -25,7 +25,7 @@ from costflux.embedded import (
     free_port,
 )
 from costflux.settings import ConfigError, Settings
-from streams.kafka import (
+from costflux.streams.kafka import (
     KafkaSetupError,
     admin_config,
     consumer_config,

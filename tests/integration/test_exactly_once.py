@@ -27,8 +27,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from costflux.embedded import EmbeddedRedis, free_port
 from costflux.settings import Settings
-from streams.kafka import consumer_config, ensure_topics, producer_config
-from streams.producer import UsageProducer
+from costflux.streams.kafka import consumer_config, ensure_topics, producer_config
+from costflux.streams.producer import UsageProducer
 from tests.background import in_background
 from tests.integration.expected import totals_by
 from tests.integration.stored import applied_messages, wait_applied

@@ -15,8 +15,8 @@ import pytest
 from confluent_kafka import Consumer
 
 from costflux.settings import Settings
-from streams.kafka import consumer_config, ensure_topics, producer_config
-from streams.producer import UsageProducer
+from costflux.streams.kafka import consumer_config, ensure_topics, producer_config
+from costflux.streams.producer import UsageProducer
 from tests.integration.expected import totals_by
 from tests.integration.stored import wait_applied
 from tests.integration.worker_process import WorkerProcess

@@ -25,9 +25,9 @@ from costflux.cli.export import add_export_command
 from costflux.cli.replay import replay
 from costflux.core.trace import Assignment, ColumnMapping
 from costflux.settings import Settings
-from streams.kafka import ensure_topics, producer_config
-from streams.producer import UsageProducer
-from streams.trace import iter_usage_events
+from costflux.streams.kafka import ensure_topics, producer_config
+from costflux.streams.producer import UsageProducer
+from costflux.streams.trace import iter_usage_events
 from tests.integration.expected import azure_rows, totals_by
 from tests.integration.test_pipeline import wait_for_requests
 from tests.integration.worker_process import WorkerProcess

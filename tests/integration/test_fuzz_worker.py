@@ -29,8 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from costflux.core.events import DEADLETTER_RECORD_MAX_BYTES
 from costflux.core.rows import OVERFLOW
 from costflux.settings import Settings
-from streams.kafka import ensure_topics, producer_config
-from streams.producer import UsageProducer
+from costflux.streams.kafka import ensure_topics, producer_config
+from costflux.streams.producer import UsageProducer
 from tests.core.test_fuzz_decoder import (
     M_CHANGE_MS,
     MINUTE_MS,

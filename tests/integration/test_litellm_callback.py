@@ -23,8 +23,8 @@ from litellm.proxy.types_utils.utils import get_instance_fn  # noqa: E402
 import costflux.integrations.litellm as costflux_litellm  # noqa: E402
 from costflux.embedded import free_port  # noqa: E402
 from costflux.integrations.litellm import CostfluxCallback  # noqa: E402
+from costflux.schemas.usage import UsageEvent  # noqa: E402
 from costflux.settings import ConfigError  # noqa: E402
-from schemas.usage import UsageEvent  # noqa: E402
 from tests.background import run_async
 from tests.integration.test_producer import Received, create_topic, read_all  # noqa: E402
 

@@ -12,10 +12,10 @@ import redis
 from costflux.cli.replay import replay
 from costflux.core.trace import Assignment, ColumnMapping
 from costflux.settings import Settings
-from streams.cost_store import StoreKeys
-from streams.kafka import ensure_topics, producer_config
-from streams.producer import UsageProducer
-from streams.trace import iter_usage_events
+from costflux.streams.cost_store import StoreKeys
+from costflux.streams.kafka import ensure_topics, producer_config
+from costflux.streams.producer import UsageProducer
+from costflux.streams.trace import iter_usage_events
 from tests.integration.expected import (
     azure_rows,
     totals_by,

@@ -21,8 +21,8 @@ from confluent_kafka.cimpl import NewTopic
 
 from costflux.cli.replay import add_replay_arguments, run_replay
 from costflux.core.trace import Assignment, ColumnMapping
-from streams.producer import ProducerError, UsageProducer
-from streams.trace import iter_usage_events
+from costflux.streams.producer import ProducerError, UsageProducer
+from costflux.streams.trace import iter_usage_events
 from tests.paths import AZURE_TRACE
 
 pytestmark = pytest.mark.integration
@@ -40,7 +40,7 @@ class Received:
 
 
 def producer_settings(bootstrap: str, **overrides: str) -> dict[str, str]:
-    """A plain librdkafka producer config as streams.kafka would build it."""
+    """A plain librdkafka producer config as costflux.streams.kafka would build it."""
     return {
         "bootstrap.servers": bootstrap,
         "enable.idempotence": "true",

@@ -25,9 +25,9 @@ from confluent_kafka.admin import AdminClient
 
 from costflux.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 from costflux.settings import Settings
-from streams.cost_store import SourceState
-from streams.kafka import consumer_config, ensure_topics, producer_config
-from streams.producer import UsageProducer
+from costflux.streams.cost_store import SourceState
+from costflux.streams.kafka import consumer_config, ensure_topics, producer_config
+from costflux.streams.producer import UsageProducer
 from tests.background import in_background
 from tests.integration.stored import applied_messages, stored_sources, wait_applied
 from tests.integration.test_faults import (

@@ -23,8 +23,8 @@ import pytest
 
 from costflux.embedded import free_port
 from costflux.settings import Settings
-from streams.kafka import ensure_topics, producer_config
-from streams.producer import UsageProducer
+from costflux.streams.kafka import ensure_topics, producer_config
+from costflux.streams.producer import UsageProducer
 from tests.integration.expected import event_cost, group_name
 from tests.integration.stored import wait_applied
 from tests.integration.test_alerting import (

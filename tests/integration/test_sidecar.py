@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
+from costflux.schemas.gpu import GpuSample
 from costflux.settings import Settings
-from schemas.gpu import GpuSample
 from tests.integration.test_producer import read_all
 from tests.paths import NVML_H100, REPO
 

@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 
 from costflux.settings import Settings
-from streams.kafka import ensure_topics, producer_config
-from streams.producer import UsageProducer
+from costflux.streams.kafka import ensure_topics, producer_config
+from costflux.streams.producer import UsageProducer
 from tests.integration.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.integration

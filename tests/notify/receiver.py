@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
 
-from schemas.alert import AlertEvent
+from costflux.schemas.alert import AlertEvent
 
 #: The secret part of every Receiver URL: tests assert it never shows anywhere.
 SECRET = "s3cr3t"

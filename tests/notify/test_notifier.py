@@ -18,15 +18,15 @@ import redis
 import requests
 from confluent_kafka import Producer
 
-from agents.notify import Notifier, NotifyOptions
-from agents.notify_redis import SlotLimiter, claim_key, slot_key
+from costflux.agents.notify import Notifier, NotifyOptions
+from costflux.agents.notify_redis import SlotLimiter, claim_key, slot_key
 from costflux.cli import main
 from costflux.embedded import free_port
+from costflux.schemas.alert import AlertEvent
+from costflux.schemas.deadletter import DeadLetterRecord
 from costflux.settings import Settings
-from schemas.alert import AlertEvent
-from schemas.deadletter import DeadLetterRecord
-from streams.kafka import consumer_config, ensure_topics, producer_config
-from streams.webhook import RetryPolicy
+from costflux.streams.kafka import consumer_config, ensure_topics, producer_config
+from costflux.streams.webhook import RetryPolicy
 from tests.integration.test_producer import read_all
 from tests.notify.receiver import SECRET, Receiver, make_alert
 

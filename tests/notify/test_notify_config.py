@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-import agents.notify_redis
-from agents.notify import NotifyOptions, decode_alert
+import costflux.agents.notify_redis
+from costflux.agents.notify import NotifyOptions, decode_alert
 from costflux.cli import main
+from costflux.schemas.deadletter import DeadLetterReason
 from costflux.settings import ConfigError, Settings
-from schemas.deadletter import DeadLetterReason
 from tests.notify.receiver import SECRET, make_alert
 
 URL = f"https://hooks.slack.com/services/T0/B0/{SECRET}"
@@ -64,6 +64,6 @@ def test_messages_that_are_not_alerts_get_a_dead_letter_reason(
 
 
 def test_claim_verdicts_and_key_names() -> None:
-    result = doctest.testmod(agents.notify_redis)
+    result = doctest.testmod(costflux.agents.notify_redis)
     assert result.attempted and not result.failed
-    assert SECRET not in agents.notify_redis.slot_key("ns", URL)
+    assert SECRET not in costflux.agents.notify_redis.slot_key("ns", URL)

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from streams.webhook import RetryPolicy, post_json
+from costflux.streams.webhook import RetryPolicy, post_json
 from tests.notify.receiver import SECRET
 
 TIMEOUT_S = 0.5

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from costflux.core.slack import slack_message
-from streams.webhook import RetryPolicy, post_json
+from costflux.streams.webhook import RetryPolicy, post_json
 from tests.notify.receiver import Receiver, make_alert
 
 FAST = RetryPolicy(attempts=3, base_s=0.01, cap_s=0.05, timeout_s=2.0)

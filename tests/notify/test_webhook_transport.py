@@ -10,7 +10,7 @@ import httpx
 import orjson
 import pytest
 
-from streams.webhook import RetryPolicy, post_json
+from costflux.streams.webhook import RetryPolicy, post_json
 from tests.notify.receiver import SECRET
 
 URL = f"https://hooks.slack.test/services/T0/B0/{SECRET}"

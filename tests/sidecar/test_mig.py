@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from schemas.gpu import UNALLOCATED_PROFILE, GpuSample
-from streams.nvml import NvmlSampler, SidecarOptions
-from streams.nvml_recorded import RecordedNvml
-from streams.sidecar import publish_rounds
+from costflux.schemas.gpu import UNALLOCATED_PROFILE, GpuSample
+from costflux.streams.nvml import NvmlSampler, SidecarOptions
+from costflux.streams.nvml_recorded import RecordedNvml
+from costflux.streams.sidecar import publish_rounds
 
 PARENT = "GPU-29d8e695-e43e-54b9-9464-377db75d29a5"  # the recorded H100's identity
 NAME = "NVIDIA H100 80GB HBM3"

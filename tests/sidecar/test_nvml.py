@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from schemas.gpu import GpuSample
-from streams.nvml import EXIT_NO_NVML, NvmlSampler, SidecarOptions, pod_uid_of
-from streams.nvml_recorded import RecordedNvml
-from streams.sidecar import publish_rounds
+from costflux.schemas.gpu import GpuSample
+from costflux.streams.nvml import EXIT_NO_NVML, NvmlSampler, SidecarOptions, pod_uid_of
+from costflux.streams.nvml_recorded import RecordedNvml
+from costflux.streams.sidecar import publish_rounds
 from tests.paths import NVML_H100, REPO
 
 UUID = "GPU-29d8e695-e43e-54b9-9464-377db75d29a5"

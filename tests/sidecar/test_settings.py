@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from costflux.cli.sidecar import add_sidecar_arguments, sidecar_settings
-from streams.sidecar import SidecarSettings
+from costflux.streams.sidecar import SidecarSettings
 
 
 def parsed(*flags: str) -> argparse.Namespace:

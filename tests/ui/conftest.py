@@ -28,9 +28,9 @@ from costflux.cli.replay import replay
 from costflux.core.trace import Assignment, ColumnMapping
 from costflux.embedded import free_port
 from costflux.settings import Settings
-from streams.kafka import ensure_topics, producer_config
-from streams.producer import UsageProducer
-from streams.trace import iter_usage_events
+from costflux.streams.kafka import ensure_topics, producer_config
+from costflux.streams.producer import UsageProducer
+from costflux.streams.trace import iter_usage_events
 from tests.integration.worker_process import WorkerProcess
 
 try:

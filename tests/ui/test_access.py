@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from agents.http_access import LOGIN_PATH, SESSION_COOKIE, HttpAccess, sign_in
+from costflux.agents.http_access import LOGIN_PATH, SESSION_COOKIE, HttpAccess, sign_in
 from costflux.settings import ConfigError, Settings, load_settings
 from tests.ui.conftest import TOKEN, TRACE_WINDOW, ConsolePage, ConsoleWorker
 

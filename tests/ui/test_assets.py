@@ -12,7 +12,7 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from agents.ui import assets
+from costflux.agents.ui import assets
 from tests.ui.conftest import TOKEN, ConsoleWorker
 
 
