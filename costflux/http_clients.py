@@ -8,6 +8,7 @@ test seam: ``httpx.MockTransport(handler)`` answers without a network.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 
 import httpx
@@ -41,17 +42,24 @@ def no_answer_reason(exc: httpx.TransportError) -> str:
 
 
 class _HostOnlyUrls(logging.Filter):
-    """Shows httpx's request log with each URL cut to its scheme, host and port."""
+    """Shows httpx's request log with each URL cut to its scheme, host and port.
+
+    It cuts the formatted message, not the record's arguments: another filter on the same
+    logger may have formatted them into the message already (LiteLLM's does, and it is on this
+    logger wherever LiteLLM is imported)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(_host_only(arg) if isinstance(arg, httpx.URL) else arg
-                                for arg in record.args)
+        record.msg = _URL_PATH.sub(r"\1\2/…", record.getMessage())
+        record.args = ()
         return True
 
 
-def _host_only(url: httpx.URL) -> str:
-    return f"{url.scheme}://{url.netloc.decode('ascii')}/…"
+#: A URL: its scheme (group 1), any user and password, its host and port (group 2), then its
+#: path, query and fragment.
+_URL_PATH = re.compile(
+    r"\b([a-z][a-z0-9+.-]*://)(?:[^/\s\"'?#@]*@)?([^/\s\"'?#@]+)(?:[/?#][^\s\"']*)?",
+    re.IGNORECASE,
+)
 
 
 def _hide_paths_in_the_request_log() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -30,11 +31,14 @@ def render(model: type[BaseModel]) -> str:
     return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def write_all(directory: Path = SCHEMA_DIR) -> list[Path]:
-    """Write every contract's schema file; return the paths written."""
+def write_all(
+    models: Mapping[str, type[BaseModel]] = CONTRACTS, directory: Path = SCHEMA_DIR
+) -> list[Path]:
+    """Write the schema file of each of ``models`` (file name -> model; the wire contracts
+    unless told); return the paths written."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, model in CONTRACTS.items():
+    for name, model in models.items():
         path = directory / name
         path.write_text(render(model), encoding="utf-8")
         written.append(path)

@@ -226,9 +226,9 @@ def _run_notify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_schemas(args: argparse.Namespace, settings: Settings) -> int:
-    from costflux.cli.config_schemas import write_all as write_config_schemas
+    from costflux.cli.config_schemas import CONFIG_FILES
     from costflux.schemas.generate import write_all
 
-    for path in [*write_all(), *write_config_schemas()]:
+    for path in [*write_all(), *write_all(CONFIG_FILES)]:
         print(path)
     return 0

@@ -7,8 +7,6 @@ names its schema with ``# yaml-language-server: $schema=<path or URL of the .jso
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import BaseModel
 
 from costflux.core.advice_config import AdviceFile
@@ -16,9 +14,8 @@ from costflux.core.alert_rules import RulesFile
 from costflux.core.budgets import BudgetsFile
 from costflux.core.pricing import PricingFile
 from costflux.gateway.identity import KeysFile
-from costflux.schemas.generate import SCHEMA_DIR, render
 
-__all__ = ["CONFIG_FILES", "write_all"]
+__all__ = ["CONFIG_FILES"]
 
 #: file name -> the model of the configuration file it describes.
 CONFIG_FILES: dict[str, type[BaseModel]] = {
@@ -29,13 +26,3 @@ CONFIG_FILES: dict[str, type[BaseModel]] = {
     "keys_file.v1.json": KeysFile,
 }
 
-
-def write_all(directory: Path = SCHEMA_DIR) -> list[Path]:
-    """Write every configuration file's schema; return the paths written."""
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, model in CONFIG_FILES.items():
-        path = directory / name
-        path.write_text(render(model), encoding="utf-8")
-        written.append(path)
-    return written

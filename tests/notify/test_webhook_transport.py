@@ -115,10 +115,36 @@ def test_a_redirect_or_a_4xx_is_rejected_without_a_retry(status: int) -> None:
 def test_the_request_log_shows_the_host_and_not_the_secret_path(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG)
+    # On the httpx logger itself: an import of litellm (another test) sets it to WARNING.
+    caplog.set_level(logging.DEBUG, logger="httpx")
     transport, _ = scripted(httpx.Response(404), httpx.Response(200))
     post_json(URL, {"text": "x"}, POLICY, sleep=_no_sleep, transport=transport)
     assert "hooks.slack.test" in caplog.text
+    assert SECRET not in caplog.text and "/services/" not in caplog.text
+
+
+class _FormatsFirst(logging.Filter):
+    """As LiteLLM's filter on the httpx logger does: the arguments formatted into the message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = record.getMessage(), ()
+        return True
+
+
+def test_the_request_log_hides_the_path_when_another_filter_formatted_it_first(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="httpx")
+    request_log = logging.getLogger("httpx")
+    ours = request_log.filters[:]
+    request_log.filters[:] = [_FormatsFirst(), *ours]
+    try:
+        transport, _ = scripted(httpx.Response(200))
+        post_json(f"https://bot:{SECRET}@hooks.slack.test/services/{SECRET}?t={SECRET}",
+                  {"text": "x"}, POLICY, sleep=_no_sleep, transport=transport)
+    finally:
+        request_log.filters[:] = ours
+    assert "POST https://hooks.slack.test/…" in caplog.text
     assert SECRET not in caplog.text and "/services/" not in caplog.text
 
 
