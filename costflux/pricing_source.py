@@ -5,7 +5,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from costflux.core.pricing import PriceBook, PricingError, parse_pricing_text
+from costflux.core.pricing import PriceBook, PricingError
+from costflux.core.pricing_file import parse_pricing_text
 from costflux.file_watch import ReloadedFiles
 
 __all__ = ["PricingSource", "bundled_pricing_text", "load_pricing_file"]

@@ -17,7 +17,7 @@ from costflux.core.advice_config import parse_assumptions_text
 from costflux.core.alert_rules import parse_rules_text
 from costflux.core.budgets import parse_budgets_text
 from costflux.core.errors import ConfigError
-from costflux.core.pricing import parse_pricing_text
+from costflux.core.pricing_file import parse_pricing_text
 from costflux.gateway.identity import parse_keys_text
 from costflux.schemas.generate import CONTRACTS, SCHEMA_DIR, render
 from tests.paths import REPO

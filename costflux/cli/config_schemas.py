@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from costflux.core.advice_config import AdviceFile
 from costflux.core.alert_rules import RulesFile
 from costflux.core.budgets import BudgetsFile
-from costflux.core.pricing import PricingFile
+from costflux.core.pricing_file import PricingFile
 from costflux.gateway.identity import KeysFile
 
 __all__ = ["CONFIG_FILES"]

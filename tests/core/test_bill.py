@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from costflux.core.bill import bill
-from costflux.core.pricing import PricingError, parse_pricing_text
+from costflux.core.pricing import PricingError
+from costflux.core.pricing_file import parse_pricing_text
 
 PRICES = textwrap.dedent("""\
     model_costs:

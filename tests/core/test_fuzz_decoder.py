@@ -33,7 +33,7 @@ from costflux.core.events import (
     decode_usage_message,
 )
 from costflux.core.ingest import Candidate, IngestRules, Judged, PartitionClock, judge
-from costflux.core.pricing import parse_pricing_text
+from costflux.core.pricing_file import parse_pricing_text
 from costflux.schemas.deadletter import DeadLetterReason as R
 from costflux.schemas.usage import UsageEvent
 

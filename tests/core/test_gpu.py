@@ -19,7 +19,8 @@ from costflux.core.gpu import (
     split_in_proportion,
     units_to_dollars,
 )
-from costflux.core.pricing import TIERS, GpuPrice, parse_pricing_text
+from costflux.core.pricing import TIERS, GpuPrice
+from costflux.core.pricing_file import parse_pricing_text
 
 PRICES = parse_pricing_text(
     """

@@ -19,7 +19,7 @@ from costflux.core.allocation import IDLE, AllocationOptions, TimeRange, allocat
 from costflux.core.gpu_report import gpu_report, parse_gpu_aggregate
 from costflux.core.gpu_samples import GpuAggregate, judge_gpu
 from costflux.core.ingest import IngestRules, PartitionClock
-from costflux.core.pricing import parse_pricing_text
+from costflux.core.pricing_file import parse_pricing_text
 from costflux.core.rows import GPU_DIMENSIONS, DimKey, GpuDims, GpuSums, UsageSums, WindowRows
 from costflux.schemas.deadletter import DeadLetterReason as R
 from costflux.streams.metrics import CostMetrics

@@ -18,7 +18,7 @@ from costflux.core.allocation import TimeRange, allocate, cover, parse_aggregate
 from costflux.core.bill import BILL_FIELDS
 from costflux.core.events import Rejected
 from costflux.core.ingest import Candidate, IngestRules, Judged, PartitionClock, aggregate, judge
-from costflux.core.pricing import parse_pricing_text
+from costflux.core.pricing_file import parse_pricing_text
 from costflux.core.rows import DIMENSIONS, DimKey, UsageSums, WindowRows
 from costflux.schemas.deadletter import DeadLetterReason as R
 from costflux.schemas.usage import UsageEvent

@@ -13,7 +13,8 @@ import pytest
 
 from costflux.cli import main
 from costflux.core.litellm_import import convert_litellm, import_litellm
-from costflux.core.pricing import ModelPrice, ModelTier, PartRates, PricingError, parse_pricing_text
+from costflux.core.pricing import ModelPrice, ModelTier, PartRates, PricingError
+from costflux.core.pricing_file import parse_pricing_text
 from costflux.core.pricing_yaml import dump_pricing_yaml
 from tests.paths import REPO
 

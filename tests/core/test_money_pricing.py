@@ -20,7 +20,8 @@ from costflux.core.money import (
     pico_to_exact_string,
     to_decimal,
 )
-from costflux.core.pricing import PriceBook, PricingError, parse_pricing_text
+from costflux.core.pricing import PriceBook, PricingError
+from costflux.core.pricing_file import parse_pricing_text
 
 SEED = Path(costflux.__file__).resolve().parent / "data" / "pricing.yaml"
 PICO = Decimal(10) ** 12

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 import costflux
 from costflux.core.allocation import IDLE, UNALLOCATED, TimeRange, empty_allocation
 from costflux.core.overheads import month_bounds, other_cost_amount, with_other_costs
-from costflux.core.pricing import OtherCost, PricingError, parse_pricing_text
+from costflux.core.pricing import OtherCost, PricingError
+from costflux.core.pricing_file import parse_pricing_text
 
 DATA = Path(costflux.__file__).resolve().parent / "data"
 PICO = 10**12

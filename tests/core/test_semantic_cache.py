@@ -24,7 +24,8 @@ from costflux.core.advice import advise
 from costflux.core.advice_report import advice_answer, render_advice
 from costflux.core.allocation import AllocationOptions, TimeRange, allocate, parse_aggregate
 from costflux.core.ingest import IngestRules, PartitionClock, aggregate, judge
-from costflux.core.pricing import ModelPrice, parse_pricing_text
+from costflux.core.pricing import ModelPrice
+from costflux.core.pricing_file import parse_pricing_text
 from costflux.core.rows import (
     GpuSums,
     UsageSums,

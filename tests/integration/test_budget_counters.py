@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from costflux.core.aggregate import FlushRows
 from costflux.core.budgets import parse_budgets_text
 from costflux.core.enforcement import scopes_of
-from costflux.core.pricing import parse_pricing_text
+from costflux.core.pricing_file import parse_pricing_text
 from costflux.gateway.guard import BudgetGuard, GuardConfig, Refusal
 from costflux.streams.budget_counters import BudgetCounters
 from costflux.streams.cost_store import CostStore, FlushWrite, Outcome, SourceState
