@@ -42,7 +42,7 @@ from costflux.core.bridge import (
     read_counters,
     read_request_queues,
 )
-from costflux.core.errors import UnavailableError
+from costflux.core.errors import ConfigError, CostfluxError, UnavailableError
 from costflux.http_clients import client, no_answer_reason
 from costflux.settings import Settings
 from costflux.streams.kafka import KafkaSetupError, ensure_topics, producer_config
@@ -357,7 +357,8 @@ def _ticks(interval_s: float, stop: threading.Event) -> Iterator[int]:
 
 
 def run_bridge(bridge_settings: BridgeSettings, settings: Settings) -> int:
-    """The command: scrape until SIGTERM/Ctrl-C (or twice with --once), publish or print."""
+    """The command: scrape until SIGTERM/Ctrl-C (or twice with --once), publish or print;
+    what stops it at once is a CostfluxError for ``costflux.cli.main`` to print."""
     options = bridge_settings.scrape
     producer: UsageProducer | None = None
     send: Callable[[Sequence[Mapping[str, Any]]], None]
@@ -365,14 +366,13 @@ def run_bridge(bridge_settings: BridgeSettings, settings: Settings) -> int:
         send = _print_events
     else:
         if settings.kafka_bootstrap is None:
-            print("costflux bridge: set COSTFLUX_KAFKA_BOOTSTRAP to the broker to publish to, "
-                  "or pass --print", file=sys.stderr)
-            return 2
+            raise ConfigError("set COSTFLUX_KAFKA_BOOTSTRAP to the broker to publish to, or "
+                              "pass --print")
         try:
             ensure_topics(settings, {settings.topic_usage: settings.topic_partitions})
         except KafkaSetupError as exc:
-            print(f"costflux bridge: {exc}", file=sys.stderr)
-            return 1
+            # Exit 1, the bridge's code for this before the error kinds (69 would be new).
+            raise CostfluxError(str(exc)) from exc
         producer = UsageProducer(producer_config(settings), settings.topic_usage)
         send = send_to_kafka(producer)
     registry = CollectorRegistry()
@@ -384,17 +384,15 @@ def run_bridge(bridge_settings: BridgeSettings, settings: Settings) -> int:
             # All interfaces (S104): Prometheus scrapes the bridge from another pod.
             server, _ = start_http_server(metrics_port, "0.0.0.0", registry)  # noqa: S104
         except OSError as exc:
-            print(f"costflux bridge: --metrics-port {metrics_port}: {exc}", file=sys.stderr)
             if producer is not None:
                 _close_logging_failures(producer)
-            return 1
+            raise CostfluxError(f"--metrics-port {metrics_port}: {exc}") from exc
     stop = threading.Event()
     restore = _stop_on_signals(stop)
     try:
         scrape_until_stopped(bridge, options.interval_s, stop, once=bridge_settings.once)
-    except FlagRequired as exc:
-        print(f"costflux bridge: {exc}", file=sys.stderr)
-        return 2
+    except FlagRequired as exc:  # an InputError (65) by kind; a flag to pass is exit 2
+        raise ConfigError(str(exc)) from exc
     finally:
         restore()
         bridge.retry_unsent()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from costflux.core.errors import ConfigError
 from costflux.schemas.gpu import GpuSample
 from costflux.streams.nvml import (
     EXIT_NO_NVML,
@@ -40,12 +41,12 @@ class SidecarSettings:
 
 
 def parse_labels(text: str, flag: str = "--labels") -> dict[str, str]:
-    """``k=v,k=v`` -> dict; a malformed pair names the flag and the expected shape."""
+    """``k=v,k=v`` -> dict; a malformed pair is a ConfigError naming the flag and the shape."""
     labels: dict[str, str] = {}
     for pair in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"{flag}: {pair!r} is not key=value")
+            raise ConfigError(f"{flag}: {pair!r} is not key=value")
         labels[key.strip()] = value.strip()
     return labels
 
@@ -112,7 +113,8 @@ def run_sidecar(
         try:
             api = open_nvml()
         except NvmlUnavailable as exc:
-            print(f"costflux sidecar: {exc}", file=sys.stderr)
+            # Its own documented code (3), not a CostfluxError's: see deploy/kubernetes.
+            print(f"costflux sidecar nvml: {exc}", file=sys.stderr)
             return EXIT_NO_NVML
         rounds = live_rounds(options.interval_s, stop, sidecar.once)
     sampler = NvmlSampler(api, options)

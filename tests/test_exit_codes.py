@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import io
 import os
 import re
 import subprocess
@@ -61,14 +62,41 @@ def test_a_command_failing_with_a_costflux_error_exits_with_its_code(
 
     monkeypatch.setattr(costflux.cli.pricing, "_run_check", fail)
     assert main(["pricing", "check", "prices.yaml"]) == code
-    assert capsys.readouterr().err == f"costflux: {error}\n"
+    assert capsys.readouterr().err == f"costflux pricing check: {error}\n"
+
+
+@pytest.mark.parametrize(("argv", "line", "code"), [
+    (["gateway", "key-id"], "costflux gateway key-id: give the API key on stdin, e.g. "
+     'printf %s "$OPENAI_API_KEY" | costflux gateway key-id', 2),
+    (["cache"], "costflux cache: give the upstream API's base URL: --upstream https://... "
+     "(or COSTFLUX_CACHE_UPSTREAM)", 2),
+    (["gateway", "--upstream", "https://api.openai.com"], "costflux gateway: set "
+     "COSTFLUX_KAFKA_BOOTSTRAP and COSTFLUX_REDIS_URL (the usage topic the workers read, the "
+     "Redis they write budgets' spend to)", 2),
+    (["bridge", "prometheus", "--url", "ftp://x", "--print"], "costflux bridge prometheus: "
+     "--url: 'ftp://x' is not an http(s) URL such as http://127.0.0.1:8000/metrics", 2),
+    (["export", "focus", "--format", "parquet"],
+     "costflux export focus: --format parquet needs --output FILE", 2),
+    (["replay", "trace.csv"],
+     "costflux replay: set COSTFLUX_KAFKA_BOOTSTRAP to the broker to replay into", 2),
+])
+def test_a_failure_raised_in_a_command_is_one_line_naming_the_command(
+    argv: list[str], line: str, code: int, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name in [name for name in os.environ if name.startswith("COSTFLUX_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # key-id: no key given
+    assert main(argv) == code
+    assert capsys.readouterr().err == f"{line}\n"  # once: the command printed nothing itself
 
 
 def test_a_bad_setting_exits_2() -> None:
     done = _costflux(["pricing", "check", str(REPO / "costflux/data/pricing.yaml")],
                      COSTFLUX_WINDOW_SIZES="soon")
     assert done.returncode == 2, done.stderr
-    assert done.stderr.startswith("costflux: invalid configuration:\n  COSTFLUX_WINDOW_SIZES")
+    assert done.stderr.startswith(
+        "costflux pricing check: invalid configuration:\n  COSTFLUX_WINDOW_SIZES")
 
 
 def test_a_bad_price_file_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> None:
@@ -76,8 +104,8 @@ def test_a_bad_price_file_exits_2_with_one_line_and_no_traceback(tmp_path: Path)
     prices.write_text("model_costs:\n  m:\n    input_tokens: 0.001\n    output_tokens: -1\n")
     done = _costflux(["pricing", "check", str(prices)])
     assert done.returncode == 2
-    assert done.stderr == (f"costflux: {prices}:4: model_costs.m.output_tokens: a price "
-                           "cannot be negative\n")
+    assert done.stderr == (f"costflux pricing check: {prices}:4: model_costs.m.output_tokens: "
+                           "a price cannot be negative\n")
 
 
 def _costflux(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:

@@ -8,18 +8,21 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from costflux.core.errors import CostfluxError
+from costflux.core.errors import ConfigError, CostfluxError
 from costflux.log_setup import configure_logging
 from costflux.settings import Settings, load_settings
 
-__all__ = ["main"]
+__all__ = ["command_name", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script: a costflux error is one line and its exit code.
+    """Entry point of the console script: a costflux error is one line, ``costflux
+    <command>: <message>``, and its exit code.
 
     The codes are in docs/commands-and-api.md (costflux.core.errors): 2 a setting or
     configuration file to fix, 65 unreadable input, 69 a service that did not answer.
+    Commands raise them rather than print their own failures; the few answered with codes
+    of their own (reconcile, replay, sidecar nvml's 3) are listed there.
     """
     parser = _parser()
     args = parser.parse_args(argv)
@@ -27,10 +30,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
         return int(args.run(args, settings))
     except CostfluxError as exc:  # its message names the fix and never holds a secret
-        print(f"costflux: {exc}", file=sys.stderr)
+        print(f"costflux {command_name(args)}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """The command the user gave, as the parser stored it: ``cache``, ``gateway key-id``.
+
+    >>> command_name(argparse.Namespace(command="pricing", subcommand="check"))
+    'pricing check'
+    >>> command_name(argparse.Namespace(command="gateway", subcommand=None))
+    'gateway'
+    """
+    return " ".join(filter(None, (args.command, getattr(args, "subcommand", None))))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="costflux", description="Real-time cost monitoring and FinOps for LLM inference."
     )
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    # The dests name the command in error lines (command_name); every sub-command parser
+    # stores its own under ``subcommand``.
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     worker = commands.add_parser("worker", help="run a stream worker (HTTP: /metrics, API)")
     worker.set_defaults(run=_run_worker)
@@ -70,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.set_defaults(run=_run_replay)
 
     sidecar = commands.add_parser("sidecar", help="node sidecars that publish GPU samples")
-    sidecars = sidecar.add_subparsers(required=True, metavar="KIND")
+    sidecars = sidecar.add_subparsers(dest="subcommand", required=True, metavar="KIND")
     nvml = sidecars.add_parser(
         "nvml", help="sample this node's NVIDIA GPUs through NVML into the GPU topic"
     )
@@ -79,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
 
     bridge = commands.add_parser("bridge", help="turn inference servers' counters into usage "
                                  "events")
-    bridges = bridge.add_subparsers(required=True, metavar="SOURCE")
+    bridges = bridge.add_subparsers(dest="subcommand", required=True,
+                                     metavar="SOURCE")
     prometheus = bridges.add_parser(
         "prometheus", help="scrape a vLLM or TGI /metrics page into the usage topic"
     )
@@ -137,9 +154,7 @@ def _run_replay(args: argparse.Namespace, settings: Settings) -> int:
     from costflux.streams.kafka import ensure_topics, producer_config
 
     if settings.kafka_bootstrap is None:
-        print("costflux replay: set COSTFLUX_KAFKA_BOOTSTRAP to the broker to replay into",
-              file=sys.stderr)
-        return 2
+        raise ConfigError("set COSTFLUX_KAFKA_BOOTSTRAP to the broker to replay into")
     ensure_topics(settings, {settings.topic_usage: settings.topic_partitions})
     return run_replay(args, producer_config(settings), settings.topic_usage)
 
@@ -176,15 +191,14 @@ def _run_notify(args: argparse.Namespace, settings: Settings) -> int:
     configure_logging(settings)
     if settings.kafka_bootstrap is None or settings.redis_url is None:
         # No embedded servers here: instances must share the broker and the Redis claims.
-        print("costflux notify: set COSTFLUX_KAFKA_BOOTSTRAP and COSTFLUX_REDIS_URL (shared "
-              "by every notifier instance)", file=sys.stderr)
-        return 2
+        raise ConfigError("set COSTFLUX_KAFKA_BOOTSTRAP and COSTFLUX_REDIS_URL (shared by "
+                          "every notifier instance)")
     try:
         ensure_topics(settings, {settings.topic_alerts: settings.topic_partitions,
                                  settings.topic_deadletter: settings.topic_partitions})
     except KafkaSetupError as exc:
-        print(f"costflux notify: {exc}", file=sys.stderr)
-        return 1
+        # Exit 1, the notifier's code for this before the error kinds (69 would be new).
+        raise CostfluxError(str(exc)) from exc
     client = redis.Redis.from_url(settings.redis_url, **settings.redis_client_options())
     options = NotifyOptions(
         topic=settings.topic_alerts, deadletter_topic=settings.topic_deadletter,

@@ -7,7 +7,6 @@ import argparse
 import math
 import os
 import socket
-import sys
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Final, get_args
@@ -15,6 +14,7 @@ from typing import Any, Final, get_args
 from pydantic import TypeAdapter, ValidationError
 
 from costflux.core.bridge import EventTemplate, ServerKind
+from costflux.core.errors import ConfigError
 from costflux.core.windows import duration_ms
 from costflux.schemas._types import Identifier, Labels
 from costflux.settings import Settings
@@ -60,17 +60,17 @@ def add_bridge_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def bridge_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> BridgeSettings:
-    """Check the flags (and $COSTFLUX_BRIDGE_LABELS); a ValueError names the one to fix."""
+    """Check the flags (and $COSTFLUX_BRIDGE_LABELS); a ConfigError names the one to fix."""
     url = urllib.parse.urlsplit(args.url)
     if "@" in url.netloc:
         # Never echoed: the URL would otherwise reach logs, scrape errors and event ids.
-        raise ValueError("--url: user:password@ in the URL is not supported (it would show in "
+        raise ConfigError("--url: user:password@ in the URL is not supported (it would show in "
                          "logs and event ids); scrape /metrics without credentials")
     if url.scheme not in ("http", "https") or not url.netloc:
-        raise ValueError(f"--url: {args.url!r} is not an http(s) URL such as "
+        raise ConfigError(f"--url: {args.url!r} is not an http(s) URL such as "
                          "http://127.0.0.1:8000/metrics")
     if args.kind == "tgi" and args.model is None:
-        raise ValueError("--model: required with --kind tgi (TGI's metrics name no model)")
+        raise ConfigError("--model: required with --kind tgi (TGI's metrics name no model)")
     interval_s = _seconds(args.interval, "--interval")
     timeout_s = min(_seconds(args.timeout, "--timeout"), interval_s)
     labels = parse_labels(environ.get(LABELS_ENV, ""), LABELS_ENV)
@@ -96,12 +96,7 @@ def bridge_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Bri
 
 def run_bridge_command(args: argparse.Namespace, settings: Settings) -> int:
     """The command: its settings from the flags and the environment, then the bridge."""
-    try:
-        bridge = bridge_settings(args, os.environ)
-    except ValueError as exc:
-        print(f"costflux bridge: {exc}", file=sys.stderr)
-        return 2
-    return run_bridge(bridge, settings)
+    return run_bridge(bridge_settings(args, os.environ), settings)
 
 
 def _seconds(text: str, flag: str) -> float:
@@ -114,7 +109,7 @@ def _seconds(text: str, flag: str) -> float:
         except ValueError:
             seconds = math.nan
     if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"{flag}: {text!r} is not a positive duration such as 15s, 1m or 0.5")
+        raise ConfigError(f"{flag}: {text!r} is not a positive duration such as 15s, 1m or 0.5")
     return seconds
 
 
@@ -126,4 +121,4 @@ def _check(adapter: TypeAdapter[Any], value: object, flag: str) -> None:
             f"{'.'.join(str(p) for p in error['loc']) or 'value'}: {error['msg']}"
             for error in exc.errors()
         )
-        raise ValueError(f"{flag}: {problems}") from None
+        raise ConfigError(f"{flag}: {problems}") from None

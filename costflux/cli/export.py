@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from costflux.api_client import get_data, read_from_worker
+from costflux.core.errors import ConfigError, CostfluxError
 from costflux.core.focus import (
     COLUMN_KINDS,
     COLUMNS,
@@ -46,7 +47,7 @@ Sets = list[dict[str, dict[str, Any]]]
 
 def add_export_command(commands: Any) -> None:
     export = commands.add_parser("export", help="export costs in a standard format")
-    formats = export.add_subparsers(required=True, metavar="FORMAT")
+    formats = export.add_subparsers(dest="subcommand", required=True, metavar="FORMAT")
     focus = formats.add_parser(
         "focus", help="FOCUS 1.0 rows (FinOps Open Cost and Usage Specification) as CSV or "
         "Parquet, read from a worker")
@@ -69,17 +70,14 @@ def add_export_command(commands: Any) -> None:
 
 def _run_focus(args: argparse.Namespace, settings: Settings) -> int:
     if args.form == "parquet" and args.output is None:
-        print("costflux export focus: --format parquet needs --output FILE", file=sys.stderr)
-        return 2
+        raise ConfigError("--format parquet needs --output FILE")
     writer: Callable[[Iterator[dict[str, object]], IO[Any] | Path], None]
     writer = write_parquet if args.form == "parquet" else write_csv
     if args.form == "parquet":
         try:
             _pyarrow()
         except ImportError:
-            print("costflux export focus: Parquet needs pyarrow: pip install "
-                  "'costflux[focus]'", file=sys.stderr)
-            return 2
+            raise ConfigError("Parquet needs pyarrow: pip install 'costflux[focus]'") from None
     account = FocusAccount(billing_account_id=args.billing_account,
                            billing_account_name=args.billing_account, provider=args.provider)
     rows, status = read_from_worker("export focus", args.url, lambda: list(read_focus_rows(
@@ -91,8 +89,7 @@ def _run_focus(args: argparse.Namespace, settings: Settings) -> int:
         with _destination(args.output, binary=args.form == "parquet") as out:
             writer(iter(rows), out)
     except OSError as exc:
-        print(f"costflux export focus: cannot write {args.output}: {exc}", file=sys.stderr)
-        return 1
+        raise CostfluxError(f"cannot write {args.output}: {exc}") from exc
     if args.output is not None:
         print(f"{len(rows)} FOCUS rows written to {args.output}", file=sys.stderr)
     return 0

@@ -13,8 +13,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from costflux.cli.upstream import missing_prerequisite
-from costflux.settings import ConfigError, Settings, invalid_settings
+from costflux.cli.upstream import require_prerequisites
+from costflux.core.errors import ConfigError, CostfluxError
+from costflux.settings import Settings, invalid_settings
 
 __all__ = ["add_gateway_command"]
 
@@ -26,7 +27,8 @@ def add_gateway_command(commands: Any) -> None:
     gateway = commands.add_parser(
         "gateway", help="OpenAI/Anthropic-compatible gateway: usage events, budgets enforced "
         "per key, user and team, optional semantic cache")
-    gateway.add_argument("action", nargs="?", choices=("serve", "key-id"), default="serve",
+    # Default None, not "serve": errors then name the command as given (command_name).
+    gateway.add_argument("subcommand", nargs="?", choices=("serve", "key-id"), default=None,
                          help="serve (default), or key-id: print the id of the API key read "
                          "from stdin, for the keys file")
     gateway.add_argument("--upstream", default=None,
@@ -64,26 +66,19 @@ def _gateway_settings(args: argparse.Namespace) -> Any:
 
 
 def _run_gateway(args: argparse.Namespace, settings: Settings) -> int:
-    if args.action == "key-id":
+    if args.subcommand == "key-id":
         return _print_key_id()
     gateway = _gateway_settings(args)
-    missing = missing_prerequisite(
-        "costflux gateway", gateway.upstream, "COSTFLUX_GATEWAY_UPSTREAM", settings,
+    require_prerequisites(
+        gateway.upstream, "COSTFLUX_GATEWAY_UPSTREAM", settings,
         "the usage topic the workers read, the Redis they write budgets' spend to")
-    if missing:
-        print(missing, file=sys.stderr)
-        return 2
     from costflux.alerting_source import DetectionSource
     from costflux.file_watch import ReloadedFiles
     from costflux.log_setup import configure_logging
     from costflux.pricing_source import PricingSource
     from costflux.streams.sidecar import parse_labels
 
-    try:
-        labels = parse_labels(gateway.labels, "--label / COSTFLUX_GATEWAY_LABELS")
-    except ValueError as exc:
-        print(f"costflux gateway: {exc}", file=sys.stderr)
-        return 2
+    labels = parse_labels(gateway.labels, "--label / COSTFLUX_GATEWAY_LABELS")
     configure_logging(settings)
     keys = ReloadedFiles("keys", (gateway.keys_file,), lambda: _load_keys(gateway.keys_file),
                          (ConfigError,))
@@ -108,8 +103,9 @@ def _serve(settings: Settings, gateway: Any, labels: dict[str, str], sources: An
         cache, cache_client = (_semantic_cache(settings) if gateway.semantic_cache
                                else (None, None))
     except (KafkaSetupError, ConfigError) as exc:
-        print(f"costflux gateway: {exc}", file=sys.stderr)
-        return 1
+        # Exit 1, the gateway's code for these before the error kinds (69 and 2 would be new;
+        # ``costflux cache`` exits 2 for the same missing extra).
+        raise CostfluxError(str(exc)) from exc
     # A short timeout: a Redis that hangs costs each request this long, then the fail mode.
     client = aioredis.Redis.from_url(
         settings.redis_url or "", **settings.redis_client_options(gateway.redis_timeout_s))
@@ -191,8 +187,7 @@ def _print_key_id() -> int:
 
     secret = sys.stdin.readline().strip()
     if not secret:
-        print("costflux gateway key-id: give the API key on stdin, e.g. "
-              "printf %s \"$OPENAI_API_KEY\" | costflux gateway key-id", file=sys.stderr)
-        return 2
+        raise ConfigError("give the API key on stdin, e.g. printf %s \"$OPENAI_API_KEY\" | "
+                          "costflux gateway key-id")
     print(key_id(secret))
     return 0

@@ -21,7 +21,7 @@ __all__ = ["add_pricing_commands"]
 def add_pricing_commands(commands: Any) -> None:
     """Add ``pricing import-litellm`` and ``pricing check`` to the top-level subcommands."""
     pricing = commands.add_parser("pricing", help="import and check price files")
-    actions = pricing.add_subparsers(required=True, metavar="ACTION")
+    actions = pricing.add_subparsers(dest="subcommand", required=True, metavar="ACTION")
 
     importer = actions.add_parser(
         "import-litellm", help="convert LiteLLM's model_prices_and_context_window.json to YAML"

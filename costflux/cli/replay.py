@@ -296,5 +296,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    """Replay's own codes (docs/commands-and-api.md): 2 for a trace it cannot read is an
+    InputError by kind (65), so these are not raised for ``costflux.cli.main`` to print."""
+    print(f"costflux replay: {message}", file=sys.stderr)
     return code

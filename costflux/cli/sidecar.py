@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import get_args
 
+from costflux.core.errors import ConfigError, CostfluxError
 from costflux.log_setup import configure_logging
 from costflux.schemas.gpu import PricingTier
 from costflux.settings import Settings
@@ -54,13 +54,16 @@ def read_downward_labels(path: Path) -> dict[str, str]:
 
 
 def sidecar_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> SidecarSettings:
-    """Check the flags and read the labels file; a ValueError (or the file's OSError) says
-    what to fix."""
-    labels = read_downward_labels(args.labels_file) if args.labels_file else {}
+    """Check the flags and read the labels file; a ConfigError names the one to fix."""
+    try:
+        labels = read_downward_labels(args.labels_file) if args.labels_file else {}
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConfigError(f"--labels-file {args.labels_file}: cannot read it ({reason})") from None
     labels.update(parse_labels(args.labels))
     overrides = parse_labels(",".join(args.gpu_type), "--gpu-type")
     if args.interval <= 0:
-        raise ValueError("--interval: must be more than 0 seconds")
+        raise ConfigError("--interval: must be more than 0 seconds")
     sampling = SidecarOptions(
         node=args.node or environ.get("NODE_NAME") or socket.gethostname(),
         interval_s=args.interval,
@@ -75,20 +78,15 @@ def sidecar_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Si
 def run_sidecar_command(args: argparse.Namespace, settings: Settings) -> int:
     """The command: its settings, then the sidecar publishing to the GPU topic (or printing)."""
     configure_logging(settings)
-    try:
-        sidecar = sidecar_settings(args, os.environ)
-    except (ValueError, OSError) as exc:
-        print(f"costflux sidecar: {exc}", file=sys.stderr)
-        return 2
+    sidecar = sidecar_settings(args, os.environ)
     if settings.kafka_bootstrap is None and not sidecar.print_only:
-        print("costflux sidecar: set COSTFLUX_KAFKA_BOOTSTRAP to the broker to publish to, "
-              "or pass --print", file=sys.stderr)
-        return 2
+        raise ConfigError("set COSTFLUX_KAFKA_BOOTSTRAP to the broker to publish to, or pass "
+                          "--print")
     if sidecar.print_only:
         return run_sidecar(sidecar, None, settings.topic_gpu)  # no producer: print
     try:
         ensure_topics(settings, {settings.topic_gpu: settings.topic_partitions})
     except KafkaSetupError as exc:  # e.g. the broker is unreachable: a message, not a trace
-        print(f"costflux sidecar: {exc}", file=sys.stderr)
-        return 1
+        # Exit 1, the sidecar's code for this before the error kinds (69 would be new).
+        raise CostfluxError(str(exc)) from exc
     return run_sidecar(sidecar, producer_config(settings), settings.topic_gpu)

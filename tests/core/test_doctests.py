@@ -19,7 +19,7 @@ MODULES = sorted(
     [f"{package.__name__}.{info.name}"
      for package in (costflux.core, costflux.schemas, costflux.gateway, costflux.cache,
                      costflux.cli)
-     for info in pkgutil.iter_modules(package.__path__)] + ["costflux.settings"]
+     for info in pkgutil.iter_modules(package.__path__)] + ["costflux.cli", "costflux.settings"]
 )
 
 

@@ -130,7 +130,7 @@ def test_unreachable_broker_is_a_message_and_exit_1_not_a_traceback() -> None:
         capture_output=True, text=True, cwd=REPO, env=env, timeout=90, check=False,
     )
     assert result.returncode == 1
-    assert "costflux sidecar: cannot reach Kafka" in result.stderr
+    assert "costflux sidecar nvml: cannot reach Kafka" in result.stderr
     assert "Traceback" not in result.stderr
 
 

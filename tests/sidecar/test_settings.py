@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from costflux.cli.sidecar import add_sidecar_arguments, sidecar_settings
+from costflux.core.errors import ConfigError
 from costflux.streams.sidecar import SidecarSettings
 
 
@@ -56,6 +57,6 @@ def test_bad_flags_are_errors_naming_the_flag(flags: list[str], message: str) ->
         sidecar_settings(parsed(*flags), {})
 
 
-def test_a_missing_labels_file_is_an_os_error(tmp_path: Path) -> None:
-    with pytest.raises(OSError):
+def test_a_missing_labels_file_is_a_config_error_naming_the_flag(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--labels-file .*absent: cannot read it"):
         sidecar_settings(parsed("--labels-file", str(tmp_path / "absent")), {})
