@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from costflux.core.retry import Backoff, retry
+from tests.flaky import Flaky
 
 
 class FakeClock:
@@ -24,20 +25,6 @@ class FakeClock:
         self.waits.append(seconds)
         self.now += seconds
         return self._stop_after is not None and len(self.waits) >= self._stop_after
-
-
-class Flaky:
-    """Raises each of ``errors`` in turn, then returns ``"ok"``."""
-
-    def __init__(self, *errors: Exception) -> None:
-        self.errors = list(errors)
-        self.calls = 0
-
-    def __call__(self) -> str:
-        self.calls += 1
-        if self.errors:
-            raise self.errors.pop(0)
-        return "ok"
 
 
 def is_connection_error(exc: Exception) -> bool:
