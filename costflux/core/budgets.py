@@ -94,6 +94,8 @@ class Budget:
     #: name or amount (renaming it or raising its amount keeps the spend counted so far).
     #: Computed once: the gateway asks for it on every request.
     counter_id: str = field(init=False, repr=False, compare=False)
+    #: The period period_at found last: most calls (the gateway's, on every request) fall in it.
+    _last_period: tuple[int, int] = field(default=(0, 0), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         definition = orjson.dumps(
@@ -122,6 +124,9 @@ class Budget:
 
     def period_at(self, ts_ms: int) -> tuple[int, int]:
         """The [start, end) of the period holding ``ts_ms``, in epoch ms, from local midnights."""
+        start_ms, end_ms = self._last_period
+        if start_ms <= ts_ms < end_ms:
+            return start_ms, end_ms
         zone = ZoneInfo(self.timezone)
         local = datetime.fromtimestamp(ts_ms // 1000, zone).date()
         if self.period == "daily":
@@ -140,7 +145,9 @@ class Budget:
             periods = (local - self.custom_start).days // self.custom_days
             start = self.custom_start + timedelta(days=periods * self.custom_days)
             end = start + timedelta(days=self.custom_days)
-        return _midnight_ms(start, zone), _midnight_ms(end, zone)
+        period = _midnight_ms(start, zone), _midnight_ms(end, zone)
+        object.__setattr__(self, "_last_period", period)  # one tuple: read and set atomically
+        return period
 
 
 class BudgetStatus(NamedTuple):

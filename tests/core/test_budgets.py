@@ -10,6 +10,8 @@ from fractions import Fraction
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from costflux.core.budgets import BudgetError, budget_status, parse_budgets_text
 
@@ -102,6 +104,27 @@ budgets:
     assert weekly.period_at(wednesday) == (ms(2026, 11, 23), ms(2026, 11, 30))
     assert custom.period_at(ms(2026, 1, 20)) == (ms(2026, 1, 19), ms(2026, 2, 2))
     assert custom.period_at(ms(2026, 1, 4)) == (ms(2025, 12, 22), ms(2026, 1, 5))
+
+
+_PERIODS_FILE = """
+budgets:
+  - {name: d, period: daily, amount: 1, timezone: Europe/Berlin}
+  - {name: w, period: weekly, amount: 1, reset_day: 3, timezone: America/New_York}
+  - {name: m, period: monthly, amount: 1, reset_day: 28, timezone: Asia/Kolkata}
+  - {name: c, period: {days: 10, starting: 2026-01-05}, amount: 1, timezone: Australia/Sydney}
+"""
+
+
+@given(st.lists(st.integers(ms(2025, 1, 1), ms(2027, 12, 31)), min_size=1, max_size=40)
+       .map(lambda times: times + [times[0] - 1, times[0] + 1]))
+def test_a_budget_reused_answers_as_a_new_one_for_any_order_of_times(times: list[int]) -> None:
+    # period_at remembers the last period it found (the gateway asks on every request).
+    reused = parse_budgets_text(_PERIODS_FILE)
+    for ts in times:
+        for budget, fresh in zip(reused, parse_budgets_text(_PERIODS_FILE), strict=True):
+            start, end = budget.period_at(ts)
+            assert (start, end) == fresh.period_at(ts)
+            assert start <= ts < end
 
 
 def test_scope_matches_on_every_key() -> None:
