@@ -7,8 +7,10 @@ test seam: ``httpx.MockTransport(handler)`` answers without a network.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+import ssl
 from collections.abc import Mapping
 
 import httpx
@@ -25,7 +27,15 @@ def client(
 ) -> httpx.Client:
     """A synchronous client; ``timeout_s`` bounds connecting, each read and each write."""
     return httpx.Client(timeout=timeout_s, headers=headers, follow_redirects=follow_redirects,
-                        transport=transport)
+                        transport=transport, verify=_tls_context())
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """httpx's default TLS context (certifi's CAs, or $SSL_CERT_FILE / $SSL_CERT_DIR), made
+    once per process: loading the CAs is most of what a client costs (~20 ms), and a client is
+    made per request (each scrape, alert, API call, demo poll). Made on first use, not import."""
+    return httpx.create_ssl_context()
 
 
 def no_answer_reason(exc: httpx.TransportError) -> str:

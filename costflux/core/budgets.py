@@ -279,8 +279,7 @@ class BudgetEntry(ConfigModel):
     amount: Annotated[int, BeforeValidator(_dollars), WithJsonSchema(
         {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string"}],
          "description": "dollars per period"}),
-        Fix(lambda value: "a price must be a number, got NoneType; write dollars, e.g. "
-                          "amount: 50000")]
+        Fix("a price must be a number, got NoneType; write dollars, e.g. amount: 50000")]
     thresholds: Annotated[list[Annotated[int, Strict(), Field(gt=0, le=1000)]], Fix(
         "expected whole percentages, e.g. [50, 80, 100]")] = []
     reset_day: Annotated[int, Field(ge=1, le=28)] = 1

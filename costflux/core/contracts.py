@@ -70,7 +70,7 @@ class ContractEntry(ConfigModel):
     provider: str = ""
     model: str = ""
     discount_pct: Annotated[Decimal, percentage("12.5"), PERCENT_SCHEMA, Fix(
-        lambda value: "a price must be a number, got NoneType; write a percentage such as 12.5")]
+        "a price must be a number, got NoneType; write a percentage such as 12.5")]
     effective_from: Moment | None = None
     effective_until: Moment | None = None
 

@@ -14,7 +14,7 @@ from typing import TypeVar
 from costflux.core.events import Rejected
 from costflux.schemas.deadletter import DeadLetterReason
 
-__all__ = ["Decoder", "decoded", "reject", "undecodable", "with_context"]
+__all__ = ["Decoder", "decoded", "reject", "with_context"]
 
 Entry = TypeVar("Entry")
 #: A message's value -> its entries, in order, and whether it was a batch (a JSON array).
@@ -28,8 +28,8 @@ def decoded(
 ) -> Iterator[tuple[int, bytes | None, Sequence[Entry | Rejected], bool]]:
     """(offset, value, entries, batched) of each message given as (offset, value), in order.
 
-    A message whose ``decode`` raises is appended to ``rejected`` as ``undecodable`` and
-    skipped.
+    A message whose ``decode`` raises is appended to ``rejected`` as ``_undecodable`` says
+    and skipped.
 
     >>> def decode(value):
     ...     return [int(value)], False
@@ -44,12 +44,12 @@ def decoded(
         try:
             entries, batched = decode(value)
         except Exception as exc:  # noqa: BLE001 - a poison message must not stop the partition
-            rejected.append((offset, undecodable(value, exc)))
+            rejected.append((offset, _undecodable(value, exc)))
             continue
         yield offset, value, entries, batched
 
 
-def undecodable(value: bytes | None, exc: Exception) -> Rejected:
+def _undecodable(value: bytes | None, exc: Exception) -> Rejected:
     """The verdict on a message its decoder raised on: the whole message, and the error's type
     (not its text, which may echo the input at length)."""
     return Rejected(
